@@ -1,0 +1,114 @@
+//! The de-duplication window: which `messageId`s each customer sent recently.
+//!
+//! An event is a duplicate when its customer already had an applied event with the
+//! same `messageId` whose time is within `window` of it. Ids are kept as 64-bit XXH3
+//! digests (stable across runs, so the window can be snapshotted), keyed with the
+//! customer's ref so one customer's ids never match another's. Entries are dropped
+//! once no on-time event could match them any more (older than watermark - window):
+//! pruning changes memory, never a decision about an event that is applied.
+
+use std::collections::VecDeque;
+
+use ahash::RandomState;
+use hashbrown::HashMap;
+
+use super::customers::CustomerRef;
+use super::time::{EventTime, Span};
+
+#[derive(Clone, Debug)]
+pub struct DedupWindow {
+    window: Span,
+    seen: HashMap<(CustomerRef, u64), EventTime, RandomState>,
+    /// Insertion order, for pruning from the front.
+    order: VecDeque<(EventTime, CustomerRef, u64)>,
+}
+
+impl DedupWindow {
+    pub fn new(window: Span) -> Self {
+        DedupWindow {
+            window,
+            seen: HashMap::default(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub fn digest(message_id: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(message_id.as_bytes())
+    }
+
+    pub fn is_duplicate(&self, customer: CustomerRef, digest: u64, at: EventTime) -> bool {
+        self.seen.get(&(customer, digest)).is_some_and(|&previous| {
+            at.as_millis().abs_diff(previous.as_millis()) <= self.window.as_millis() as u64
+        })
+    }
+
+    /// Remembers an applied event, then forgets what `watermark` has made unmatchable.
+    pub fn record(&mut self, customer: CustomerRef, digest: u64, at: EventTime, watermark: EventTime) {
+        self.seen.insert((customer, digest), at);
+        self.order.push_back((at, customer, digest));
+        let horizon = watermark.minus(self.window);
+        while let Some(&(time, customer, digest)) = self.order.front() {
+            if time >= horizon {
+                break;
+            }
+            self.order.pop_front();
+            // The id may have been seen again since; only the newest sighting counts.
+            if self.seen.get(&(customer, digest)) == Some(&time) {
+                self.seen.remove(&(customer, digest));
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+
+    fn t(hours: i64) -> EventTime {
+        EventTime::from_millis(hours * HOUR)
+    }
+
+    #[test]
+    fn matches_within_the_window_for_the_same_customer_only() {
+        let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
+        let id = DedupWindow::digest("m-1");
+        dedup.record(CustomerRef(0), id, t(100), EventTime::MIN);
+        assert!(dedup.is_duplicate(CustomerRef(0), id, t(100)));
+        assert!(dedup.is_duplicate(CustomerRef(0), id, t(124)));
+        assert!(dedup.is_duplicate(CustomerRef(0), id, t(76)));
+        assert!(!dedup.is_duplicate(CustomerRef(0), id, t(125)));
+        assert!(!dedup.is_duplicate(CustomerRef(1), id, t(100)));
+        assert!(!dedup.is_duplicate(CustomerRef(0), DedupWindow::digest("m-2"), t(100)));
+    }
+
+    #[test]
+    fn prunes_what_the_watermark_left_behind() {
+        let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
+        dedup.record(CustomerRef(0), 1, t(0), t(0));
+        dedup.record(CustomerRef(1), 2, t(10), t(10));
+        assert_eq!(dedup.len(), 2);
+        dedup.record(CustomerRef(2), 3, t(30), t(30));
+        assert_eq!(dedup.len(), 2, "t(0) is older than watermark - window");
+        assert!(!dedup.is_duplicate(CustomerRef(0), 1, t(0)));
+        assert!(dedup.is_duplicate(CustomerRef(1), 2, t(10)));
+    }
+
+    #[test]
+    fn a_resighting_keeps_the_id_alive() {
+        let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
+        dedup.record(CustomerRef(0), 1, t(0), t(0));
+        dedup.record(CustomerRef(0), 1, t(30), t(30));
+        dedup.record(CustomerRef(0), 9, t(40), t(40));
+        assert!(dedup.is_duplicate(CustomerRef(0), 1, t(31)));
+    }
+}

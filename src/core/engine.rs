@@ -1,0 +1,376 @@
+//! The classification engine: events and time in, stage transitions and inactivity out.
+//!
+//! Pure and deterministic: no I/O, no clock, no dependence on hash order. The caller
+//! feeds decoded events with [`Engine::on_event`] and moves time forward with
+//! [`Engine::advance_to`]; both append [`Output`]s to a caller-owned buffer, which the
+//! shell renders as CloudEvents (`crate::output`). The rules it applies are written
+//! down in `docs/semantics.md`; the tests below and in `tests/` pin them.
+//!
+//! Inactivity is a deadline index, not a timer per customer: each customer with a
+//! pending threshold has one `(deadline, customer)` entry in a `BTreeSet`, and firing
+//! pops entries from the front while they are due. Ties between customers are broken
+//! by first-seen order, so output order is a function of the input alone.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::customers::{CustomerRef, CustomerTable, Interned};
+use super::dedup::DedupWindow;
+use super::event::Event;
+use super::model::{Model, RuleId, StageId, ThresholdId};
+use super::time::{EventTime, Span};
+
+/// Engine parameters that are not part of the stage model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// How far behind the newest event time an event may be and still be applied.
+    pub allowed_lateness: Span,
+    /// How long (in event time) a `messageId` is remembered per customer.
+    pub dedup_window: Span,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            allowed_lateness: Span::from_millis(5 * 60 * 1_000),
+            dedup_window: Span::from_millis(24 * 3_600 * 1_000),
+        }
+    }
+}
+
+/// What the engine did with one valid event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// An activity event, applied to its customer.
+    Applied,
+    /// A valid event of a non-activity type: it only moved the watermark.
+    Ignored,
+    /// Its customer already sent this `messageId` within the dedup window: dropped.
+    Duplicate,
+    /// Older than the watermark (newest event time - allowed lateness): dropped.
+    Late,
+}
+
+/// Why a customer changed stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// The customer's first activity event, which no rule moved past the initial stage.
+    Entry,
+    /// A rule matched the triggering event.
+    Rule(RuleId),
+    /// An inactivity threshold with `move_to` fired.
+    Inactivity(ThresholdId),
+}
+
+/// One output of the engine. `Entry` and `Rule` transitions were triggered by the event
+/// passed to the `on_event` call that produced them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Output {
+    StageChanged {
+        customer: CustomerRef,
+        /// `None` for a customer's first transition.
+        from: Option<StageId>,
+        to: StageId,
+        cause: Cause,
+        /// The triggering event's time, or the inactivity detection time.
+        at: EventTime,
+    },
+    Inactive {
+        customer: CustomerRef,
+        threshold: ThresholdId,
+        /// The stage held during the gap.
+        stage: StageId,
+        last_activity: EventTime,
+        detected_at: EventTime,
+    },
+}
+
+/// No threshold is pending for the customer.
+const UNARMED: u8 = u8::MAX;
+
+#[derive(Clone, Copy, Debug)]
+struct CustomerState {
+    /// The newest activity time seen for the customer.
+    last_activity: EventTime,
+    stage: StageId,
+    /// The next threshold of the ladder to fire, or [`UNARMED`].
+    armed: u8,
+}
+
+#[derive(Clone, Debug)]
+pub struct Engine {
+    model: Arc<Model>,
+    settings: EngineSettings,
+    customers: CustomerTable,
+    states: Vec<CustomerState>,
+    /// `model.counter_count()` occurrence counters per customer, by ref.
+    counters: Vec<u32>,
+    deadlines: BTreeSet<(EventTime, CustomerRef)>,
+    dedup: DedupWindow,
+    newest_event: EventTime,
+    /// The firing clock: the watermark, or further when time was advanced explicitly.
+    clock: EventTime,
+    population: Vec<u64>,
+}
+
+impl Engine {
+    pub fn new(model: Arc<Model>, settings: EngineSettings) -> Self {
+        let stages = model.stage_count();
+        Engine {
+            model,
+            settings,
+            customers: CustomerTable::default(),
+            states: Vec::new(),
+            counters: Vec::new(),
+            deadlines: BTreeSet::new(),
+            dedup: DedupWindow::new(settings.dedup_window),
+            newest_event: EventTime::MIN,
+            clock: EventTime::MIN,
+            population: vec![0; stages],
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Newest event time seen minus the allowed lateness: events older than this are late.
+    pub fn watermark(&self) -> EventTime {
+        self.newest_event.minus(self.settings.allowed_lateness)
+    }
+
+    /// Thresholds with a deadline at or before this instant have fired.
+    pub fn clock(&self) -> EventTime {
+        self.clock
+    }
+
+    pub fn customer_id(&self, customer: CustomerRef) -> &str {
+        self.customers.id(customer)
+    }
+
+    pub fn customer_count(&self) -> usize {
+        self.customers.len()
+    }
+
+    /// The current stage of a known customer.
+    pub fn stage_of(&self, customer_id: &str) -> Option<StageId> {
+        let customer = self.customers.get(customer_id)?;
+        Some(self.states[customer.index()].stage)
+    }
+
+    /// How many customers are in each stage, in model order.
+    pub fn population(&self) -> &[u64] {
+        &self.population
+    }
+
+    /// How many customers have an inactivity threshold pending.
+    pub fn armed_count(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    /// Applies one valid event, appending what it caused to `out`.
+    pub fn on_event(&mut self, event: &Event<'_>, out: &mut Vec<Output>) -> Verdict {
+        let at = event.timestamp;
+        if !self.model.is_activity(event.kind) {
+            if at < self.watermark() {
+                return Verdict::Late;
+            }
+            self.observe(at, out);
+            return Verdict::Ignored;
+        }
+        let known = self.customers.get(&event.customer);
+        let digest = event.message_id.as_deref().map(DedupWindow::digest);
+        if let (Some(customer), Some(digest)) = (known, digest) {
+            if self.dedup.is_duplicate(customer, digest, at) {
+                return Verdict::Duplicate;
+            }
+        }
+        if at < self.watermark() {
+            return Verdict::Late;
+        }
+        self.observe(at, out);
+        let customer = match known {
+            Some(customer) => {
+                self.fire_gap(customer, at, out);
+                self.disarm(customer);
+                self.classify(customer, Interned::Existing, event, out);
+                customer
+            }
+            None => {
+                let (customer, _) = self.customers.intern(&event.customer);
+                self.states.push(CustomerState {
+                    last_activity: at,
+                    stage: self.model.initial_stage(),
+                    armed: UNARMED,
+                });
+                let counters = self.model.counter_count();
+                self.counters.resize(self.counters.len() + counters, 0);
+                self.classify(customer, Interned::New, event, out);
+                customer
+            }
+        };
+        let state = &mut self.states[customer.index()];
+        state.last_activity = state.last_activity.max(at);
+        self.arm(customer, 0);
+        if let Some(digest) = digest {
+            let watermark = self.watermark();
+            self.dedup.record(customer, digest, at, watermark);
+        }
+        Verdict::Applied
+    }
+
+    /// Moves the firing clock to `now` (if it is ahead) and fires every threshold due.
+    pub fn advance_to(&mut self, now: EventTime, out: &mut Vec<Output>) {
+        if now > self.clock {
+            self.clock = now;
+            self.fire_due(out);
+        }
+    }
+
+    /// Takes an on-time event's time into the watermark and fires what became due.
+    fn observe(&mut self, at: EventTime, out: &mut Vec<Output>) {
+        if at > self.newest_event {
+            self.newest_event = at;
+            self.advance_to(self.watermark(), out);
+        }
+    }
+
+    fn fire_due(&mut self, out: &mut Vec<Output>) {
+        while let Some(&(deadline, customer)) = self.deadlines.first() {
+            if deadline > self.clock {
+                break;
+            }
+            self.deadlines.pop_first();
+            self.fire(customer, out);
+            if let Some(next) = self.deadline(customer) {
+                self.deadlines.insert((next, customer));
+            }
+        }
+    }
+
+    /// Fires the thresholds that the gap before an event at `at` reached but the
+    /// clock has not yet: a gap seen only when the next event arrives still counts.
+    fn fire_gap(&mut self, customer: CustomerRef, at: EventTime, out: &mut Vec<Output>) {
+        while let Some(deadline) = self.deadline(customer) {
+            if deadline > at {
+                break;
+            }
+            self.deadlines.remove(&(deadline, customer));
+            self.fire(customer, out);
+        }
+    }
+
+    /// Fires the customer's armed threshold and arms the next one of the ladder.
+    fn fire(&mut self, customer: CustomerRef, out: &mut Vec<Output>) {
+        let state = &mut self.states[customer.index()];
+        let threshold_id = ThresholdId(state.armed);
+        let threshold = self.model.threshold(threshold_id);
+        let detected_at = state.last_activity.plus(threshold.after);
+        out.push(Output::Inactive {
+            customer,
+            threshold: threshold_id,
+            stage: state.stage,
+            last_activity: state.last_activity,
+            detected_at,
+        });
+        if let Some(to) = threshold.move_to.filter(|&to| to != state.stage) {
+            out.push(Output::StageChanged {
+                customer,
+                from: Some(state.stage),
+                to,
+                cause: Cause::Inactivity(threshold_id),
+                at: detected_at,
+            });
+            self.population[usize::from(state.stage.0)] -= 1;
+            self.population[usize::from(to.0)] += 1;
+            state.stage = to;
+        }
+        state.armed = next_threshold(&self.model, threshold_id.0 + 1, state.stage);
+    }
+
+    fn deadline(&self, customer: CustomerRef) -> Option<EventTime> {
+        let state = &self.states[customer.index()];
+        (state.armed != UNARMED).then(|| {
+            let threshold = self.model.threshold(ThresholdId(state.armed));
+            state.last_activity.plus(threshold.after)
+        })
+    }
+
+    fn disarm(&mut self, customer: CustomerRef) {
+        if let Some(deadline) = self.deadline(customer) {
+            self.deadlines.remove(&(deadline, customer));
+            self.states[customer.index()].armed = UNARMED;
+        }
+    }
+
+    /// Arms the first threshold at or after ladder position `from` that applies.
+    fn arm(&mut self, customer: CustomerRef, from: u8) {
+        let state = &mut self.states[customer.index()];
+        state.armed = next_threshold(&self.model, from, state.stage);
+        if let Some(deadline) = self.deadline(customer) {
+            self.deadlines.insert((deadline, customer));
+        }
+    }
+
+    /// Evaluates the rules against `event` and records the transition, if any.
+    fn classify(&mut self, customer: CustomerRef, seen: Interned, event: &Event<'_>, out: &mut Vec<Output>) {
+        let model = &*self.model;
+        let state = &mut self.states[customer.index()];
+        let current = state.stage;
+        let counters_per_customer = model.counter_count();
+        let counters = &mut self.counters
+            [customer.index() * counters_per_customer..(customer.index() + 1) * counters_per_customer];
+        let mut best: Option<(StageId, RuleId)> = None;
+        for &rule_id in model.candidate_rules(event.kind, event.name.as_deref()) {
+            let rule = model.rule(rule_id);
+            if !rule.predicates.iter().all(|p| p.holds(event.property(p.key))) {
+                continue;
+            }
+            if let Some((occurrence, counter)) = rule.occurrence {
+                counters[counter] = counters[counter].saturating_add(1);
+                if !occurrence.admits(counters[counter]) {
+                    continue;
+                }
+            }
+            if rule.from.is_some_and(|from| !from.contains(current)) {
+                continue;
+            }
+            if best.is_none_or(|(stage, _)| rule.to > stage) {
+                best = Some((rule.to, rule_id));
+            }
+        }
+        let is_move = |(target, rule_id): (StageId, RuleId)| {
+            target > current || (target < current && model.rule(rule_id).allow_backward)
+        };
+        let (from, to, cause) = match (seen, best) {
+            (Interned::New, Some(best)) if best.0 == current || is_move(best) => {
+                (None, best.0, Cause::Rule(best.1))
+            }
+            (Interned::New, _) => (None, current, Cause::Entry),
+            (Interned::Existing, Some(best)) if is_move(best) => (Some(current), best.0, Cause::Rule(best.1)),
+            (Interned::Existing, _) => return,
+        };
+        if from.is_some() {
+            self.population[usize::from(current.0)] -= 1;
+        }
+        self.population[usize::from(to.0)] += 1;
+        state.stage = to;
+        out.push(Output::StageChanged {
+            customer,
+            from,
+            to,
+            cause,
+            at: event.timestamp,
+        });
+    }
+}
+
+fn next_threshold(model: &Model, from: u8, stage: StageId) -> u8 {
+    model
+        .thresholds()
+        .iter()
+        .enumerate()
+        .skip(usize::from(from))
+        .find(|(_, threshold)| threshold.applies_to(stage))
+        .map_or(UNARMED, |(i, _)| i as u8)
+}

@@ -1,0 +1,26 @@
+//! The classification core: pure, deterministic, no I/O.
+//!
+//! Nothing under `core` touches tokio, rdkafka, prometheus, the filesystem or a clock;
+//! time comes in as [`EventTime`] values. Data flows
+//! `Event` -> [`Engine::on_event`] / [`Engine::advance_to`] -> [`Output`]s, which the
+//! shell (`crate::output`) renders as CloudEvents.
+//!
+//! - [`time`]: event time and RFC 3339.
+//! - [`event`]: the decoded event the engine consumes.
+//! - [`model`]: stages, rules and the inactivity ladder, compiled from configuration.
+//! - [`customers`]: customer ids interned to dense refs, hash-flooding resistant.
+//! - [`dedup`]: the `messageId` de-duplication window.
+//! - [`engine`]: the state machine itself.
+
+pub mod customers;
+pub mod dedup;
+pub mod engine;
+pub mod event;
+pub mod model;
+pub mod time;
+
+pub use customers::CustomerRef;
+pub use engine::{Cause, Engine, EngineSettings, Output, Verdict};
+pub use event::{Event, EventType, PropertyKey, PropertyValue};
+pub use model::{Model, ModelSpec, Problem, RuleId, StageId, ThresholdId};
+pub use time::{EventTime, Span};

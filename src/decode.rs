@@ -1,0 +1,559 @@
+//! Bytes -> [`Event`]: one Segment-spec JSON object, with a typed reason for every rejection.
+//!
+//! Decoding walks the JSON once with a hand-written serde visitor: known fields are read
+//! as borrowed strings where the input has no escapes, `context` and every other field
+//! are skipped without building anything, and only the properties that some rule tests
+//! are kept. The result feeds [`crate::core::Engine::on_event`]; a rejection is counted
+//! by its [`RejectReason`] and written to the rejects file (replay) or the dead-letter
+//! topic (the Kafka pipeline).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::core::{Event, EventTime, EventType, Model, PropertyValue};
+
+/// Why an input was rejected. The `as_str` codes are stable: they appear in the rejects
+/// file, dead-letter headers and metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectReason {
+    InvalidJson,
+    NotAnObject,
+    MissingCustomer,
+    MissingTimestamp,
+    InvalidTimestamp,
+    UnknownType,
+    MissingEvent,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 7] = [
+        RejectReason::InvalidJson,
+        RejectReason::NotAnObject,
+        RejectReason::MissingCustomer,
+        RejectReason::MissingTimestamp,
+        RejectReason::InvalidTimestamp,
+        RejectReason::UnknownType,
+        RejectReason::MissingEvent,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::NotAnObject => "not_an_object",
+            RejectReason::MissingCustomer => "missing_customer",
+            RejectReason::MissingTimestamp => "missing_timestamp",
+            RejectReason::InvalidTimestamp => "invalid_timestamp",
+            RejectReason::UnknownType => "unknown_type",
+            RejectReason::MissingEvent => "missing_event",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejected input. Never retriable: the same bytes are rejected the same way.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not valid JSON: {0}")]
+    InvalidJson(#[source] serde_json::Error),
+    #[error("not a JSON object")]
+    NotAnObject,
+    #[error("no customer: neither userId nor anonymousId is a non-empty string")]
+    MissingCustomer,
+    #[error("no timestamp")]
+    MissingTimestamp,
+    #[error("timestamp is not an RFC 3339 date-time with an offset")]
+    InvalidTimestamp,
+    #[error("type is missing or not one of track, page, screen, identify, group, alias")]
+    UnknownType,
+    #[error("track call without a string `event`")]
+    MissingEvent,
+}
+
+impl DecodeError {
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            DecodeError::InvalidJson(_) => RejectReason::InvalidJson,
+            DecodeError::NotAnObject => RejectReason::NotAnObject,
+            DecodeError::MissingCustomer => RejectReason::MissingCustomer,
+            DecodeError::MissingTimestamp => RejectReason::MissingTimestamp,
+            DecodeError::InvalidTimestamp => RejectReason::InvalidTimestamp,
+            DecodeError::UnknownType => RejectReason::UnknownType,
+            DecodeError::MissingEvent => RejectReason::MissingEvent,
+        }
+    }
+}
+
+/// Decodes one event, keeping the properties `model` tests.
+///
+/// Checks run in a fixed order, and the first failure is the reason: JSON syntax, object,
+/// customer, timestamp, type, event name.
+///
+/// # Errors
+/// A [`DecodeError`] saying why the input is not a valid event.
+pub fn decode<'a>(bytes: &'a [u8], model: &Model) -> Result<Event<'a>, DecodeError> {
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let fields = EventSeed { model }
+        .deserialize(&mut json)
+        .and_then(|fields| json.end().map(|()| fields))
+        .map_err(DecodeError::InvalidJson)?;
+    fields.ok_or(DecodeError::NotAnObject)?.into_event()
+}
+
+/// The top-level fields as read, before validation.
+#[derive(Default)]
+struct Fields<'a> {
+    kind: Loose<'a>,
+    user_id: Loose<'a>,
+    anonymous_id: Loose<'a>,
+    timestamp: Loose<'a>,
+    message_id: Loose<'a>,
+    event: Loose<'a>,
+    name: Loose<'a>,
+    properties: Option<Vec<Option<PropertyValue<'a>>>>,
+    traits: Option<Vec<Option<PropertyValue<'a>>>>,
+}
+
+impl<'a> Fields<'a> {
+    fn into_event(self) -> Result<Event<'a>, DecodeError> {
+        let customer = self
+            .user_id
+            .non_empty()
+            .or(self.anonymous_id.non_empty())
+            .ok_or(DecodeError::MissingCustomer)?;
+        let timestamp = match self.timestamp {
+            Loose::Absent | Loose::Null => return Err(DecodeError::MissingTimestamp),
+            Loose::Str(text) => EventTime::parse_rfc3339(&text).ok_or(DecodeError::InvalidTimestamp)?,
+            Loose::Other => return Err(DecodeError::InvalidTimestamp),
+        };
+        let kind = match (&self.kind, &self.event) {
+            (Loose::Str(text), _) => EventType::parse(text).ok_or(DecodeError::UnknownType)?,
+            (Loose::Absent | Loose::Null, Loose::Str(_)) => EventType::Track,
+            _ => return Err(DecodeError::UnknownType),
+        };
+        let name = match kind {
+            EventType::Track => match self.event {
+                Loose::Str(event) => Some(event),
+                _ => return Err(DecodeError::MissingEvent),
+            },
+            EventType::Page | EventType::Screen => self.name.string(),
+            EventType::Identify | EventType::Group | EventType::Alias => None,
+        };
+        let properties = if kind.uses_traits() { self.traits } else { self.properties };
+        Ok(Event {
+            kind,
+            customer,
+            message_id: self.message_id.non_empty(),
+            name,
+            timestamp,
+            properties: properties.unwrap_or_default(),
+        })
+    }
+}
+
+/// A field value where only strings matter.
+#[derive(Default)]
+enum Loose<'a> {
+    #[default]
+    Absent,
+    Null,
+    Str(Cow<'a, str>),
+    Other,
+}
+
+impl<'a> Loose<'a> {
+    fn string(self) -> Option<Cow<'a, str>> {
+        match self {
+            Loose::Str(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    fn non_empty(self) -> Option<Cow<'a, str>> {
+        self.string().filter(|text| !text.is_empty())
+    }
+}
+
+impl<'de> Deserialize<'de> for Loose<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LooseVisitor;
+        impl<'de> Visitor<'de> for LooseVisitor {
+            type Value = Loose<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Loose::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Loose::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Loose::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| Loose::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                IgnoredAny.visit_map(map).map(|_| Loose::Other)
+            }
+        }
+        deserializer.deserialize_any(LooseVisitor)
+    }
+}
+
+/// The top-level fields stagestream reads; everything else is skipped.
+enum Field {
+    Type,
+    UserId,
+    AnonymousId,
+    Timestamp,
+    MessageId,
+    Event,
+    Name,
+    Properties,
+    Traits,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Field, E> {
+                Ok(match v {
+                    "type" => Field::Type,
+                    "userId" => Field::UserId,
+                    "anonymousId" => Field::AnonymousId,
+                    "timestamp" => Field::Timestamp,
+                    "messageId" => Field::MessageId,
+                    "event" => Field::Event,
+                    "name" => Field::Name,
+                    "properties" => Field::Properties,
+                    "traits" => Field::Traits,
+                    _ => Field::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+/// Reads the top-level value: `Some(fields)` for an object, `None` for any other value.
+struct EventSeed<'m> {
+    model: &'m Model,
+}
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+    type Value = Option<Fields<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_> {
+    type Value = Option<Fields<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Fields::default();
+        let properties = PropertiesSeed { model: self.model };
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Type => fields.kind = map.next_value()?,
+                Field::UserId => fields.user_id = map.next_value()?,
+                Field::AnonymousId => fields.anonymous_id = map.next_value()?,
+                Field::Timestamp => fields.timestamp = map.next_value()?,
+                Field::MessageId => fields.message_id = map.next_value()?,
+                Field::Event => fields.event = map.next_value()?,
+                Field::Name => fields.name = map.next_value()?,
+                Field::Properties => fields.properties = map.next_value_seed(properties)?,
+                Field::Traits => fields.traits = map.next_value_seed(properties)?,
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(fields))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        IgnoredAny.visit_seq(seq).map(|_| None)
+    }
+
+    fn visit_borrowed_str<E>(self, _: &'de str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// Reads `properties` (or `traits`), keeping only the keys the model tests.
+/// Anything but an object is treated as carrying no properties.
+#[derive(Clone, Copy)]
+struct PropertiesSeed<'m> {
+    model: &'m Model,
+}
+
+impl<'de> DeserializeSeed<'de> for PropertiesSeed<'_> {
+    type Value = Option<Vec<Option<PropertyValue<'de>>>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        if self.model.property_count() == 0 {
+            return deserializer.deserialize_ignored_any(IgnoredAny).map(|_| None);
+        }
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PropertiesSeed<'_> {
+    type Value = Option<Vec<Option<PropertyValue<'de>>>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of properties")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut values = vec![None; self.model.property_count()];
+        while let Some(key) = map.next_key::<Loose<'de>>()? {
+            match key.string().and_then(|key| self.model.property_key(&key)) {
+                Some(key) => {
+                    values[usize::from(key.0)] = Some(map.next_value::<PropertyValueDe<'de>>()?.0);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(values))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        IgnoredAny.visit_seq(seq).map(|_| None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+struct PropertyValueDe<'a>(PropertyValue<'a>);
+
+impl<'de> Deserialize<'de> for PropertyValueDe<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+        impl<'de> Visitor<'de> for ValueVisitor {
+            type Value = PropertyValue<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(PropertyValue::String(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(PropertyValue::String(Cow::Owned(v.to_owned())))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(PropertyValue::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(PropertyValue::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(PropertyValue::Number(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(PropertyValue::Number(v as f64))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(PropertyValue::Number(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| PropertyValue::Composite)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                IgnoredAny.visit_map(map).map(|_| PropertyValue::Composite)
+            }
+        }
+        deserializer.deserialize_any(ValueVisitor).map(PropertyValueDe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::test_model;
+    use crate::core::PropertyKey;
+
+    fn model() -> Model {
+        test_model(
+            r#"
+            name = "m"
+            stages = ["a", "b"]
+            [[rules]]
+            name = "big"
+            to = "b"
+            events = ["Order Completed"]
+            where = [{ property = "revenue", gt = 100 }, { property = "plan", exists = true }]
+            "#,
+        )
+    }
+
+    fn reason(line: &str) -> Option<RejectReason> {
+        decode(line.as_bytes(), &model()).err().map(|e| e.reason())
+    }
+
+    #[test]
+    fn each_invalid_input_has_its_reason() {
+        let cases = [
+            ("", RejectReason::InvalidJson),
+            ("{\"userId\":", RejectReason::InvalidJson),
+            ("{} trailing", RejectReason::InvalidJson),
+            ("\u{ff}", RejectReason::InvalidJson),
+            ("[1,2]", RejectReason::NotAnObject),
+            ("\"track\"", RejectReason::NotAnObject),
+            ("null", RejectReason::NotAnObject),
+            (r#"{"type":"track","event":"X","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::MissingCustomer),
+            (r#"{"type":"track","event":"X","userId":"","anonymousId":"","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::MissingCustomer),
+            (r#"{"type":"track","event":"X","userId":42,"timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::MissingCustomer),
+            (r#"{"type":"track","event":"X","userId":"u"}"#, RejectReason::MissingTimestamp),
+            (r#"{"type":"track","event":"X","userId":"u","timestamp":null}"#, RejectReason::MissingTimestamp),
+            (r#"{"type":"track","event":"X","userId":"u","timestamp":"yesterday"}"#, RejectReason::InvalidTimestamp),
+            (r#"{"type":"track","event":"X","userId":"u","timestamp":"2024-01-01T00:00:00"}"#, RejectReason::InvalidTimestamp),
+            (r#"{"type":"track","event":"X","userId":"u","timestamp":1704067200}"#, RejectReason::InvalidTimestamp),
+            (r#"{"type":"click","userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::UnknownType),
+            (r#"{"type":"Track","event":"X","userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::UnknownType),
+            (r#"{"userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::UnknownType),
+            (r#"{"type":"track","userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::MissingEvent),
+            (r#"{"type":"track","event":7,"userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::MissingEvent),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(reason(line), Some(expected), "{line}");
+        }
+    }
+
+    #[test]
+    fn reads_a_track_call_borrowing_its_strings() {
+        let line = br#"{"type":"track","event":"Order Completed","userId":"u-1","anonymousId":"a-1",
+            "messageId":"m-1","timestamp":"2024-01-01T01:00:00+01:00",
+            "context":{"ip":"1.2.3.4","nested":[{"deep":true}]},
+            "properties":{"revenue":120.5,"plan":{"tier":"pro"},"other":"skipped"}}"#;
+        let model = model();
+        let event = decode(line, &model).unwrap();
+        assert_eq!(event.kind, EventType::Track);
+        assert!(matches!(event.customer, Cow::Borrowed("u-1")));
+        assert_eq!(event.message_id.as_deref(), Some("m-1"));
+        assert_eq!(event.name.as_deref(), Some("Order Completed"));
+        assert_eq!(event.timestamp, EventTime::parse_rfc3339("2024-01-01T00:00:00Z").unwrap());
+        let revenue = model.property_key("revenue").unwrap();
+        let plan = model.property_key("plan").unwrap();
+        assert_eq!(event.property(revenue), Some(&PropertyValue::Number(120.5)));
+        assert_eq!(event.property(plan), Some(&PropertyValue::Composite));
+        assert_eq!(event.properties.len(), 2, "only tested properties are kept");
+    }
+
+    #[test]
+    fn follows_the_segment_defaults() {
+        let model = model();
+        let anonymous = decode(
+            br#"{"event":"X","userId":null,"anonymousId":"anon","timestamp":"2024-01-01T00:00:00Z"}"#,
+            &model,
+        )
+        .unwrap();
+        assert_eq!(anonymous.kind, EventType::Track, "no type but a string event is a track");
+        assert_eq!(anonymous.customer, "anon");
+        assert_eq!(anonymous.message_id, None);
+
+        let page = decode(
+            br#"{"type":"page","name":"Pricing","userId":"u\u0031","timestamp":"2024-01-01T00:00:00Z","messageId":""}"#,
+            &model,
+        )
+        .unwrap();
+        assert_eq!(page.name.as_deref(), Some("Pricing"));
+        assert_eq!(page.customer, "u1", "escaped strings are unescaped");
+        assert_eq!(page.message_id, None, "an empty messageId is no messageId");
+
+        let identify = decode(
+            br#"{"type":"identify","userId":"u","timestamp":"2024-01-01T00:00:00Z",
+                "traits":{"plan":"pro"},"properties":{"plan":null}}"#,
+            &model,
+        )
+        .unwrap();
+        let plan = model.property_key("plan").unwrap();
+        assert_eq!(
+            identify.property(plan),
+            Some(&PropertyValue::String("pro".into())),
+            "identify predicates read traits"
+        );
+        assert_eq!(identify.property(PropertyKey(9)), None);
+    }
+}

@@ -1,0 +1,15 @@
+//! stagestream: classifies customers into journey stages from a stream of behavioural events.
+//!
+//! # Layout
+//! - [`core`]: the pure engine (events, stage model, rules, inactivity ladder). No I/O.
+//! - [`decode`]: bytes -> [`core::Event`], with a typed reason for every rejection.
+//! - [`output`]: engine outputs -> CloudEvents JSON.
+//! - [`config`]: configuration file + environment -> validated settings.
+//! - [`replay`]: runs the engine over a JSON-lines file (`stagestream replay`).
+//! - [`generate`]: a deterministic, realistic event stream for examples, tests and benches.
+//!
+//! Data flows one way: input line -> `decode` -> `Engine::on_event` -> `Output`s ->
+//! `output` -> output line; `Engine::advance_to` moves time forward without input.
+
+pub mod core;
+pub mod decode;
