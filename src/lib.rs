@@ -12,4 +12,8 @@
 //! `output` -> output line; `Engine::advance_to` moves time forward without input.
 
 pub mod core;
+pub mod config;
 pub mod decode;
+pub mod generate;
+pub mod output;
+pub mod replay;
