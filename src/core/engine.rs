@@ -374,3 +374,7 @@ fn next_threshold(model: &Model, from: u8, stage: StageId) -> u8 {
         .find(|(_, threshold)| threshold.applies_to(stage))
         .map_or(UNARMED, |(i, _)| i as u8)
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -1,0 +1,534 @@
+//! Table tests pinning the engine semantics of `docs/semantics.md`, one rule each.
+//! Expected outputs are written by hand from the documented rules.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::*;
+use crate::core::event::{EventType, PropertyValue};
+use crate::core::model::test_model;
+
+const FIVE_STAGE: &str = r#"
+name = "five-stage"
+stages = ["awareness", "consideration", "purchase", "retention", "advocacy"]
+[[rules]]
+name = "consideration"
+to = "consideration"
+events = ["Products Searched", "Product List Viewed", "Product Viewed", "Product Added", "Cart Viewed", "Checkout Started"]
+[[rules]]
+name = "purchase"
+to = "purchase"
+events = ["Order Completed"]
+[[rules]]
+name = "retention"
+to = "retention"
+events = ["Order Completed"]
+occurrence = { at_least = 2 }
+[[rules]]
+name = "advocacy"
+to = "advocacy"
+events = ["Product Reviewed", "Product Shared", "Referral Sent"]
+from = ["purchase", "retention"]
+[[inactivity]]
+name = "winback_7d"
+after = "7d"
+[[inactivity]]
+name = "winback_14d"
+after = "14d"
+"#;
+
+const MINUTE: i64 = 60_000;
+const DAY: i64 = 24 * 60 * MINUTE;
+
+/// Day `d`, minute `m` after 2026-01-01T00:00:00Z.
+fn t(d: i64, m: i64) -> EventTime {
+    EventTime::from_millis(1_767_225_600_000 + d * DAY + m * MINUTE)
+}
+
+/// A test harness: an engine plus a readable log of what it emitted.
+struct Run {
+    engine: Engine,
+    log: Vec<String>,
+    next_message: u32,
+}
+
+impl Run {
+    fn new(model_toml: &str) -> Self {
+        Run {
+            engine: Engine::new(Arc::new(test_model(model_toml)), EngineSettings::default()),
+            log: Vec::new(),
+            next_message: 0,
+        }
+    }
+
+    fn five_stage() -> Self {
+        Run::new(FIVE_STAGE)
+    }
+
+    fn send(&mut self, customer: &str, kind: EventType, name: Option<&str>, at: EventTime, message_id: Option<&str>, properties: Vec<Option<PropertyValue<'static>>>) -> Verdict {
+        let event = Event {
+            kind,
+            customer: Cow::Borrowed(customer),
+            message_id: message_id.map(|id| Cow::Owned(id.to_owned())),
+            name: name.map(|n| Cow::Owned(n.to_owned())),
+            timestamp: at,
+            properties,
+        };
+        let mut out = Vec::new();
+        let verdict = self.engine.on_event(&event, &mut out);
+        self.record(&out);
+        verdict
+    }
+
+    /// A track call with a fresh messageId.
+    fn track(&mut self, customer: &str, event: &str, at: EventTime) -> Verdict {
+        self.next_message += 1;
+        let id = format!("m{}", self.next_message);
+        self.send(customer, EventType::Track, Some(event), at, Some(&id), Vec::new())
+    }
+
+    fn advance(&mut self, now: EventTime) {
+        let mut out = Vec::new();
+        self.engine.advance_to(now, &mut out);
+        self.record(&out);
+    }
+
+    fn record(&mut self, outputs: &[Output]) {
+        let model = self.engine.model();
+        for output in outputs {
+            let line = match *output {
+                Output::StageChanged { customer, from, to, cause, at } => format!(
+                    "{} {}->{} by {} at {}",
+                    self.engine.customer_id(customer),
+                    from.map_or("null", |s| model.stage_name(s)),
+                    model.stage_name(to),
+                    match cause {
+                        Cause::Entry => "entry".to_owned(),
+                        Cause::Rule(rule) => model.rule(rule).name.clone(),
+                        Cause::Inactivity(threshold) => model.threshold(threshold).name.clone(),
+                    },
+                    at
+                ),
+                Output::Inactive { customer, threshold, stage, last_activity, detected_at } => format!(
+                    "{} {} in {} last {} detected {}",
+                    self.engine.customer_id(customer),
+                    model.threshold(threshold).name,
+                    model.stage_name(stage),
+                    last_activity,
+                    detected_at
+                ),
+            };
+            self.log.push(line);
+        }
+    }
+
+    fn take(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.log)
+    }
+}
+
+#[test]
+fn first_activity_enters_the_initial_stage_once() {
+    let mut run = Run::five_stage();
+    assert_eq!(run.send("c", EventType::Page, Some("Home"), t(0, 0), None, vec![]), Verdict::Applied);
+    run.track("c", "Signed Up", t(0, 1));
+    assert_eq!(run.take(), ["c null->awareness by entry at 2026-01-01T00:00:00.000Z"]);
+}
+
+#[test]
+fn first_activity_goes_straight_to_the_best_target() {
+    let mut run = Run::five_stage();
+    run.track("c", "Order Completed", t(0, 0));
+    assert_eq!(run.take(), ["c null->purchase by purchase at 2026-01-01T00:00:00.000Z"]);
+}
+
+#[test]
+fn moves_forward_only() {
+    let mut run = Run::five_stage();
+    run.track("c", "Order Completed", t(0, 0));
+    run.take();
+    run.track("c", "Product Viewed", t(0, 1));
+    assert!(run.take().is_empty(), "consideration is behind purchase");
+    assert_eq!(run.engine.stage_of("c"), Some(StageId(2)));
+}
+
+#[test]
+fn second_order_reaches_retention_and_later_ones_stay() {
+    let mut run = Run::five_stage();
+    run.track("c", "Product Viewed", t(0, 0));
+    run.track("c", "Order Completed", t(0, 5));
+    run.track("c", "Order Completed", t(1, 0));
+    run.track("c", "Order Completed", t(2, 0));
+    assert_eq!(
+        run.take(),
+        [
+            "c null->consideration by consideration at 2026-01-01T00:00:00.000Z",
+            "c consideration->purchase by purchase at 2026-01-01T00:05:00.000Z",
+            "c purchase->retention by retention at 2026-01-02T00:00:00.000Z",
+        ]
+    );
+}
+
+#[test]
+fn from_restricts_where_a_rule_applies() {
+    let mut run = Run::five_stage();
+    run.track("c", "Product Viewed", t(0, 0));
+    run.track("c", "Product Reviewed", t(0, 1));
+    run.track("c", "Order Completed", t(0, 2));
+    run.track("c", "Product Reviewed", t(0, 3));
+    assert_eq!(
+        run.take(),
+        [
+            "c null->consideration by consideration at 2026-01-01T00:00:00.000Z",
+            "c consideration->purchase by purchase at 2026-01-01T00:02:00.000Z",
+            "c purchase->advocacy by advocacy at 2026-01-01T00:03:00.000Z",
+        ]
+    );
+}
+
+#[test]
+fn the_latest_target_wins_and_ties_go_to_the_first_rule() {
+    let mut run = Run::new(
+        r#"
+        name = "m"
+        stages = ["a", "b", "c"]
+        [[rules]]
+        name = "to-b"
+        to = "b"
+        events = ["X"]
+        [[rules]]
+        name = "to-c"
+        to = "c"
+        events = ["X"]
+        [[rules]]
+        name = "also-c"
+        to = "c"
+        events = ["X"]
+        "#,
+    );
+    run.track("u", "X", t(0, 0));
+    assert_eq!(run.take(), ["u null->c by to-c at 2026-01-01T00:00:00.000Z"]);
+}
+
+#[test]
+fn nothing_is_emitted_when_the_winner_is_not_a_move() {
+    let mut run = Run::new(
+        r#"
+        name = "m"
+        stages = ["a", "b", "c"]
+        [[rules]]
+        name = "back-to-a"
+        to = "a"
+        events = ["Refund"]
+        allow_backward = true
+        [[rules]]
+        name = "to-b"
+        to = "b"
+        events = ["Refund", "Go"]
+        [[rules]]
+        name = "to-c"
+        to = "c"
+        events = ["Jump"]
+        "#,
+    );
+    run.track("u", "Jump", t(0, 0));
+    run.track("u", "Refund", t(0, 1));
+    assert_eq!(
+        run.take(),
+        ["u null->c by to-c at 2026-01-01T00:00:00.000Z"],
+        "b is the latest target and is behind c, so no move even though a is allowed backward"
+    );
+}
+
+#[test]
+fn backward_moves_need_an_explicit_rule() {
+    let mut run = Run::new(
+        r#"
+        name = "m"
+        stages = ["a", "b", "c"]
+        [[rules]]
+        name = "back-to-a"
+        to = "a"
+        events = ["Refund"]
+        allow_backward = true
+        [[rules]]
+        name = "to-c"
+        to = "c"
+        events = ["Jump"]
+        [[rules]]
+        name = "to-b"
+        to = "b"
+        events = ["Skip"]
+        "#,
+    );
+    run.track("u", "Jump", t(0, 0));
+    run.track("u", "Skip", t(0, 1));
+    run.track("u", "Refund", t(0, 2));
+    assert_eq!(
+        run.take(),
+        [
+            "u null->c by to-c at 2026-01-01T00:00:00.000Z",
+            "u c->a by back-to-a at 2026-01-01T00:02:00.000Z",
+        ]
+    );
+}
+
+#[test]
+fn nth_occurrence_matches_exactly_once_and_counts_regardless_of_stage() {
+    let mut run = Run::new(
+        r#"
+        name = "m"
+        stages = ["a", "b", "c"]
+        [[rules]]
+        name = "third-visit"
+        to = "c"
+        events = ["Visit"]
+        occurrence = { nth = 3 }
+        from = ["b"]
+        [[rules]]
+        name = "to-b"
+        to = "b"
+        events = ["Go"]
+        "#,
+    );
+    run.track("u", "Visit", t(0, 0));
+    run.track("u", "Visit", t(0, 1));
+    run.track("u", "Go", t(0, 2));
+    run.track("u", "Visit", t(0, 3));
+    run.track("v", "Visit", t(0, 0));
+    run.track("v", "Visit", t(0, 1));
+    run.track("v", "Visit", t(0, 2));
+    run.track("v", "Go", t(0, 3));
+    run.track("v", "Visit", t(0, 4));
+    assert_eq!(
+        run.take(),
+        [
+            "u null->a by entry at 2026-01-01T00:00:00.000Z",
+            "u a->b by to-b at 2026-01-01T00:02:00.000Z",
+            "u b->c by third-visit at 2026-01-01T00:03:00.000Z",
+            "v null->a by entry at 2026-01-01T00:00:00.000Z",
+            "v a->b by to-b at 2026-01-01T00:03:00.000Z",
+        ],
+        "v's third Visit came while in a (from fails) and its fourth is not the third"
+    );
+}
+
+#[test]
+fn property_predicates_gate_a_rule() {
+    let mut run = Run::new(
+        r#"
+        name = "m"
+        stages = ["a", "vip"]
+        [[rules]]
+        name = "big-order"
+        to = "vip"
+        events = ["Order Completed"]
+        where = [{ property = "revenue", gte = 100 }, { property = "currency", equals = "USD" }]
+        "#,
+    );
+    let revenue = run.engine.model().property_key("revenue").unwrap().0 as usize;
+    let props = |amount: f64, currency: &'static str| {
+        let mut values = vec![None, None];
+        values[revenue] = Some(PropertyValue::Number(amount));
+        values[1 - revenue] = Some(PropertyValue::String(currency.into()));
+        values
+    };
+    run.send("u", EventType::Track, Some("Order Completed"), t(0, 0), None, props(99.5, "USD"));
+    run.send("u", EventType::Track, Some("Order Completed"), t(0, 1), None, props(150.0, "EUR"));
+    run.send("u", EventType::Track, Some("Order Completed"), t(0, 2), None, props(100.0, "USD"));
+    assert_eq!(
+        run.take(),
+        [
+            "u null->a by entry at 2026-01-01T00:00:00.000Z",
+            "u a->vip by big-order at 2026-01-01T00:02:00.000Z",
+        ]
+    );
+}
+
+#[test]
+fn a_gap_seen_at_the_next_event_fires_every_threshold_it_spans_first() {
+    let mut run = Run::five_stage();
+    run.track("c", "Order Completed", t(0, 0));
+    run.take();
+    run.track("c", "Order Completed", t(15, 0));
+    assert_eq!(
+        run.take(),
+        [
+            "c winback_7d in purchase last 2026-01-01T00:00:00.000Z detected 2026-01-08T00:00:00.000Z",
+            "c winback_14d in purchase last 2026-01-01T00:00:00.000Z detected 2026-01-15T00:00:00.000Z",
+            "c purchase->retention by retention at 2026-01-16T00:00:00.000Z",
+        ]
+    );
+}
+
+#[test]
+fn a_gap_of_exactly_the_threshold_fires() {
+    let mut run = Run::five_stage();
+    run.track("c", "Product Viewed", t(0, 0));
+    run.track("c", "Product Viewed", t(7, 0));
+    assert_eq!(
+        run.take()[1..],
+        ["c winback_7d in consideration last 2026-01-01T00:00:00.000Z detected 2026-01-08T00:00:00.000Z"]
+    );
+}
+
+#[test]
+fn other_customers_move_the_watermark_that_fires_inactivity() {
+    let mut run = Run::five_stage();
+    run.track("quiet", "Product Viewed", t(0, 0));
+    run.track("busy", "Product Viewed", t(7, 4));
+    assert_eq!(run.take().len(), 2, "7d + 4m is still inside the 5m allowed lateness");
+    run.track("busy", "Product Viewed", t(7, 5));
+    assert_eq!(
+        run.take(),
+        ["quiet winback_7d in consideration last 2026-01-01T00:00:00.000Z detected 2026-01-08T00:00:00.000Z"],
+        "the watermark reached the deadline exactly"
+    );
+    run.track("quiet", "Order Completed", t(7, 6));
+    assert_eq!(
+        run.take(),
+        ["quiet consideration->purchase by purchase at 2026-01-08T00:06:00.000Z"],
+        "the 7-day gap fired once, not again when the next event showed it"
+    );
+}
+
+#[test]
+fn new_activity_rearms_the_ladder() {
+    let mut run = Run::five_stage();
+    run.track("c", "Product Viewed", t(0, 0));
+    run.advance(t(8, 0));
+    run.track("c", "Product Viewed", t(9, 0));
+    run.advance(t(30, 0));
+    assert_eq!(
+        run.take()[1..],
+        [
+            "c winback_7d in consideration last 2026-01-01T00:00:00.000Z detected 2026-01-08T00:00:00.000Z",
+            "c winback_7d in consideration last 2026-01-10T00:00:00.000Z detected 2026-01-17T00:00:00.000Z",
+            "c winback_14d in consideration last 2026-01-10T00:00:00.000Z detected 2026-01-24T00:00:00.000Z",
+        ]
+    );
+    assert_eq!(run.engine.armed_count(), 0, "the ladder is spent until the next activity");
+}
+
+#[test]
+fn advancing_fires_in_deadline_order_then_first_seen_order() {
+    let mut run = Run::five_stage();
+    run.track("b", "Product Viewed", t(0, 10));
+    run.track("a", "Product Viewed", t(0, 10));
+    run.track("c", "Product Viewed", t(0, 6));
+    run.take();
+    run.advance(t(7, 10));
+    assert_eq!(
+        run.take(),
+        [
+            "c winback_7d in consideration last 2026-01-01T00:06:00.000Z detected 2026-01-08T00:06:00.000Z",
+            "b winback_7d in consideration last 2026-01-01T00:10:00.000Z detected 2026-01-08T00:10:00.000Z",
+            "a winback_7d in consideration last 2026-01-01T00:10:00.000Z detected 2026-01-08T00:10:00.000Z",
+        ]
+    );
+}
+
+#[test]
+fn thresholds_can_filter_stages_and_move_customers() {
+    let mut run = Run::new(
+        r#"
+        name = "m"
+        stages = ["lead", "customer", "lapsed"]
+        [[rules]]
+        name = "bought"
+        to = "customer"
+        events = ["Order Completed"]
+        [[inactivity]]
+        name = "nudge"
+        after = "3d"
+        stages = ["lead"]
+        [[inactivity]]
+        name = "lapse"
+        after = "30d"
+        stages = ["customer"]
+        move_to = "lapsed"
+        [[inactivity]]
+        name = "gone"
+        after = "60d"
+        "#,
+    );
+    run.track("l", "Page Viewed", t(0, 0));
+    run.track("c", "Order Completed", t(0, 0));
+    run.take();
+    run.advance(t(70, 0));
+    assert_eq!(
+        run.take(),
+        [
+            "l nudge in lead last 2026-01-01T00:00:00.000Z detected 2026-01-04T00:00:00.000Z",
+            "c lapse in customer last 2026-01-01T00:00:00.000Z detected 2026-01-31T00:00:00.000Z",
+            "c customer->lapsed by lapse at 2026-01-31T00:00:00.000Z",
+            "l gone in lead last 2026-01-01T00:00:00.000Z detected 2026-03-02T00:00:00.000Z",
+            "c gone in lapsed last 2026-01-01T00:00:00.000Z detected 2026-03-02T00:00:00.000Z",
+        ]
+    );
+    assert_eq!(run.engine.population(), [1, 0, 1]);
+}
+
+#[test]
+fn duplicates_are_dropped_within_the_window_only() {
+    let mut run = Run::five_stage();
+    let send = |run: &mut Run, name: &str, at, id| run.send("c", EventType::Track, Some(name), at, Some(id), vec![]);
+    assert_eq!(send(&mut run, "Product Viewed", t(0, 0), "m-1"), Verdict::Applied);
+    assert_eq!(send(&mut run, "Order Completed", t(0, 1), "m-1"), Verdict::Duplicate);
+    assert_eq!(send(&mut run, "Order Completed", t(1, 0), "m-1"), Verdict::Duplicate, "exactly 24 h apart");
+    assert_eq!(send(&mut run, "Order Completed", t(1, 1), "m-1"), Verdict::Applied, "24 h 1 m apart");
+    assert_eq!(run.send("d", EventType::Track, Some("Order Completed"), t(1, 2), Some("m-1"), vec![]), Verdict::Applied);
+    assert_eq!(
+        run.take(),
+        [
+            "c null->consideration by consideration at 2026-01-01T00:00:00.000Z",
+            "c consideration->purchase by purchase at 2026-01-02T00:01:00.000Z",
+            "d null->purchase by purchase at 2026-01-02T00:02:00.000Z",
+        ]
+    );
+}
+
+#[test]
+fn late_events_change_nothing() {
+    let mut run = Run::five_stage();
+    run.track("a", "Product Viewed", t(0, 10));
+    run.take();
+    assert_eq!(run.track("b", "Order Completed", t(0, 4)), Verdict::Late, "6 minutes behind");
+    assert_eq!(run.track("a", "Order Completed", t(0, 4)), Verdict::Late);
+    assert_eq!(run.track("a", "Product Added", t(0, 5)), Verdict::Applied, "exactly at the watermark");
+    assert!(run.take().is_empty());
+    assert_eq!(run.engine.stage_of("b"), None);
+    assert_eq!(run.engine.stage_of("a"), Some(StageId(1)));
+}
+
+#[test]
+fn non_activity_events_only_move_the_watermark() {
+    let mut run = Run::five_stage();
+    run.track("a", "Product Viewed", t(0, 0));
+    run.take();
+    let verdict = run.send("b", EventType::Identify, None, t(8, 0), Some("i-1"), vec![]);
+    assert_eq!(verdict, Verdict::Ignored);
+    assert_eq!(
+        run.take(),
+        ["a winback_7d in consideration last 2026-01-01T00:00:00.000Z detected 2026-01-08T00:00:00.000Z"]
+    );
+    assert_eq!(run.engine.customer_count(), 1, "identify does not create a customer");
+}
+
+#[test]
+fn an_older_event_of_the_same_customer_classifies_without_opening_a_gap() {
+    let mut run = Run::five_stage();
+    run.track("c", "Product Viewed", t(0, 10));
+    run.track("c", "Order Completed", t(0, 7));
+    run.advance(t(7, 8));
+    assert_eq!(
+        run.take(),
+        [
+            "c null->consideration by consideration at 2026-01-01T00:10:00.000Z",
+            "c consideration->purchase by purchase at 2026-01-01T00:07:00.000Z",
+        ],
+        "inactivity counts from the newest activity (00:10), not the late-arriving 00:07"
+    );
+    run.advance(t(7, 10));
+    assert_eq!(run.take().len(), 1);
+}
