@@ -1,1 +1,87 @@
-fn main(){}
+//! The replay hot path over a realistic generated mix, split into its stages so the
+//! ratios say where time goes: decode only, engine only (pre-decoded), and
+//! decode + engine + CloudEvents rendering (what `replay` does, minus file I/O).
+//!
+//! Run: `cargo bench --bench engine`. Figures and the machine: docs/performance.md.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use stagestream::config;
+use stagestream::core::{Engine, EventTime};
+use stagestream::decode::decode;
+use stagestream::generate::{generate, GeneratorSettings};
+use stagestream::output::Renderer;
+
+fn workload() -> Vec<Vec<u8>> {
+    let settings = GeneratorSettings {
+        customers: 10_000,
+        days: 60,
+        start: EventTime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap(),
+        seed: 1,
+        invalid_ratio: 0.002,
+        duplicate_ratio: 0.005,
+    };
+    let mut lines = Vec::new();
+    generate(&settings, |line| lines.push(line.to_vec()));
+    lines
+}
+
+fn bench(c: &mut Criterion) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/presets/five-stage.toml");
+    let settings = config::load_with_env(&path, Some(Default::default())).unwrap();
+    let model = settings.model.clone();
+    let lines = workload();
+    let mut group = c.benchmark_group("replay");
+    group.throughput(Throughput::Elements(lines.len() as u64));
+    group.sample_size(20);
+
+    group.bench_function("decode", |b| {
+        b.iter(|| lines.iter().filter(|line| decode(line, &model).is_ok()).count())
+    });
+
+    let events: Vec<_> = lines
+        .iter()
+        .filter_map(|line| decode(line, &model).ok())
+        .collect();
+    group.bench_function("engine", |b| {
+        b.iter_batched_ref(
+            || (Engine::new(Arc::clone(&model), settings.engine), Vec::new()),
+            |(engine, outputs)| {
+                for event in &events {
+                    outputs.clear();
+                    engine.on_event(event, outputs);
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    group.bench_function("decode+engine+render", |b| {
+        b.iter_batched_ref(
+            || {
+                let engine = Engine::new(Arc::clone(&model), settings.engine);
+                let renderer = Renderer::new("stagestream");
+                (engine, renderer, Vec::new(), Vec::with_capacity(64 << 20))
+            },
+            |(engine, renderer, outputs, sink)| {
+                for line in &lines {
+                    let Ok(event) = decode(line, &model) else { continue };
+                    outputs.clear();
+                    engine.on_event(&event, outputs);
+                    for output in outputs.iter() {
+                        renderer
+                            .render(engine, output, Some(&event))
+                            .write_structured(sink)
+                            .unwrap();
+                    }
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -176,7 +176,9 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
     if file.output.source.trim().is_empty() {
         problems.push(Problem::new("output.source", "must not be empty"));
     }
-    let model = Model::compile(&file.model).map_err(|found| problems.extend(found)).ok();
+    let model = Model::compile(&file.model)
+        .map_err(|found| problems.extend(found))
+        .ok();
     Some(Settings {
         model: Arc::new(model?),
         engine: EngineSettings {

@@ -62,7 +62,7 @@ impl fmt::Display for RejectReason {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("not valid JSON: {0}")]
-    InvalidJson(#[source] serde_json::Error),
+    InvalidJson(#[source] sonic_rs::Error),
     #[error("not a JSON object")]
     NotAnObject,
     #[error("no customer: neither userId nor anonymousId is a non-empty string")]
@@ -99,7 +99,7 @@ impl DecodeError {
 /// # Errors
 /// A [`DecodeError`] saying why the input is not a valid event.
 pub fn decode<'a>(bytes: &'a [u8], model: &Model) -> Result<Event<'a>, DecodeError> {
-    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let mut json = sonic_rs::Deserializer::from_slice(bytes);
     let fields = EventSeed { model }
         .deserialize(&mut json)
         .and_then(|fields| json.end().map(|()| fields))
@@ -146,7 +146,11 @@ impl<'a> Fields<'a> {
             EventType::Page | EventType::Screen => self.name.string(),
             EventType::Identify | EventType::Group | EventType::Alias => None,
         };
-        let properties = if kind.uses_traits() { self.traits } else { self.properties };
+        let properties = if kind.uses_traits() {
+            self.traits
+        } else {
+            self.properties
+        };
         Ok(Event {
             kind,
             customer,
@@ -482,19 +486,58 @@ mod tests {
             ("[1,2]", RejectReason::NotAnObject),
             ("\"track\"", RejectReason::NotAnObject),
             ("null", RejectReason::NotAnObject),
-            (r#"{"type":"track","event":"X","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::MissingCustomer),
-            (r#"{"type":"track","event":"X","userId":"","anonymousId":"","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::MissingCustomer),
-            (r#"{"type":"track","event":"X","userId":42,"timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::MissingCustomer),
-            (r#"{"type":"track","event":"X","userId":"u"}"#, RejectReason::MissingTimestamp),
-            (r#"{"type":"track","event":"X","userId":"u","timestamp":null}"#, RejectReason::MissingTimestamp),
-            (r#"{"type":"track","event":"X","userId":"u","timestamp":"yesterday"}"#, RejectReason::InvalidTimestamp),
-            (r#"{"type":"track","event":"X","userId":"u","timestamp":"2024-01-01T00:00:00"}"#, RejectReason::InvalidTimestamp),
-            (r#"{"type":"track","event":"X","userId":"u","timestamp":1704067200}"#, RejectReason::InvalidTimestamp),
-            (r#"{"type":"click","userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::UnknownType),
-            (r#"{"type":"Track","event":"X","userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::UnknownType),
-            (r#"{"userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::UnknownType),
-            (r#"{"type":"track","userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::MissingEvent),
-            (r#"{"type":"track","event":7,"userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#, RejectReason::MissingEvent),
+            (
+                r#"{"type":"track","event":"X","timestamp":"2024-01-01T00:00:00Z"}"#,
+                RejectReason::MissingCustomer,
+            ),
+            (
+                r#"{"type":"track","event":"X","userId":"","anonymousId":"","timestamp":"2024-01-01T00:00:00Z"}"#,
+                RejectReason::MissingCustomer,
+            ),
+            (
+                r#"{"type":"track","event":"X","userId":42,"timestamp":"2024-01-01T00:00:00Z"}"#,
+                RejectReason::MissingCustomer,
+            ),
+            (
+                r#"{"type":"track","event":"X","userId":"u"}"#,
+                RejectReason::MissingTimestamp,
+            ),
+            (
+                r#"{"type":"track","event":"X","userId":"u","timestamp":null}"#,
+                RejectReason::MissingTimestamp,
+            ),
+            (
+                r#"{"type":"track","event":"X","userId":"u","timestamp":"yesterday"}"#,
+                RejectReason::InvalidTimestamp,
+            ),
+            (
+                r#"{"type":"track","event":"X","userId":"u","timestamp":"2024-01-01T00:00:00"}"#,
+                RejectReason::InvalidTimestamp,
+            ),
+            (
+                r#"{"type":"track","event":"X","userId":"u","timestamp":1704067200}"#,
+                RejectReason::InvalidTimestamp,
+            ),
+            (
+                r#"{"type":"click","userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#,
+                RejectReason::UnknownType,
+            ),
+            (
+                r#"{"type":"Track","event":"X","userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#,
+                RejectReason::UnknownType,
+            ),
+            (
+                r#"{"userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#,
+                RejectReason::UnknownType,
+            ),
+            (
+                r#"{"type":"track","userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#,
+                RejectReason::MissingEvent,
+            ),
+            (
+                r#"{"type":"track","event":7,"userId":"u","timestamp":"2024-01-01T00:00:00Z"}"#,
+                RejectReason::MissingEvent,
+            ),
         ];
         for (line, expected) in cases {
             assert_eq!(reason(line), Some(expected), "{line}");
@@ -513,7 +556,10 @@ mod tests {
         assert!(matches!(event.customer, Cow::Borrowed("u-1")));
         assert_eq!(event.message_id.as_deref(), Some("m-1"));
         assert_eq!(event.name.as_deref(), Some("Order Completed"));
-        assert_eq!(event.timestamp, EventTime::parse_rfc3339("2024-01-01T00:00:00Z").unwrap());
+        assert_eq!(
+            event.timestamp,
+            EventTime::parse_rfc3339("2024-01-01T00:00:00Z").unwrap()
+        );
         let revenue = model.property_key("revenue").unwrap();
         let plan = model.property_key("plan").unwrap();
         assert_eq!(event.property(revenue), Some(&PropertyValue::Number(120.5)));
@@ -529,7 +575,11 @@ mod tests {
             &model,
         )
         .unwrap();
-        assert_eq!(anonymous.kind, EventType::Track, "no type but a string event is a track");
+        assert_eq!(
+            anonymous.kind,
+            EventType::Track,
+            "no type but a string event is a track"
+        );
         assert_eq!(anonymous.customer, "anon");
         assert_eq!(anonymous.message_id, None);
 

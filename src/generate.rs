@@ -54,7 +54,9 @@ pub fn generate(settings: &GeneratorSettings, mut emit: impl FnMut(&[u8])) {
     let mut line = Vec::with_capacity(1024);
     while let Some(Reverse((at, index))) = queue.pop() {
         let shopper = &mut shoppers[index as usize];
-        let Some(action) = shopper.next_action() else { continue };
+        let Some(action) = shopper.next_action() else {
+            continue;
+        };
         line.clear();
         shopper.write(&action, at, &mut line);
         emit(&line);
@@ -100,7 +102,9 @@ struct Shopper {
 impl Shopper {
     fn new(master: &mut StdRng) -> Self {
         let mut rng = StdRng::seed_from_u64(master.random());
-        let id = uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string();
+        let id = uuid::Builder::from_random_bytes(rng.random())
+            .into_uuid()
+            .to_string();
         Shopper {
             id,
             anonymous: rng.random_bool(0.3),
@@ -172,9 +176,17 @@ impl Shopper {
     fn write(&mut self, action: &Action, at: i64, out: &mut Vec<u8>) {
         let rng = &mut self.rng;
         // Clients batch and clocks drift: stamp a few events up to 20 s early.
-        let jitter = if rng.random_bool(0.1) { rng.random_range(0..20 * SECOND) } else { 0 };
-        let timestamp = EventTime::from_millis(at).minus(Span::from_millis(jitter)).to_string();
-        let message_id = uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string();
+        let jitter = if rng.random_bool(0.1) {
+            rng.random_range(0..20 * SECOND)
+        } else {
+            0
+        };
+        let timestamp = EventTime::from_millis(at)
+            .minus(Span::from_millis(jitter))
+            .to_string();
+        let message_id = uuid::Builder::from_random_bytes(rng.random())
+            .into_uuid()
+            .to_string();
         let product = rng.random_range(1..500u32);
         let category = CATEGORIES[rng.random_range(0..CATEGORIES.len())];
         let price = f64::from(rng.random_range(199..19_999u32)) / 100.0;
@@ -185,7 +197,9 @@ impl Shopper {
                 "track",
                 Some("Products Searched"),
                 None,
-                Properties::Search { query: QUERIES[rng.random_range(0..QUERIES.len())] },
+                Properties::Search {
+                    query: QUERIES[rng.random_range(0..QUERIES.len())],
+                },
             ),
             Action::ProductListViewed => (
                 "track",
@@ -195,27 +209,49 @@ impl Shopper {
             ),
             Action::ProductViewed | Action::ProductAdded => (
                 "track",
-                Some(if *action == Action::ProductViewed { "Product Viewed" } else { "Product Added" }),
+                Some(if *action == Action::ProductViewed {
+                    "Product Viewed"
+                } else {
+                    "Product Added"
+                }),
                 None,
-                Properties::Product { product_id: format!("p-{product}"), category, price },
+                Properties::Product {
+                    product_id: format!("p-{product}"),
+                    category,
+                    price,
+                },
             ),
             Action::CartViewed => ("track", Some("Cart Viewed"), None, Properties::None),
-            Action::CheckoutStarted => ("track", Some("Checkout Started"), None, Properties::Order {
-                order_id: format!("o-{}", rng.random::<u32>()),
-                revenue: price,
-                currency: "USD",
-            }),
-            Action::OrderCompleted => ("track", Some("Order Completed"), None, Properties::Order {
-                order_id: format!("o-{}", rng.random::<u32>()),
-                revenue: price,
-                currency: "USD",
-            }),
+            Action::CheckoutStarted => (
+                "track",
+                Some("Checkout Started"),
+                None,
+                Properties::Order {
+                    order_id: format!("o-{}", rng.random::<u32>()),
+                    revenue: price,
+                    currency: "USD",
+                },
+            ),
+            Action::OrderCompleted => (
+                "track",
+                Some("Order Completed"),
+                None,
+                Properties::Order {
+                    order_id: format!("o-{}", rng.random::<u32>()),
+                    revenue: price,
+                    currency: "USD",
+                },
+            ),
             Action::Identify => ("identify", None, None, Properties::None),
             Action::AfterPurchase(what) => (
                 "track",
                 Some(what),
                 None,
-                Properties::Product { product_id: format!("p-{product}"), category, price },
+                Properties::Product {
+                    product_id: format!("p-{product}"),
+                    category,
+                    price,
+                },
             ),
         };
         let email = format!("{}@example.com", &self.id[..8]);
@@ -231,7 +267,11 @@ impl Shopper {
             traits: (kind == "identify").then(|| Traits { email: &email }),
             context: Context {
                 library: Library {
-                    name: if self.mobile { "analytics-ios" } else { "analytics.js" },
+                    name: if self.mobile {
+                        "analytics-ios"
+                    } else {
+                        "analytics.js"
+                    },
                     version: "5.2.1",
                 },
                 ip: "203.0.113.7",
@@ -252,7 +292,9 @@ fn corrupt(line: &[u8], rng: &mut StdRng) -> Vec<u8> {
     let text = String::from_utf8_lossy(line);
     match rng.random_range(0..5) {
         0 => line[..line.len() / 2].to_vec(),
-        1 => text.replacen("\"timestamp\":\"", "\"timestamp\":\"yesterday ", 1).into_bytes(),
+        1 => text
+            .replacen("\"timestamp\":\"", "\"timestamp\":\"yesterday ", 1)
+            .into_bytes(),
         2 => text.replacen("\"type\":\"", "\"type\":\"x-", 1).into_bytes(),
         3 => text
             .replacen("\"userId\":", "\"user\":", 1)
@@ -288,10 +330,22 @@ struct Line<'a> {
 #[serde(untagged)]
 enum Properties<'a> {
     None,
-    Search { query: &'a str },
-    List { category: &'a str },
-    Product { product_id: String, category: &'a str, price: f64 },
-    Order { order_id: String, revenue: f64, currency: &'a str },
+    Search {
+        query: &'a str,
+    },
+    List {
+        category: &'a str,
+    },
+    Product {
+        product_id: String,
+        category: &'a str,
+        price: f64,
+    },
+    Order {
+        order_id: String,
+        revenue: f64,
+        currency: &'a str,
+    },
 }
 
 #[derive(Serialize)]

@@ -11,8 +11,8 @@
 //! Data flows one way: input line -> `decode` -> `Engine::on_event` -> `Output`s ->
 //! `output` -> output line; `Engine::advance_to` moves time forward without input.
 
-pub mod core;
 pub mod config;
+pub mod core;
 pub mod decode;
 pub mod generate;
 pub mod output;

@@ -20,7 +20,10 @@ const EX_CANTCREAT: u8 = 73;
 const EX_IOERR: u8 = 74;
 
 #[derive(Parser)]
-#[command(version, about = "Classifies customers into journey stages from behavioural events")]
+#[command(
+    version,
+    about = "Classifies customers into journey stages from behavioural events"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -78,7 +81,8 @@ enum Command {
 }
 
 fn parse_instant(text: &str) -> Result<EventTime, String> {
-    EventTime::parse_rfc3339(text).ok_or_else(|| format!("{text:?} is not an RFC 3339 date-time with an offset"))
+    EventTime::parse_rfc3339(text)
+        .ok_or_else(|| format!("{text:?} is not an RFC 3339 date-time with an offset"))
 }
 
 fn main() -> ExitCode {
@@ -86,7 +90,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
-            return if error.use_stderr() { ExitCode::from(EX_USAGE) } else { ExitCode::SUCCESS };
+            return if error.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match run(cli.command) {
@@ -152,7 +160,11 @@ fn run(command: Command) -> Result<(), Failure> {
                 "configuration ok: model {} with stages {}; inactivity: {}",
                 model.name(),
                 stages.join(" -> "),
-                if ladder.is_empty() { "none".to_owned() } else { ladder.join(", ") }
+                if ladder.is_empty() {
+                    "none".to_owned()
+                } else {
+                    ladder.join(", ")
+                }
             );
             Ok(())
         }
@@ -165,7 +177,10 @@ fn run(command: Command) -> Result<(), Failure> {
             duplicate_ratio,
             output,
         } => {
-            for (name, ratio) in [("--invalid-ratio", invalid_ratio), ("--duplicate-ratio", duplicate_ratio)] {
+            for (name, ratio) in [
+                ("--invalid-ratio", invalid_ratio),
+                ("--duplicate-ratio", duplicate_ratio),
+            ] {
                 if !(0.0..=1.0).contains(&ratio) {
                     return Err(Failure::new(EX_USAGE, format!("{name} must be between 0 and 1")));
                 }
@@ -185,7 +200,9 @@ fn run(command: Command) -> Result<(), Failure> {
                     result = out.write_all(line).and_then(|()| out.write_all(b"\n"));
                 }
             });
-            result.and_then(|()| out.flush()).map_err(|e| Failure::new(EX_IOERR, format!("cannot write output: {e}")))
+            result
+                .and_then(|()| out.flush())
+                .map_err(|e| Failure::new(EX_IOERR, format!("cannot write output: {e}")))
         }
     }
 }

@@ -12,6 +12,7 @@
 use std::io::{self, Write};
 
 use serde::{Serialize, Serializer};
+use sha1::{Digest, Sha1};
 use uuid::Uuid;
 
 use crate::core::{Cause, Engine, Event, EventTime, Output};
@@ -128,7 +129,15 @@ impl Renderer {
         self.id_input.extend_from_slice(kind.as_bytes());
         self.id_input.push(b'\n');
         self.id_input.extend_from_slice(&self.data);
-        let id = Uuid::new_v5(&ID_NAMESPACE, &self.id_input)
+        // UUIDv5 by RFC 9562: SHA-1 over namespace + name. RustCrypto's sha1 uses the
+        // CPU's SHA extensions where present, several times faster than uuid's own.
+        let digest = Sha1::new()
+            .chain_update(ID_NAMESPACE.as_bytes())
+            .chain_update(&self.id_input)
+            .finalize();
+        let sha1_prefix: [u8; 16] = digest[..16].try_into().expect("SHA-1 is 20 bytes");
+        let id = uuid::Builder::from_sha1_bytes(sha1_prefix)
+            .into_uuid()
             .hyphenated()
             .encode_lower(&mut self.id);
         Rendered {

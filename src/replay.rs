@@ -61,7 +61,13 @@ pub fn replay(
             Err(error) => {
                 *tally.invalid.entry(error.reason()).or_default() += 1;
                 if let Some(rejects) = rejects.as_deref_mut() {
-                    write_reject(rejects, line_number, error.reason().as_str(), &error.to_string(), bytes)?;
+                    write_reject(
+                        rejects,
+                        line_number,
+                        error.reason().as_str(),
+                        &error.to_string(),
+                        bytes,
+                    )?;
                 }
                 continue;
             }
@@ -114,7 +120,13 @@ struct Reject<'a> {
     input: &'a str,
 }
 
-fn write_reject(out: &mut dyn Write, line: u64, reason: &str, error: &str, bytes: &[u8]) -> Result<(), ReplayError> {
+fn write_reject(
+    out: &mut dyn Write,
+    line: u64,
+    reason: &str,
+    error: &str,
+    bytes: &[u8],
+) -> Result<(), ReplayError> {
     let input = String::from_utf8_lossy(bytes);
     let reject = Reject {
         line,
@@ -258,9 +270,17 @@ impl fmt::Display for Summary {
         let inactivity: Vec<String> = self.inactivity.iter().map(|(t, n)| format!("{t} {n}")).collect();
         write_wrapped(f, "  inactivity   ", &inactivity)?;
         let population: Vec<String> = self.population.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        write_wrapped(f, &format!("  customers    {} by stage: ", self.customers), &population)?;
+        write_wrapped(
+            f,
+            &format!("  customers    {} by stage: ", self.customers),
+            &population,
+        )?;
         let seconds = self.elapsed.as_secs_f64();
-        let rate = if seconds > 0.0 { self.lines as f64 / seconds } else { 0.0 };
+        let rate = if seconds > 0.0 {
+            self.lines as f64 / seconds
+        } else {
+            0.0
+        };
         writeln!(
             f,
             "  output       {} CloudEvents; {} lines in {:.3} s ({:.0} events/s)",

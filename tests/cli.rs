@@ -76,32 +76,56 @@ fn a_missing_or_malformed_config_exits_64() {
 
 #[test]
 fn every_preset_is_a_complete_configuration() {
-    for preset in ["five-stage", "four-stage", "lifecycle-five", "six-stage", "value-journey"] {
+    for preset in [
+        "five-stage",
+        "four-stage",
+        "lifecycle-five",
+        "six-stage",
+        "value-journey",
+    ] {
         let output = run(stagestream()
             .arg("check")
             .arg("--config")
             .arg(repo(&format!("config/presets/{preset}.toml"))));
-        assert!(output.status.success(), "{preset}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{preset}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 
 #[test]
 fn the_environment_overrides_the_file() {
-    let output = replay_fixture(&[("STAGESTREAM__MODEL__NAME", "renamed"), ("STAGESTREAM__OUTPUT__SOURCE", "/shop/eu")]);
+    let output = replay_fixture(&[
+        ("STAGESTREAM__MODEL__NAME", "renamed"),
+        ("STAGESTREAM__OUTPUT__SOURCE", "/shop/eu"),
+    ]);
     assert!(output.status.success());
     let events = parse_cloudevents(&String::from_utf8(output.stdout).unwrap());
-    assert!(events.iter().all(|e| e.json["data"]["model"] == "renamed" && e.json["source"] == "/shop/eu"));
+    assert!(events
+        .iter()
+        .all(|e| e.json["data"]["model"] == "renamed" && e.json["source"] == "/shop/eu"));
 
     // A longer lateness keeps bob's gap open until alice's event passes it by more.
     let output = replay_fixture(&[("STAGESTREAM__TIME__ALLOWED_LATENESS", "2d")]);
     let events = parse_cloudevents(&String::from_utf8(output.stdout).unwrap());
-    let winbacks = events.iter().filter(|e| e.json["data"]["threshold"] == "winback_14d").count();
-    assert_eq!(winbacks, 1, "with 2d lateness the watermark never reaches bob's 14-day deadline");
+    let winbacks = events
+        .iter()
+        .filter(|e| e.json["data"]["threshold"] == "winback_14d")
+        .count();
+    assert_eq!(
+        winbacks, 1,
+        "with 2d lateness the watermark never reaches bob's 14-day deadline"
+    );
 }
 
 #[test]
 fn bad_environment_values_and_unknown_keys_exit_64() {
-    let output = replay_fixture(&[("STAGESTREAM__TIME__DEDUP_WINDOW", "forever"), ("STAGESTREAM__TIME__LATENES", "1m")]);
+    let output = replay_fixture(&[
+        ("STAGESTREAM__TIME__DEDUP_WINDOW", "forever"),
+        ("STAGESTREAM__TIME__LATENES", "1m"),
+    ]);
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("time.dedup_window"), "{stderr}");
@@ -187,7 +211,18 @@ fn invalid_and_late_lines_go_to_the_rejects_file_and_the_run_succeeds() {
 fn replay_output_is_byte_identical_across_runs() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
-    let generated = run(stagestream().args(["generate", "--customers", "400", "--days", "40", "--seed", "9", "--output"]).arg(&input));
+    let generated = run(stagestream()
+        .args([
+            "generate",
+            "--customers",
+            "400",
+            "--days",
+            "40",
+            "--seed",
+            "9",
+            "--output",
+        ])
+        .arg(&input));
     assert!(generated.status.success());
     let replay = || {
         let output = run(stagestream()

@@ -11,7 +11,13 @@ use common::{compact, parse_cloudevents, repo, run, stagestream};
 fn golden(preset: &str) {
     let expected_text = std::fs::read_to_string(repo(&format!("tests/fixtures/{preset}.expected"))).unwrap();
     let header = expected_text.lines().next().unwrap();
-    let until = header.split("--until ").nth(1).unwrap().split(';').next().unwrap();
+    let until = header
+        .split("--until ")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
     let expected: Vec<&str> = expected_text.lines().filter(|l| !l.starts_with('#')).collect();
 
     let output = run(stagestream()
@@ -21,7 +27,11 @@ fn golden(preset: &str) {
         .arg("--input")
         .arg(repo(&format!("tests/fixtures/{preset}.jsonl")))
         .args(["--output", "-", "--until", until]));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let events = parse_cloudevents(&String::from_utf8(output.stdout).unwrap());
     let actual: Vec<String> = events.iter().map(compact).collect();
     assert_eq!(actual, expected, "{preset}");
@@ -33,11 +43,24 @@ fn golden(preset: &str) {
     assert_eq!(ids.len(), events.len(), "ids are distinct");
 
     // The fixture itself must cover the whole model: every stage and both win-backs.
-    let config: toml::Value = toml::from_str(&std::fs::read_to_string(repo(&format!("config/presets/{preset}.toml"))).unwrap()).unwrap();
-    let stages: BTreeSet<&str> = config["model"]["stages"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-    let reached: BTreeSet<&str> = events.iter().filter_map(|e| e.json["data"]["to_stage"].as_str()).collect();
+    let config: toml::Value =
+        toml::from_str(&std::fs::read_to_string(repo(&format!("config/presets/{preset}.toml"))).unwrap())
+            .unwrap();
+    let stages: BTreeSet<&str> = config["model"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let reached: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e.json["data"]["to_stage"].as_str())
+        .collect();
     assert_eq!(reached, stages, "{preset}: the journey reaches every stage");
-    let fired: BTreeSet<&str> = events.iter().filter_map(|e| e.json["data"]["threshold"].as_str()).collect();
+    let fired: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e.json["data"]["threshold"].as_str())
+        .collect();
     assert_eq!(fired, BTreeSet::from(["winback_14d", "winback_7d"]));
 }
 

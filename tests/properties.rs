@@ -26,7 +26,11 @@ const NAMES: [&str; 10] = [
 const LATENESS_MS: i64 = 5 * 60_000;
 
 fn settings() -> Settings {
-    config::load_with_env(&common::repo("config/presets/five-stage.toml"), Some(Default::default())).unwrap()
+    config::load_with_env(
+        &common::repo("config/presets/five-stage.toml"),
+        Some(Default::default()),
+    )
+    .unwrap()
 }
 
 /// One generated event before rendering. Streams are ordered by a base time and stamped
@@ -85,7 +89,12 @@ fn journeys() -> impl Strategy<Value = Vec<Step>> {
         merged
             .into_iter()
             .enumerate()
-            .map(|(i, (base, jitter, customer, name))| Step { customer, name, time: base - jitter, message: i as u32 })
+            .map(|(i, (base, jitter, customer, name))| Step {
+                customer,
+                name,
+                time: base - jitter,
+                message: i as u32,
+            })
             .collect()
     })
 }
@@ -107,7 +116,10 @@ fn per_customer(output: &[u8]) -> BTreeMap<String, Vec<String>> {
     let mut by_customer: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in std::str::from_utf8(output).unwrap().lines() {
         let json: serde_json::Value = serde_json::from_str(line).unwrap();
-        by_customer.entry(json["subject"].as_str().unwrap().to_owned()).or_default().push(line.to_owned());
+        by_customer
+            .entry(json["subject"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(line.to_owned());
     }
     by_customer
 }

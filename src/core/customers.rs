@@ -53,7 +53,10 @@ impl CustomerTable {
     /// Past 4,294,967,295 customers in one table.
     pub fn intern(&mut self, id: &str) -> (CustomerRef, Interned) {
         let hash = self.hasher.hash_one(id);
-        if let Some(&found) = self.index.find(hash, |&r| id_at(&self.arena, &self.ends, r) == id) {
+        if let Some(&found) = self
+            .index
+            .find(hash, |&r| id_at(&self.arena, &self.ends, r) == id)
+        {
             return (found, Interned::Existing);
         }
         let new = CustomerRef(u32::try_from(self.ends.len()).expect("at most u32::MAX customers"));

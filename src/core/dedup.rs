@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 
 use ahash::RandomState;
+use hashbrown::hash_map::Entry;
 use hashbrown::HashMap;
 
 use super::customers::CustomerRef;
@@ -53,8 +54,10 @@ impl DedupWindow {
             }
             self.order.pop_front();
             // The id may have been seen again since; only the newest sighting counts.
-            if self.seen.get(&(customer, digest)) == Some(&time) {
-                self.seen.remove(&(customer, digest));
+            if let Entry::Occupied(entry) = self.seen.entry((customer, digest)) {
+                if *entry.get() == time {
+                    entry.remove();
+                }
             }
         }
     }

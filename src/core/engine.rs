@@ -6,10 +6,14 @@
 //! shell renders as CloudEvents (`crate::output`). The rules it applies are written
 //! down in `docs/semantics.md`; the tests below and in `tests/` pin them.
 //!
-//! Inactivity is a deadline index, not a timer per customer: each customer with a
-//! pending threshold has one `(deadline, customer)` entry in a `BTreeSet`, and firing
-//! pops entries from the front while they are due. Ties between customers are broken
-//! by first-seen order, so output order is a function of the input alone.
+//! Inactivity is a deadline index, not a timer per customer: each armed customer has one
+//! `(key, customer)` entry in a `BTreeSet`, and firing pops entries from the front while
+//! they are due. An entry's key may be *earlier* than the customer's true deadline:
+//! new activity only pushes a deadline later, so the common event leaves the index
+//! alone, and an early entry that reaches the front is moved to the true deadline
+//! before anything fires. Since every key is at most its customer's true deadline, the
+//! front entry, once verified, is the global minimum: thresholds fire in exact
+//! `(deadline, first-seen order)`, a function of the input alone.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -87,11 +91,16 @@ pub enum Output {
 
 /// No threshold is pending for the customer.
 const UNARMED: u8 = u8::MAX;
+/// The customer has no entry in the deadline index.
+const NOT_INDEXED: EventTime = EventTime::MIN;
 
 #[derive(Clone, Copy, Debug)]
 struct CustomerState {
     /// The newest activity time seen for the customer.
     last_activity: EventTime,
+    /// The key of the customer's entry in the deadline index, or [`NOT_INDEXED`];
+    /// never later than the true deadline while the customer is armed.
+    indexed: EventTime,
     stage: StageId,
     /// The next threshold of the ladder to fire, or [`UNARMED`].
     armed: u8,
@@ -106,6 +115,7 @@ pub struct Engine {
     /// `model.counter_count()` occurrence counters per customer, by ref.
     counters: Vec<u32>,
     deadlines: BTreeSet<(EventTime, CustomerRef)>,
+    armed_customers: usize,
     dedup: DedupWindow,
     newest_event: EventTime,
     /// The firing clock: the watermark, or further when time was advanced explicitly.
@@ -123,6 +133,7 @@ impl Engine {
             states: Vec::new(),
             counters: Vec::new(),
             deadlines: BTreeSet::new(),
+            armed_customers: 0,
             dedup: DedupWindow::new(settings.dedup_window),
             newest_event: EventTime::MIN,
             clock: EventTime::MIN,
@@ -165,7 +176,7 @@ impl Engine {
 
     /// How many customers have an inactivity threshold pending.
     pub fn armed_count(&self) -> usize {
-        self.deadlines.len()
+        self.armed_customers
     }
 
     /// Applies one valid event, appending what it caused to `out`.
@@ -192,7 +203,6 @@ impl Engine {
         let customer = match known {
             Some(customer) => {
                 self.fire_gap(customer, at, out);
-                self.disarm(customer);
                 self.classify(customer, Interned::Existing, event, out);
                 customer
             }
@@ -200,6 +210,7 @@ impl Engine {
                 let (customer, _) = self.customers.intern(&event.customer);
                 self.states.push(CustomerState {
                     last_activity: at,
+                    indexed: NOT_INDEXED,
                     stage: self.model.initial_stage(),
                     armed: UNARMED,
                 });
@@ -236,14 +247,23 @@ impl Engine {
     }
 
     fn fire_due(&mut self, out: &mut Vec<Output>) {
-        while let Some(&(deadline, customer)) = self.deadlines.first() {
-            if deadline > self.clock {
+        while let Some(&(key, customer)) = self.deadlines.first() {
+            if key > self.clock {
                 break;
             }
             self.deadlines.pop_first();
-            self.fire(customer, out);
-            if let Some(next) = self.deadline(customer) {
-                self.deadlines.insert((next, customer));
+            self.states[customer.index()].indexed = NOT_INDEXED;
+            match self.deadline(customer) {
+                // Disarmed since it was indexed: the entry was stale.
+                None => {}
+                Some(due) if due > key => self.index(customer, due),
+                Some(due) => {
+                    debug_assert_eq!(due, key, "an index key is never later than its deadline");
+                    self.fire(customer, out);
+                    if let Some(next) = self.deadline(customer) {
+                        self.index(customer, next);
+                    }
+                }
             }
         }
     }
@@ -255,7 +275,7 @@ impl Engine {
             if deadline > at {
                 break;
             }
-            self.deadlines.remove(&(deadline, customer));
+            // The index entry stays; it is now early, which `fire_due` tolerates.
             self.fire(customer, out);
         }
     }
@@ -285,7 +305,8 @@ impl Engine {
             self.population[usize::from(to.0)] += 1;
             state.stage = to;
         }
-        state.armed = next_threshold(&self.model, threshold_id.0 + 1, state.stage);
+        let next = next_threshold(&self.model, threshold_id.0 + 1, state.stage);
+        self.set_armed(customer, next);
     }
 
     fn deadline(&self, customer: CustomerRef) -> Option<EventTime> {
@@ -296,20 +317,36 @@ impl Engine {
         })
     }
 
-    fn disarm(&mut self, customer: CustomerRef) {
-        if let Some(deadline) = self.deadline(customer) {
-            self.deadlines.remove(&(deadline, customer));
-            self.states[customer.index()].armed = UNARMED;
+    /// Arms the first threshold at or after ladder position `from` that applies, and
+    /// keeps the index entry at or before the new deadline.
+    fn arm(&mut self, customer: CustomerRef, from: u8) {
+        let state = &self.states[customer.index()];
+        self.set_armed(customer, next_threshold(&self.model, from, state.stage));
+        let Some(due) = self.deadline(customer) else {
+            return;
+        };
+        let indexed = self.states[customer.index()].indexed;
+        if indexed == NOT_INDEXED {
+            self.index(customer, due);
+        } else if due < indexed {
+            self.deadlines.remove(&(indexed, customer));
+            self.index(customer, due);
         }
     }
 
-    /// Arms the first threshold at or after ladder position `from` that applies.
-    fn arm(&mut self, customer: CustomerRef, from: u8) {
+    fn index(&mut self, customer: CustomerRef, key: EventTime) {
+        self.deadlines.insert((key, customer));
+        self.states[customer.index()].indexed = key;
+    }
+
+    fn set_armed(&mut self, customer: CustomerRef, armed: u8) {
         let state = &mut self.states[customer.index()];
-        state.armed = next_threshold(&self.model, from, state.stage);
-        if let Some(deadline) = self.deadline(customer) {
-            self.deadlines.insert((deadline, customer));
+        match (state.armed == UNARMED, armed == UNARMED) {
+            (true, false) => self.armed_customers += 1,
+            (false, true) => self.armed_customers -= 1,
+            _ => {}
         }
+        state.armed = armed;
     }
 
     /// Evaluates the rules against `event` and records the transition, if any.

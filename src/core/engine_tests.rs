@@ -65,7 +65,15 @@ impl Run {
         Run::new(FIVE_STAGE)
     }
 
-    fn send(&mut self, customer: &str, kind: EventType, name: Option<&str>, at: EventTime, message_id: Option<&str>, properties: Vec<Option<PropertyValue<'static>>>) -> Verdict {
+    fn send(
+        &mut self,
+        customer: &str,
+        kind: EventType,
+        name: Option<&str>,
+        at: EventTime,
+        message_id: Option<&str>,
+        properties: Vec<Option<PropertyValue<'static>>>,
+    ) -> Verdict {
         let event = Event {
             kind,
             customer: Cow::Borrowed(customer),
@@ -97,7 +105,13 @@ impl Run {
         let model = self.engine.model();
         for output in outputs {
             let line = match *output {
-                Output::StageChanged { customer, from, to, cause, at } => format!(
+                Output::StageChanged {
+                    customer,
+                    from,
+                    to,
+                    cause,
+                    at,
+                } => format!(
                     "{} {}->{} by {} at {}",
                     self.engine.customer_id(customer),
                     from.map_or("null", |s| model.stage_name(s)),
@@ -109,7 +123,13 @@ impl Run {
                     },
                     at
                 ),
-                Output::Inactive { customer, threshold, stage, last_activity, detected_at } => format!(
+                Output::Inactive {
+                    customer,
+                    threshold,
+                    stage,
+                    last_activity,
+                    detected_at,
+                } => format!(
                     "{} {} in {} last {} detected {}",
                     self.engine.customer_id(customer),
                     model.threshold(threshold).name,
@@ -130,16 +150,25 @@ impl Run {
 #[test]
 fn first_activity_enters_the_initial_stage_once() {
     let mut run = Run::five_stage();
-    assert_eq!(run.send("c", EventType::Page, Some("Home"), t(0, 0), None, vec![]), Verdict::Applied);
+    assert_eq!(
+        run.send("c", EventType::Page, Some("Home"), t(0, 0), None, vec![]),
+        Verdict::Applied
+    );
     run.track("c", "Signed Up", t(0, 1));
-    assert_eq!(run.take(), ["c null->awareness by entry at 2026-01-01T00:00:00.000Z"]);
+    assert_eq!(
+        run.take(),
+        ["c null->awareness by entry at 2026-01-01T00:00:00.000Z"]
+    );
 }
 
 #[test]
 fn first_activity_goes_straight_to_the_best_target() {
     let mut run = Run::five_stage();
     run.track("c", "Order Completed", t(0, 0));
-    assert_eq!(run.take(), ["c null->purchase by purchase at 2026-01-01T00:00:00.000Z"]);
+    assert_eq!(
+        run.take(),
+        ["c null->purchase by purchase at 2026-01-01T00:00:00.000Z"]
+    );
 }
 
 #[test]
@@ -333,9 +362,30 @@ fn property_predicates_gate_a_rule() {
         values[1 - revenue] = Some(PropertyValue::String(currency.into()));
         values
     };
-    run.send("u", EventType::Track, Some("Order Completed"), t(0, 0), None, props(99.5, "USD"));
-    run.send("u", EventType::Track, Some("Order Completed"), t(0, 1), None, props(150.0, "EUR"));
-    run.send("u", EventType::Track, Some("Order Completed"), t(0, 2), None, props(100.0, "USD"));
+    run.send(
+        "u",
+        EventType::Track,
+        Some("Order Completed"),
+        t(0, 0),
+        None,
+        props(99.5, "USD"),
+    );
+    run.send(
+        "u",
+        EventType::Track,
+        Some("Order Completed"),
+        t(0, 1),
+        None,
+        props(150.0, "EUR"),
+    );
+    run.send(
+        "u",
+        EventType::Track,
+        Some("Order Completed"),
+        t(0, 2),
+        None,
+        props(100.0, "USD"),
+    );
     assert_eq!(
         run.take(),
         [
@@ -377,7 +427,11 @@ fn other_customers_move_the_watermark_that_fires_inactivity() {
     let mut run = Run::five_stage();
     run.track("quiet", "Product Viewed", t(0, 0));
     run.track("busy", "Product Viewed", t(7, 4));
-    assert_eq!(run.take().len(), 2, "7d + 4m is still inside the 5m allowed lateness");
+    assert_eq!(
+        run.take().len(),
+        2,
+        "7d + 4m is still inside the 5m allowed lateness"
+    );
     run.track("busy", "Product Viewed", t(7, 5));
     assert_eq!(
         run.take(),
@@ -407,7 +461,11 @@ fn new_activity_rearms_the_ladder() {
             "c winback_14d in consideration last 2026-01-10T00:00:00.000Z detected 2026-01-24T00:00:00.000Z",
         ]
     );
-    assert_eq!(run.engine.armed_count(), 0, "the ladder is spent until the next activity");
+    assert_eq!(
+        run.engine.armed_count(),
+        0,
+        "the ladder is spent until the next activity"
+    );
 }
 
 #[test]
@@ -472,12 +530,34 @@ fn thresholds_can_filter_stages_and_move_customers() {
 #[test]
 fn duplicates_are_dropped_within_the_window_only() {
     let mut run = Run::five_stage();
-    let send = |run: &mut Run, name: &str, at, id| run.send("c", EventType::Track, Some(name), at, Some(id), vec![]);
+    let send =
+        |run: &mut Run, name: &str, at, id| run.send("c", EventType::Track, Some(name), at, Some(id), vec![]);
     assert_eq!(send(&mut run, "Product Viewed", t(0, 0), "m-1"), Verdict::Applied);
-    assert_eq!(send(&mut run, "Order Completed", t(0, 1), "m-1"), Verdict::Duplicate);
-    assert_eq!(send(&mut run, "Order Completed", t(1, 0), "m-1"), Verdict::Duplicate, "exactly 24 h apart");
-    assert_eq!(send(&mut run, "Order Completed", t(1, 1), "m-1"), Verdict::Applied, "24 h 1 m apart");
-    assert_eq!(run.send("d", EventType::Track, Some("Order Completed"), t(1, 2), Some("m-1"), vec![]), Verdict::Applied);
+    assert_eq!(
+        send(&mut run, "Order Completed", t(0, 1), "m-1"),
+        Verdict::Duplicate
+    );
+    assert_eq!(
+        send(&mut run, "Order Completed", t(1, 0), "m-1"),
+        Verdict::Duplicate,
+        "exactly 24 h apart"
+    );
+    assert_eq!(
+        send(&mut run, "Order Completed", t(1, 1), "m-1"),
+        Verdict::Applied,
+        "24 h 1 m apart"
+    );
+    assert_eq!(
+        run.send(
+            "d",
+            EventType::Track,
+            Some("Order Completed"),
+            t(1, 2),
+            Some("m-1"),
+            vec![]
+        ),
+        Verdict::Applied
+    );
     assert_eq!(
         run.take(),
         [
@@ -493,9 +573,17 @@ fn late_events_change_nothing() {
     let mut run = Run::five_stage();
     run.track("a", "Product Viewed", t(0, 10));
     run.take();
-    assert_eq!(run.track("b", "Order Completed", t(0, 4)), Verdict::Late, "6 minutes behind");
+    assert_eq!(
+        run.track("b", "Order Completed", t(0, 4)),
+        Verdict::Late,
+        "6 minutes behind"
+    );
     assert_eq!(run.track("a", "Order Completed", t(0, 4)), Verdict::Late);
-    assert_eq!(run.track("a", "Product Added", t(0, 5)), Verdict::Applied, "exactly at the watermark");
+    assert_eq!(
+        run.track("a", "Product Added", t(0, 5)),
+        Verdict::Applied,
+        "exactly at the watermark"
+    );
     assert!(run.take().is_empty());
     assert_eq!(run.engine.stage_of("b"), None);
     assert_eq!(run.engine.stage_of("a"), Some(StageId(1)));
@@ -512,7 +600,11 @@ fn non_activity_events_only_move_the_watermark() {
         run.take(),
         ["a winback_7d in consideration last 2026-01-01T00:00:00.000Z detected 2026-01-08T00:00:00.000Z"]
     );
-    assert_eq!(run.engine.customer_count(), 1, "identify does not create a customer");
+    assert_eq!(
+        run.engine.customer_count(),
+        1,
+        "identify does not create a customer"
+    );
 }
 
 #[test]

@@ -492,9 +492,7 @@ impl Compiler {
         if kind.is_none() {
             self.problem(
                 path,
-                format!(
-                    "unknown event type {name:?} (types: track, page, screen, identify, group, alias)"
-                ),
+                format!("unknown event type {name:?} (types: track, page, screen, identify, group, alias)"),
             );
         }
         kind
@@ -594,10 +592,7 @@ impl Compiler {
         .flatten()
         .collect();
         let [test] = <[PredicateTest; 1]>::try_from(tests).ok().or_else(|| {
-            self.problem(
-                path,
-                "needs exactly one of equals, exists, gt, gte, lt, lte",
-            );
+            self.problem(path, "needs exactly one of equals, exists, gt, gte, lt, lte");
             None
         })?;
         let next = PropertyKey(self.property_keys.len() as u16);
@@ -612,7 +607,10 @@ impl Compiler {
         if specs.len() > MAX_THRESHOLDS {
             self.problem(
                 "model.inactivity",
-                format!("{} thresholds; at most {MAX_THRESHOLDS} are supported", specs.len()),
+                format!(
+                    "{} thresholds; at most {MAX_THRESHOLDS} are supported",
+                    specs.len()
+                ),
             );
         }
         let mut thresholds = Vec::with_capacity(specs.len());
@@ -624,7 +622,10 @@ impl Compiler {
             } else if let Some(first) = names.insert(spec.name.as_str(), i) {
                 self.problem(
                     format!("{path}.name"),
-                    format!("duplicate threshold name {:?} (also model.inactivity[{first}])", spec.name),
+                    format!(
+                        "duplicate threshold name {:?} (also model.inactivity[{first}])",
+                        spec.name
+                    ),
                 );
             }
             let after = match parse_span(&spec.after) {
@@ -686,9 +687,7 @@ mod tests {
     use super::*;
 
     fn spec(toml_rules: &str) -> ModelSpec {
-        let text = format!(
-            "name = \"m\"\nstages = [\"a\", \"b\", \"c\"]\n{toml_rules}"
-        );
+        let text = format!("name = \"m\"\nstages = [\"a\", \"b\", \"c\"]\n{toml_rules}");
         toml_like(&text)
     }
 
@@ -772,7 +771,10 @@ mod tests {
                 .map(|&id| model.rule(id).name.as_str())
                 .collect()
         };
-        assert_eq!(names(EventType::Track, Some("X")), ["any-track", "named", "pages"]);
+        assert_eq!(
+            names(EventType::Track, Some("X")),
+            ["any-track", "named", "pages"]
+        );
         assert_eq!(names(EventType::Track, Some("Y")), ["any-track", "named"]);
         assert_eq!(names(EventType::Track, Some("Z")), ["any-track"]);
         assert_eq!(names(EventType::Track, None), ["any-track"]);
@@ -817,12 +819,24 @@ mod tests {
         assert!(test(PredicateTest::Gte(10.0), num(10.0)));
         assert!(test(PredicateTest::Lt(10.0), num(9.0)));
         assert!(!test(PredicateTest::Lte(10.0), num(10.1)));
-        assert!(!test(PredicateTest::Gt(1.0), text("5")), "strings are not numbers");
+        assert!(
+            !test(PredicateTest::Gt(1.0), text("5")),
+            "strings are not numbers"
+        );
         assert!(!test(PredicateTest::Gt(1.0), None));
-        assert!(test(PredicateTest::Equals(Literal::String("pro".into())), text("pro")));
-        assert!(!test(PredicateTest::Equals(Literal::String("1".into())), num(1.0)));
+        assert!(test(
+            PredicateTest::Equals(Literal::String("pro".into())),
+            text("pro")
+        ));
+        assert!(!test(
+            PredicateTest::Equals(Literal::String("1".into())),
+            num(1.0)
+        ));
         assert!(test(PredicateTest::Equals(Literal::Number(1.0)), num(1.0)));
-        assert!(test(PredicateTest::Equals(Literal::Bool(true)), Some(PropertyValue::Bool(true))));
+        assert!(test(
+            PredicateTest::Equals(Literal::Bool(true)),
+            Some(PropertyValue::Bool(true))
+        ));
         assert!(test(PredicateTest::Exists(true), Some(PropertyValue::Composite)));
         assert!(!test(PredicateTest::Exists(true), Some(PropertyValue::Null)));
         assert!(test(PredicateTest::Exists(false), Some(PropertyValue::Null)));

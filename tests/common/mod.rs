@@ -70,7 +70,10 @@ pub fn compact(event: &CloudEvent) -> String {
             let trigger = if trigger.is_null() {
                 "null".to_owned()
             } else {
-                assert_eq!(e["time"], trigger["timestamp"], "a transition's time is its trigger's");
+                assert_eq!(
+                    e["time"], trigger["timestamp"],
+                    "a transition's time is its trigger's"
+                );
                 format!(
                     "{}:{}@{}#{}",
                     text(&trigger["type"]),
