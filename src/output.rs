@@ -28,7 +28,6 @@ pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f0c_9a51_3d2e_4b7a_9c1e_5a7d_2
 pub struct Renderer {
     source: String,
     data: Vec<u8>,
-    id_input: Vec<u8>,
     id: [u8; uuid::fmt::Hyphenated::LENGTH],
 }
 
@@ -49,7 +48,6 @@ impl Renderer {
         Renderer {
             source: source.into(),
             data: Vec::with_capacity(512),
-            id_input: Vec::with_capacity(600),
             id: [0; uuid::fmt::Hyphenated::LENGTH],
         }
     }
@@ -125,15 +123,14 @@ impl Renderer {
                 (CUSTOMER_INACTIVE, customer_id, detected_at)
             }
         };
-        self.id_input.clear();
-        self.id_input.extend_from_slice(kind.as_bytes());
-        self.id_input.push(b'\n');
-        self.id_input.extend_from_slice(&self.data);
-        // UUIDv5 by RFC 9562: SHA-1 over namespace + name. RustCrypto's sha1 uses the
-        // CPU's SHA extensions where present, several times faster than uuid's own.
+        // UUIDv5 by RFC 9562: SHA-1 over namespace + name, here name = type "\n" data.
+        // RustCrypto's sha1 uses the CPU's SHA extensions where present, several times
+        // faster than uuid's own.
         let digest = Sha1::new()
             .chain_update(ID_NAMESPACE.as_bytes())
-            .chain_update(&self.id_input)
+            .chain_update(kind.as_bytes())
+            .chain_update(b"\n")
+            .chain_update(&self.data)
             .finalize();
         let sha1_prefix: [u8; 16] = digest[..16].try_into().expect("SHA-1 is 20 bytes");
         let id = uuid::Builder::from_sha1_bytes(sha1_prefix)

@@ -1,0 +1,61 @@
+//! Resident memory per tracked customer, measured from /proc/self/statm (Linux).
+//!
+//! Fills one engine with N customers (36-character ids, two activity events each, so
+//! every customer is armed), once without messageIds and once with both events' ids in
+//! the dedup window, and reports the growth of resident memory divided by N. Run: `cargo bench --bench memory`
+//! (optionally `-- 1000000 10000000`). Figures: README and docs/performance.md.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use stagestream::config;
+use stagestream::core::{Engine, Event, EventTime, EventType};
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+fn measure(customers: u32, with_message_ids: bool) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/presets/five-stage.toml");
+    let settings = config::load_with_env(&path, Some(Default::default())).unwrap();
+    let before = resident_bytes();
+    let mut engine = Engine::new(Arc::clone(&settings.model), settings.engine);
+    let mut outputs = Vec::new();
+    let start = EventTime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap().as_millis();
+    for step in 0..2u32 {
+        for i in 0..customers {
+            let id = format!("{:08x}-{:04x}-4000-8000-{:012x}", i, step, u64::from(i) * 7919);
+            let customer = format!("{:08x}-0000-4000-8000-{:012x}", i, u64::from(i) * 31);
+            let event = Event {
+                kind: EventType::Track,
+                customer: Cow::Owned(customer),
+                message_id: with_message_ids.then_some(Cow::Owned(id)),
+                name: Some(Cow::Borrowed(if step == 0 { "Product Viewed" } else { "Order Completed" })),
+                timestamp: EventTime::from_millis(start + i64::from(step) * 3_600_000 + i64::from(i % 3_600_000)),
+                properties: Vec::new(),
+            };
+            outputs.clear();
+            engine.on_event(&event, &mut outputs);
+        }
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    println!(
+        "{customers:>10} customers, {}: {:>8.1} MiB resident, {:>6.1} bytes/customer ({} armed)",
+        if with_message_ids { "2 messageIds each in the dedup window" } else { "no messageIds" },
+        grown as f64 / (1 << 20) as f64,
+        grown as f64 / f64::from(customers),
+        engine.armed_count()
+    );
+    std::hint::black_box(&engine);
+}
+
+fn main() {
+    let counts: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let counts = if counts.is_empty() { vec![100_000, 1_000_000] } else { counts };
+    for count in counts {
+        measure(count, false);
+        measure(count, true);
+    }
+}
