@@ -23,7 +23,9 @@ fn measure(customers: u32, with_message_ids: bool) {
     let before = resident_bytes();
     let mut engine = Engine::new(Arc::clone(&settings.model), settings.engine);
     let mut outputs = Vec::new();
-    let start = EventTime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap().as_millis();
+    let start = EventTime::parse_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .as_millis();
     for step in 0..2u32 {
         for i in 0..customers {
             let id = format!("{:08x}-{:04x}-4000-8000-{:012x}", i, step, u64::from(i) * 7919);
@@ -32,8 +34,14 @@ fn measure(customers: u32, with_message_ids: bool) {
                 kind: EventType::Track,
                 customer: Cow::Owned(customer),
                 message_id: with_message_ids.then_some(Cow::Owned(id)),
-                name: Some(Cow::Borrowed(if step == 0 { "Product Viewed" } else { "Order Completed" })),
-                timestamp: EventTime::from_millis(start + i64::from(step) * 3_600_000 + i64::from(i % 3_600_000)),
+                name: Some(Cow::Borrowed(if step == 0 {
+                    "Product Viewed"
+                } else {
+                    "Order Completed"
+                })),
+                timestamp: EventTime::from_millis(
+                    start + i64::from(step) * 3_600_000 + i64::from(i % 3_600_000),
+                ),
                 properties: Vec::new(),
             };
             outputs.clear();
@@ -43,7 +51,11 @@ fn measure(customers: u32, with_message_ids: bool) {
     let grown = resident_bytes().saturating_sub(before);
     println!(
         "{customers:>10} customers, {}: {:>8.1} MiB resident, {:>6.1} bytes/customer ({} armed)",
-        if with_message_ids { "2 messageIds each in the dedup window" } else { "no messageIds" },
+        if with_message_ids {
+            "2 messageIds each in the dedup window"
+        } else {
+            "no messageIds"
+        },
         grown as f64 / (1 << 20) as f64,
         grown as f64 / f64::from(customers),
         engine.armed_count()
@@ -53,7 +65,11 @@ fn measure(customers: u32, with_message_ids: bool) {
 
 fn main() {
     let counts: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let counts = if counts.is_empty() { vec![100_000, 1_000_000] } else { counts };
+    let counts = if counts.is_empty() {
+        vec![100_000, 1_000_000]
+    } else {
+        counts
+    };
     for count in counts {
         measure(count, false);
         measure(count, true);

@@ -44,7 +44,7 @@ pub fn replay(
     let started = Instant::now();
     let model = settings.model.clone();
     let mut engine = Engine::new(model.clone(), settings.engine);
-    let mut renderer = Renderer::new(settings.output.source.clone());
+    let mut renderer = Renderer::new(settings.output.source.clone(), &model);
     let mut tally = Tally::new(&engine);
     let mut line = Vec::with_capacity(4096);
     let mut outputs = Vec::new();

@@ -315,6 +315,10 @@ impl Model {
         self.activity.contains(kind)
     }
 
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
     pub fn rule(&self, id: RuleId) -> &Rule {
         &self.rules[usize::from(id.0)]
     }
