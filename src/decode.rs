@@ -62,7 +62,9 @@ impl fmt::Display for RejectReason {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("not valid JSON: {0}")]
-    InvalidJson(#[source] sonic_rs::Error),
+    InvalidJson(#[source] serde_json::Error),
+    #[error("not valid JSON: not UTF-8")]
+    InvalidUtf8,
     #[error("not a JSON object")]
     NotAnObject,
     #[error("no customer: neither userId nor anonymousId is a non-empty string")]
@@ -80,7 +82,7 @@ pub enum DecodeError {
 impl DecodeError {
     pub fn reason(&self) -> RejectReason {
         match self {
-            DecodeError::InvalidJson(_) => RejectReason::InvalidJson,
+            DecodeError::InvalidJson(_) | DecodeError::InvalidUtf8 => RejectReason::InvalidJson,
             DecodeError::NotAnObject => RejectReason::NotAnObject,
             DecodeError::MissingCustomer => RejectReason::MissingCustomer,
             DecodeError::MissingTimestamp => RejectReason::MissingTimestamp,
@@ -99,7 +101,10 @@ impl DecodeError {
 /// # Errors
 /// A [`DecodeError`] saying why the input is not a valid event.
 pub fn decode<'a>(bytes: &'a [u8], model: &Model) -> Result<Event<'a>, DecodeError> {
-    let mut json = sonic_rs::Deserializer::from_slice(bytes);
+    // One SIMD UTF-8 check of the whole line: serde_json does not check the strings it
+    // skips (`context`), and parsing from `&str` spares it checking those it reads.
+    let text = simdutf8::basic::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
+    let mut json = serde_json::Deserializer::from_str(text);
     let fields = EventSeed { model }
         .deserialize(&mut json)
         .and_then(|fields| json.end().map(|()| fields))
@@ -541,6 +546,62 @@ mod tests {
         ];
         for (line, expected) in cases {
             assert_eq!(reason(line), Some(expected), "{line}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_invalid_json_even_where_nothing_is_read() {
+        let model = model();
+        let in_customer = b"{\"type\":\"track\",\"event\":\"X\",\"userId\":\"u\xff\",\"timestamp\":\"2024-01-01T00:00:00Z\"}";
+        let in_context =
+            b"{\"type\":\"track\",\"event\":\"X\",\"userId\":\"u\",\"timestamp\":\"2024-01-01T00:00:00Z\",\"context\":{\"ua\":\"\xc3\x28\"}}";
+        for line in [&in_customer[..], &in_context[..]] {
+            let reason = decode(line, &model).err().map(|e| e.reason());
+            assert_eq!(
+                reason,
+                Some(RejectReason::InvalidJson),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Decoding is one pass that skips what it does not need; the reference for what is
+        /// JSON is UTF-8 plus serde_json's full grammar check. Lines are valid events with a
+        /// few bytes overwritten, inserted or removed.
+        #[test]
+        fn rejects_as_invalid_json_exactly_what_serde_json_rejects(
+            edits in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>(), 0u8..3), 1..4),
+            pick in 0usize..4,
+        ) {
+            let base = [
+                r#"{"type":"track","event":"Order Completed","userId":"u-1","messageId":"m","timestamp":"2024-01-01T00:00:00Z","properties":{"revenue":12.5,"plan":"pro","items":[1,2,{"a":null}]},"context":{"ip":"1.2.3.4","ua":"Mozilla/5.0 \"x\" \u00e9"}}"#,
+                r#"{"type":"page","name":"Home","anonymousId":"a","timestamp":"2024-01-01T00:00:00.123+02:00","context":{"n":-1.5e3,"t":true,"f":false}}"#,
+                r#"{"userId":"u","event":"X","timestamp":"2024-01-01T00:00:00Z","traits":{"k":[]},"x":"\ud83d\ude00"}"#,
+                r#"[1,"two",{"three":3.0}]"#,
+            ][pick];
+            let mut line = base.as_bytes().to_vec();
+            for (at, byte, op) in edits {
+                let at = at % (line.len() + 1);
+                match op {
+                    0 if at < line.len() => line[at] = byte,
+                    1 => line.insert(at, byte),
+                    _ if at < line.len() => { line.remove(at); }
+                    _ => {}
+                }
+            }
+            // JSON text is UTF-8 (RFC 8259, 8.1), which serde_json's skipping does not check.
+            let reference_ok = std::str::from_utf8(&line).is_ok()
+                && serde_json::from_slice::<IgnoredAny>(&line).is_ok();
+            let ours = decode(&line, &model()).err().map(|e| e.reason());
+            proptest::prop_assert_eq!(
+                ours != Some(RejectReason::InvalidJson),
+                reference_ok,
+                "{:?} gave {:?}",
+                String::from_utf8_lossy(&line),
+                ours
+            );
         }
     }
 
