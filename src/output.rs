@@ -153,7 +153,7 @@ impl Renderer {
                 data.extend_from_slice(b",\"stage\":");
                 data.extend_from_slice(&self.stage_json[usize::from(stage.0)]);
                 data.extend_from_slice(b",\"inactive_seconds\":");
-                data.extend_from_slice(inactive_seconds.to_string().as_bytes());
+                write!(data, "{inactive_seconds}").expect("writing to a Vec cannot fail");
                 data.extend_from_slice(b",\"last_activity_at\":");
                 write_json_time(data, last_activity);
                 data.extend_from_slice(b",\"detected_at\":");
