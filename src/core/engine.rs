@@ -104,6 +104,10 @@ struct CustomerState {
     stage: StageId,
     /// The next threshold of the ladder to fire, or [`UNARMED`].
     armed: u8,
+    /// Ladder position in the current gap: thresholds before it have fired. Reset only
+    /// by newer activity, so an older event arriving after a firing (possible once an
+    /// explicit clock runs ahead of the watermark) never fires the same gap twice.
+    ladder: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -213,6 +217,7 @@ impl Engine {
                     indexed: NOT_INDEXED,
                     stage: self.model.initial_stage(),
                     armed: UNARMED,
+                    ladder: 0,
                 });
                 let counters = self.model.counter_count();
                 self.counters.resize(self.counters.len() + counters, 0);
@@ -221,8 +226,13 @@ impl Engine {
             }
         };
         let state = &mut self.states[customer.index()];
-        state.last_activity = state.last_activity.max(at);
-        self.arm(customer, 0);
+        if at > state.last_activity {
+            state.last_activity = at;
+            state.ladder = 0;
+        }
+        // Re-evaluated even for older events: the stage may have changed.
+        let ladder = state.ladder;
+        self.arm(customer, ladder);
         if let Some(digest) = digest {
             let watermark = self.watermark();
             self.dedup.record(customer, digest, at, watermark);
@@ -305,7 +315,8 @@ impl Engine {
             self.population[usize::from(to.0)] += 1;
             state.stage = to;
         }
-        let next = next_threshold(&self.model, threshold_id.0 + 1, state.stage);
+        state.ladder = threshold_id.0 + 1;
+        let next = next_threshold(&self.model, state.ladder, state.stage);
         self.set_armed(customer, next);
     }
 

@@ -624,3 +624,28 @@ fn an_older_event_of_the_same_customer_classifies_without_opening_a_gap() {
     run.advance(t(7, 10));
     assert_eq!(run.take().len(), 1);
 }
+
+#[test]
+fn an_older_event_after_a_firing_does_not_fire_the_same_gap_again() {
+    // Only an explicit clock (the live service's wall clock) can run ahead of the
+    // watermark and fire a gap before an older, still on-time, event arrives.
+    let mut run = Run::five_stage();
+    run.track("c", "Product Viewed", t(0, 10));
+    run.advance(t(7, 11));
+    run.track("c", "Order Completed", t(0, 9));
+    run.advance(t(7, 12));
+    assert_eq!(
+        run.take(),
+        [
+            "c null->consideration by consideration at 2026-01-01T00:10:00.000Z",
+            "c winback_7d in consideration last 2026-01-01T00:10:00.000Z detected 2026-01-08T00:10:00.000Z",
+            "c consideration->purchase by purchase at 2026-01-01T00:09:00.000Z",
+        ]
+    );
+    run.advance(t(14, 10));
+    assert_eq!(
+        run.take(),
+        ["c winback_14d in purchase last 2026-01-01T00:10:00.000Z detected 2026-01-15T00:10:00.000Z"],
+        "the gap continues from where its ladder stood"
+    );
+}
