@@ -534,7 +534,10 @@ mod tests {
     fn skipped_values_must_be_json_too() {
         let valid = r#"{"type":"track","event":"X","userId":"u","timestamp":"2024-01-01T00:00:00Z","context":CONTEXT}"#;
         let line = |context: &str| valid.replace("CONTEXT", context);
-        assert_eq!(reason(&line(r#"{"ok":[1,-2.5e-3,true,null,{}],"s":"a b"}"#)), None);
+        assert_eq!(
+            reason(&line(r#"{"ok":[1,-2.5e-3,true,null,{}],"s":"a b"}"#)),
+            None
+        );
         // Grammatical JSON, though not Unicode text: accepted where nothing reads it.
         assert_eq!(reason(&line(r#"{"a":"\ud800"}"#)), None);
         for context in [
@@ -554,7 +557,11 @@ mod tests {
             r#"{"a":[1}"#,
             r#"{"a":"\x"}"#,
         ] {
-            assert_eq!(reason(&line(context)), Some(RejectReason::InvalidJson), "{context}");
+            assert_eq!(
+                reason(&line(context)),
+                Some(RejectReason::InvalidJson),
+                "{context}"
+            );
         }
     }
 
