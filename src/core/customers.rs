@@ -75,13 +75,6 @@ impl CustomerTable {
     pub fn id(&self, customer: CustomerRef) -> &str {
         id_at(&self.arena, &self.ends, customer)
     }
-
-    /// Heap bytes held, for the memory figures in the docs.
-    pub fn heap_bytes(&self) -> usize {
-        self.arena.capacity()
-            + self.ends.capacity() * std::mem::size_of::<u64>()
-            + self.index.capacity() * (std::mem::size_of::<CustomerRef>() + 1)
-    }
 }
 
 /// Whether [`CustomerTable::intern`] saw the id before.
