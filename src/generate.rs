@@ -191,8 +191,8 @@ impl Shopper {
         let category = CATEGORIES[rng.random_range(0..CATEGORIES.len())];
         let price = f64::from(rng.random_range(199..19_999u32)) / 100.0;
         let (kind, event, name, properties) = match *action {
-            Action::View(page) if self.mobile => ("screen", None, Some(page), Properties::None),
-            Action::View(page) => ("page", None, Some(page), Properties::None),
+            Action::View(page) if self.mobile => ("screen", None, Some(page), Properties::None {}),
+            Action::View(page) => ("page", None, Some(page), Properties::None {}),
             Action::Search => (
                 "track",
                 Some("Products Searched"),
@@ -221,7 +221,7 @@ impl Shopper {
                     price,
                 },
             ),
-            Action::CartViewed => ("track", Some("Cart Viewed"), None, Properties::None),
+            Action::CartViewed => ("track", Some("Cart Viewed"), None, Properties::None {}),
             Action::CheckoutStarted => (
                 "track",
                 Some("Checkout Started"),
@@ -242,7 +242,7 @@ impl Shopper {
                     currency: "USD",
                 },
             ),
-            Action::Identify => ("identify", None, None, Properties::None),
+            Action::Identify => ("identify", None, None, Properties::None {}),
             Action::AfterPurchase(what) => (
                 "track",
                 Some(what),
@@ -263,7 +263,7 @@ impl Shopper {
             anonymous_id: self.anonymous.then_some(self.id.as_str()),
             message_id: &message_id,
             timestamp: &timestamp,
-            properties: (!matches!(properties, Properties::None) || kind == "track").then_some(properties),
+            properties: (!matches!(properties, Properties::None {}) || kind == "track").then_some(properties),
             traits: (kind == "identify").then(|| Traits { email: &email }),
             context: Context {
                 library: Library {
@@ -329,7 +329,8 @@ struct Line<'a> {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum Properties<'a> {
-    None,
+    /// Serialises as `{}`, as Segment libraries send an empty `properties`.
+    None {},
     Search {
         query: &'a str,
     },
@@ -384,6 +385,34 @@ mod tests {
         let mut lines = Vec::new();
         generate(&settings, |line| lines.push(line.to_vec()));
         lines
+    }
+
+    #[test]
+    fn writes_valid_events_unless_asked_for_invalid_ones() {
+        let model = crate::core::model::test_model(
+            "name = \"m\"\nstages = [\"a\"]\n[[rules]]\nname = \"r\"\nto = \"a\"\nwhere = [{ property = \"price\", gt = 0 }]",
+        );
+        let settings = GeneratorSettings {
+            customers: 200,
+            days: 30,
+            start: EventTime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap(),
+            seed: 3,
+            invalid_ratio: 0.0,
+            duplicate_ratio: 0.0,
+        };
+        let mut kinds = std::collections::BTreeSet::new();
+        let mut count = 0;
+        generate(&settings, |line| {
+            let event = crate::decode::decode(line, &model)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(line)));
+            kinds.insert(event.kind.as_str());
+            count += 1;
+        });
+        assert!(count > 1_000, "{count} lines");
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            ["identify", "page", "screen", "track"]
+        );
     }
 
     #[test]

@@ -154,7 +154,10 @@ fn run(command: Command) -> Result<(), Failure> {
             let ladder: Vec<String> = model
                 .thresholds()
                 .iter()
-                .map(|t| format!("{} after {}s", t.name, t.after.as_whole_seconds()))
+                .map(|t| {
+                    let after = std::time::Duration::from_millis(t.after.as_millis().unsigned_abs());
+                    format!("{} after {}", t.name, humantime::format_duration(after))
+                })
                 .collect();
             println!(
                 "configuration ok: model {} with stages {}; inactivity: {}",

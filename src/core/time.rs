@@ -155,11 +155,6 @@ impl Span {
     pub const fn as_millis(self) -> i64 {
         self.0
     }
-
-    /// Whole seconds, rounded down.
-    pub const fn as_whole_seconds(self) -> i64 {
-        self.0.div_euclid(1_000)
-    }
 }
 
 impl TryFrom<std::time::Duration> for Span {
