@@ -3,14 +3,13 @@
 //! An event is a duplicate when its customer already had an applied event with the
 //! same `messageId` whose time is within `window` of it. Ids are kept as 64-bit XXH3
 //! digests (stable across runs, so the window can be snapshotted), keyed with the
-//! customer's ref so one customer's ids never match another's. Entries are dropped
-//! once no on-time event could match them any more (older than watermark - window):
-//! pruning changes memory, never a decision about an event that is applied.
-
-use std::collections::VecDeque;
+//! customer's ref so one customer's ids never match another's. Entries no on-time event
+//! could match any more (older than watermark - window) are swept out in one sequential
+//! pass each time the watermark moves a quarter window, rather than one random-access
+//! removal per event: pruning bounds memory (to about 1.25 windows of ids), it never
+//! changes a decision, since a lookup already ignores entries outside the window.
 
 use ahash::RandomState;
-use hashbrown::hash_map::Entry;
 use hashbrown::HashMap;
 
 use super::customers::CustomerRef;
@@ -20,8 +19,8 @@ use super::time::{EventTime, Span};
 pub struct DedupWindow {
     window: Span,
     seen: HashMap<(CustomerRef, u64), EventTime, RandomState>,
-    /// Insertion order, for pruning from the front.
-    order: VecDeque<(EventTime, CustomerRef, u64)>,
+    /// The next sweep runs once the watermark reaches this.
+    next_sweep: EventTime,
 }
 
 impl DedupWindow {
@@ -29,7 +28,7 @@ impl DedupWindow {
         DedupWindow {
             window,
             seen: HashMap::default(),
-            order: VecDeque::new(),
+            next_sweep: EventTime::MIN,
         }
     }
 
@@ -43,22 +42,15 @@ impl DedupWindow {
         })
     }
 
-    /// Remembers an applied event, then forgets what `watermark` has made unmatchable.
+    /// Remembers an applied event; now and then forgets what `watermark` has made
+    /// unmatchable.
     pub fn record(&mut self, customer: CustomerRef, digest: u64, at: EventTime, watermark: EventTime) {
-        self.seen.insert((customer, digest), at);
-        self.order.push_back((at, customer, digest));
-        let horizon = watermark.minus(self.window);
-        while let Some(&(time, customer, digest)) = self.order.front() {
-            if time >= horizon {
-                break;
-            }
-            self.order.pop_front();
-            // The id may have been seen again since; only the newest sighting counts.
-            if let Entry::Occupied(entry) = self.seen.entry((customer, digest)) {
-                if *entry.get() == time {
-                    entry.remove();
-                }
-            }
+        let seen = self.seen.entry((customer, digest)).or_insert(at);
+        *seen = (*seen).max(at);
+        if watermark >= self.next_sweep {
+            let horizon = watermark.minus(self.window);
+            self.seen.retain(|_, &mut time| time >= horizon);
+            self.next_sweep = watermark.plus(Span::from_millis(self.window.as_millis() / 4));
         }
     }
 
