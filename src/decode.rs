@@ -107,19 +107,34 @@ pub fn decode<'a>(bytes: &'a [u8], model: &Model) -> Result<Event<'a>, DecodeErr
     let fields = if memchr::memchr(b'\\', bytes).is_none() {
         // No escapes anywhere: sonic-rs's fast skip is then exact (it checks structure,
         // not escapes), and about a fifth cheaper than serde_json on this input.
-        let mut json = sonic_rs::Deserializer::from_str(text);
-        EventSeed { model }
-            .deserialize(&mut json)
-            .and_then(|fields| json.end().map(|()| fields))
-            .map_err(|e| DecodeError::InvalidJson(e.to_string()))?
+        read_fields(
+            sonic_rs::Deserializer::from_str(text),
+            model,
+            sonic_rs::Deserializer::end,
+        )?
     } else {
-        let mut json = serde_json::Deserializer::from_str(text);
-        EventSeed { model }
-            .deserialize(&mut json)
-            .and_then(|fields| json.end().map(|()| fields))
-            .map_err(|e| DecodeError::InvalidJson(e.to_string()))?
+        read_fields(
+            serde_json::Deserializer::from_str(text),
+            model,
+            serde_json::Deserializer::end,
+        )?
     };
     fields.ok_or(DecodeError::NotAnObject)?.into_event()
+}
+
+/// Reads the top-level value with one parser, then `end` checks nothing follows it.
+fn read_fields<'de, J, E: fmt::Display>(
+    mut json: J,
+    model: &Model,
+    end: impl FnOnce(&mut J) -> Result<(), E>,
+) -> Result<Option<Fields<'de>>, DecodeError>
+where
+    for<'j> &'j mut J: Deserializer<'de, Error = E>,
+{
+    EventSeed { model }
+        .deserialize(&mut json)
+        .and_then(|fields| end(&mut json).map(|()| fields))
+        .map_err(|e| DecodeError::InvalidJson(e.to_string()))
 }
 
 /// The top-level fields as read, before validation.
