@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::core::{Engine, EventTime, Output, Verdict};
+use crate::core::{Engine, Event, EventTime, Output, Verdict};
 use crate::decode::{decode, RejectReason};
 use crate::output::Renderer;
 
@@ -81,30 +81,44 @@ pub fn replay(
                 write_reject(rejects, line_number, "late", &message, bytes)?;
             }
         }
-        for produced in &outputs {
-            tally.output(produced);
-            renderer
-                .render(&engine, produced, Some(&event))
-                .write_structured(&mut output)
-                .map_err(ReplayError::Write)?;
-        }
+        write_outputs(
+            &outputs,
+            Some(&event),
+            &engine,
+            &mut renderer,
+            &mut tally,
+            &mut output,
+        )?;
     }
     if let Some(until) = until {
         outputs.clear();
         engine.advance_to(until, &mut outputs);
-        for produced in &outputs {
-            tally.output(produced);
-            renderer
-                .render(&engine, produced, None)
-                .write_structured(&mut output)
-                .map_err(ReplayError::Write)?;
-        }
+        write_outputs(&outputs, None, &engine, &mut renderer, &mut tally, &mut output)?;
     }
     output.flush().map_err(ReplayError::Write)?;
     if let Some(rejects) = rejects {
         rejects.flush().map_err(ReplayError::WriteRejects)?;
     }
     Ok(tally.into_summary(&engine, line_number, started.elapsed()))
+}
+
+/// Counts and writes what one engine call produced; `trigger` is the event it applied.
+fn write_outputs(
+    outputs: &[Output],
+    trigger: Option<&Event<'_>>,
+    engine: &Engine,
+    renderer: &mut Renderer,
+    tally: &mut Tally,
+    out: &mut impl Write,
+) -> Result<(), ReplayError> {
+    for produced in outputs {
+        tally.output(produced);
+        renderer
+            .render(engine, produced, trigger)
+            .write_structured(out)
+            .map_err(ReplayError::Write)?;
+    }
+    Ok(())
 }
 
 fn trim_line_end(line: &[u8]) -> &[u8] {
