@@ -14,7 +14,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::core::model::parse_span;
-use crate::core::{EngineSettings, Model, ModelSpec, Problem};
+use crate::core::{EngineSettings, Model, ModelSpec, Problem, Span};
+use crate::kafka::{KafkaSection, KafkaSettings};
 
 /// Everything the engine and its shell need, validated.
 #[derive(Clone, Debug)]
@@ -22,6 +23,23 @@ pub struct Settings {
     pub model: Arc<Model>,
     pub engine: EngineSettings,
     pub output: OutputSettings,
+    pub live: LiveSettings,
+    pub kafka: KafkaSettings,
+}
+
+/// How the live service (`stagestream run`) maps the wall clock and record metadata
+/// onto event time, and how long it may take to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveSettings {
+    /// An event stamped further than this ahead of the wall clock is invalid.
+    pub max_future_skew: Span,
+    /// Use the Kafka record timestamp when the payload has no `timestamp`.
+    pub use_record_timestamp: bool,
+    /// The wall clock fires inactivity this far behind real time, so an event still in
+    /// flight to the broker when its customer's deadline passes is applied first.
+    pub firing_delay: Span,
+    /// After SIGTERM/SIGINT: time to deliver what is in flight and commit.
+    pub shutdown_grace: Span,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,31 +82,46 @@ struct FileConfig {
     time: TimeSection,
     #[serde(default)]
     output: OutputSection,
+    #[serde(default)]
+    kafka: KafkaSection,
+    #[serde(default)]
+    shutdown: ShutdownSection,
 }
 
 #[derive(Deserialize)]
+#[serde(default)]
 struct TimeSection {
-    #[serde(default = "default_allowed_lateness")]
     allowed_lateness: String,
-    #[serde(default = "default_dedup_window")]
     dedup_window: String,
+    max_future_skew: String,
+    use_record_timestamp: bool,
+    firing_delay: String,
 }
 
 impl Default for TimeSection {
     fn default() -> Self {
         TimeSection {
-            allowed_lateness: default_allowed_lateness(),
-            dedup_window: default_dedup_window(),
+            allowed_lateness: "5m".into(),
+            dedup_window: "24h".into(),
+            max_future_skew: "1h".into(),
+            use_record_timestamp: false,
+            firing_delay: "250ms".into(),
         }
     }
 }
 
-fn default_allowed_lateness() -> String {
-    "5m".into()
+#[derive(Deserialize)]
+#[serde(default)]
+struct ShutdownSection {
+    grace_period: String,
 }
 
-fn default_dedup_window() -> String {
-    "24h".into()
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        ShutdownSection {
+            grace_period: "30s".into(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -125,16 +158,38 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 /// [`ConfigError::Unreadable`] when the file is missing or not TOML;
 /// [`ConfigError::Invalid`] listing every problem otherwise.
 pub fn load_with_env(path: &Path, env: Option<HashMap<String, String>>) -> Result<Settings, ConfigError> {
+    let file = config::File::from(path).format(config::FileFormat::Toml);
+    load_source(file, path, env)
+}
+
+/// Loads configuration text built into the binary (the demo's default), with
+/// overrides from the process environment; `name` stands for the path in messages.
+///
+/// # Errors
+/// As [`load_with_env`].
+pub fn load_embedded(name: &str, text: &str) -> Result<Settings, ConfigError> {
+    let file = config::File::from_str(text, config::FileFormat::Toml);
+    load_source(file, Path::new(name), None)
+}
+
+fn load_source(
+    file: impl config::Source + Send + Sync + 'static,
+    path: &Path,
+    env: Option<HashMap<String, String>>,
+) -> Result<Settings, ConfigError> {
     let unreadable = |source| ConfigError::Unreadable {
         path: path.to_owned(),
         source,
     };
     let source = config::Config::builder()
-        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(file)
         .add_source(
             config::Environment::with_prefix("STAGESTREAM")
                 .prefix_separator("__")
                 .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("kafka.input_topics")
                 .source(env),
         )
         .build()
@@ -173,9 +228,13 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
     };
     let allowed_lateness = span("time.allowed_lateness", &file.time.allowed_lateness);
     let dedup_window = span("time.dedup_window", &file.time.dedup_window);
+    let max_future_skew = span("time.max_future_skew", &file.time.max_future_skew);
+    let firing_delay = span("time.firing_delay", &file.time.firing_delay);
+    let shutdown_grace = span("shutdown.grace_period", &file.shutdown.grace_period);
     if file.output.source.trim().is_empty() {
         problems.push(Problem::new("output.source", "must not be empty"));
     }
+    let kafka = file.kafka.validate(problems);
     let model = Model::compile(&file.model)
         .map_err(|found| problems.extend(found))
         .ok();
@@ -188,5 +247,74 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
         output: OutputSettings {
             source: file.output.source,
         },
+        live: LiveSettings {
+            max_future_skew: max_future_skew?,
+            use_record_timestamp: file.time.use_record_timestamp,
+            firing_delay: firing_delay?,
+            shutdown_grace: shutdown_grace?,
+        },
+        kafka: kafka?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODEL: &str = r#"
+[model]
+name = "m"
+stages = ["a", "b"]
+[[model.rules]]
+name = "to_b"
+to = "b"
+events = ["Go"]
+"#;
+
+    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        load_with_env(&path, Some(env))
+    }
+
+    #[test]
+    fn kafka_properties_keep_their_dots_and_the_environment_overrides_them() {
+        let text = format!(
+            "{MODEL}\n[kafka]\ninput_topics = [\"a\"]\n[kafka.common]\n\"bootstrap.servers\" = \"file:9092\"\n\
+             [kafka.consumer]\n\"fetch.wait.max.ms\" = \"7\"\n"
+        );
+        let settings = load_text(
+            &text,
+            &[
+                ("STAGESTREAM__KAFKA__COMMON__BOOTSTRAP_SERVERS", "env:9092"),
+                ("STAGESTREAM__KAFKA__INPUT_TOPICS", "clicks,orders"),
+                ("STAGESTREAM__KAFKA__DEAD_LETTER_TOPIC", "dead"),
+                ("STAGESTREAM__TIME__MAX_FUTURE_SKEW", "2h"),
+            ],
+        )
+        .unwrap();
+        let consumer = settings.kafka.consumer_properties();
+        assert_eq!(consumer.get("bootstrap.servers"), Some("env:9092"));
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("7"));
+        assert_eq!(settings.kafka.input_topics, ["clicks", "orders"]);
+        assert_eq!(settings.kafka.dead_letter_topic.as_deref(), Some("dead"));
+        assert_eq!(settings.live.max_future_skew, Span::from_millis(2 * 3_600_000));
+    }
+
+    #[test]
+    fn live_defaults_are_documented_values() {
+        let settings = load_text(MODEL, &[]).unwrap();
+        assert_eq!(settings.live.max_future_skew, Span::from_millis(3_600_000));
+        assert!(!settings.live.use_record_timestamp);
+        assert_eq!(settings.live.shutdown_grace, Span::from_millis(30_000));
+        assert_eq!(settings.kafka.input_topics, ["events"]);
+        assert_eq!(settings.kafka.output_topic, "journey-stages");
+        assert_eq!(settings.kafka.dead_letter_topic, None);
+        assert_eq!(settings.kafka.content_mode, crate::kafka::ContentMode::Binary);
+    }
 }

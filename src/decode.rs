@@ -101,6 +101,21 @@ impl DecodeError {
 /// # Errors
 /// A [`DecodeError`] saying why the input is not a valid event.
 pub fn decode<'a>(bytes: &'a [u8], model: &Model) -> Result<Event<'a>, DecodeError> {
+    decode_with_default_time(bytes, model, None)
+}
+
+/// [`decode`], but an event without a `timestamp` (absent or null) takes `default_time`
+/// when one is given: the live service passes the Kafka record timestamp when
+/// `time.use_record_timestamp` allows it. A `timestamp` that is present but invalid
+/// is still rejected.
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_with_default_time<'a>(
+    bytes: &'a [u8],
+    model: &Model,
+    default_time: Option<EventTime>,
+) -> Result<Event<'a>, DecodeError> {
     // One SIMD UTF-8 check of the whole line: neither parser checks the strings it skips
     // (`context`), and parsing from `&str` spares serde_json checking those it reads.
     let text = simdutf8::basic::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
@@ -119,7 +134,7 @@ pub fn decode<'a>(bytes: &'a [u8], model: &Model) -> Result<Event<'a>, DecodeErr
             serde_json::Deserializer::end,
         )?
     };
-    fields.ok_or(DecodeError::NotAnObject)?.into_event()
+    fields.ok_or(DecodeError::NotAnObject)?.into_event(default_time)
 }
 
 /// Reads the top-level value with one parser, then `end` checks nothing follows it.
@@ -152,14 +167,14 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn into_event(self) -> Result<Event<'a>, DecodeError> {
+    fn into_event(self, default_time: Option<EventTime>) -> Result<Event<'a>, DecodeError> {
         let customer = self
             .user_id
             .non_empty()
             .or(self.anonymous_id.non_empty())
             .ok_or(DecodeError::MissingCustomer)?;
         let timestamp = match self.timestamp {
-            Loose::Absent | Loose::Null => return Err(DecodeError::MissingTimestamp),
+            Loose::Absent | Loose::Null => default_time.ok_or(DecodeError::MissingTimestamp)?,
             Loose::Str(text) => EventTime::parse_rfc3339(&text).ok_or(DecodeError::InvalidTimestamp)?,
             Loose::Other => return Err(DecodeError::InvalidTimestamp),
         };

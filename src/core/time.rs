@@ -155,6 +155,11 @@ impl Span {
     pub const fn as_millis(self) -> i64 {
         self.0
     }
+
+    /// The span as a `std` duration, for the shell's timers.
+    pub fn as_duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0.unsigned_abs())
+    }
 }
 
 impl TryFrom<std::time::Duration> for Span {
