@@ -7,6 +7,10 @@
 //! - [`config`]: configuration file + environment -> validated settings.
 //! - [`replay`]: runs the engine over a JSON-lines file (`stagestream replay`).
 //! - [`generate`]: a deterministic, realistic event stream for examples, tests and benches.
+//! - [`kafka`]: the `[kafka]` section and librdkafka client properties.
+//! - [`pipeline`]: the live service (`stagestream run`): consume, classify per
+//!   partition, produce CloudEvents, commit what was delivered.
+//! - [`demo`]: `stagestream demo`, the whole service on an in-process Kafka cluster.
 //!
 //! Data flows one way: input line -> `decode` -> `Engine::on_event` -> `Output`s ->
 //! `output` -> output line; `Engine::advance_to` moves time forward without input.
@@ -14,6 +18,9 @@
 pub mod config;
 pub mod core;
 pub mod decode;
+pub mod demo;
 pub mod generate;
+pub mod kafka;
 pub mod output;
+pub mod pipeline;
 pub mod replay;

@@ -1,23 +1,33 @@
 //! The `stagestream` command line: parses arguments, loads configuration, runs a command,
 //! and maps failures to sysexits-style exit codes (64 usage/config, 66 no input,
-//! 73 cannot create output, 74 I/O error).
+//! 73 cannot create output, 74 I/O error, 75 the service stopped on a Kafka failure or
+//! could not deliver everything within the shutdown grace period).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tracing::{error, info};
 
 use stagestream::config::{self, Settings};
 use stagestream::core::EventTime;
+use stagestream::demo::demo;
 use stagestream::generate::{generate, GeneratorSettings};
+use stagestream::pipeline::{self, Control};
 use stagestream::replay::{replay, ReplayError};
+
+/// The model `demo` uses without `--config`.
+const DEMO_PRESET: &str = include_str!("../config/presets/five-stage.toml");
 
 const EX_USAGE: u8 = 64;
 const EX_NOINPUT: u8 = 66;
 const EX_CANTCREAT: u8 = 73;
 const EX_IOERR: u8 = 74;
+const EX_TEMPFAIL: u8 = 75;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +41,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the service: consume events from Kafka, produce CloudEvents, until SIGTERM.
+    Run {
+        /// Configuration file (TOML); STAGESTREAM__SECTION__KEY variables override it.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the service on an in-process Kafka cluster over a generated stream ending
+    /// now, and print the transitions and win-backs it produces.
+    Demo {
+        /// Configuration file for the model and time settings (default: the built-in
+        /// five-stage preset); its Kafka section is replaced by the in-process cluster.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How many customers to simulate.
+        #[arg(long, default_value_t = 200)]
+        customers: u32,
+        /// How many days of activity, ending now.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Seed of the generated stream.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Run the engine over a JSON-lines file of Segment events and print CloudEvents.
     Replay {
         /// Configuration file (TOML); STAGESTREAM__SECTION__KEY variables override it.
@@ -123,6 +156,36 @@ impl Failure {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
+        Command::Run { config } => {
+            let settings = load_settings(&config)?;
+            init_logs("info");
+            serve(settings)
+        }
+        Command::Demo {
+            config,
+            customers,
+            days,
+            seed,
+        } => {
+            let settings = match config {
+                Some(path) => load_settings(&path)?,
+                None => config::load_embedded("five-stage preset (built in)", DEMO_PRESET)
+                    .map_err(|error| Failure::new(EX_USAGE, error))?,
+            };
+            init_logs("warn");
+            let mut out = io::stdout().lock();
+            let summary = demo(settings, customers, days, seed, &mut out)
+                .map_err(|error| Failure::new(EX_TEMPFAIL, error))?;
+            eprintln!(
+                "stagestream demo: {} events through an in-process Kafka cluster, {} CloudEvents \
+                 printed, {} invalid events dead-lettered, in {:.1} s",
+                summary.events,
+                summary.printed,
+                summary.dead_lettered,
+                summary.elapsed.as_secs_f64()
+            );
+            Ok(())
+        }
         Command::Replay {
             config,
             input,
@@ -208,6 +271,64 @@ fn run(command: Command) -> Result<(), Failure> {
                 .map_err(|e| Failure::new(EX_IOERR, format!("cannot write output: {e}")))
         }
     }
+}
+
+/// Logs go to stderr (stdout carries the demo's and replay's output); `RUST_LOG`
+/// filters them, else `default`.
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .init();
+}
+
+/// Runs the service on its own thread until it fails or SIGTERM/SIGINT arrives; then
+/// gives it the grace period to deliver and commit.
+fn serve(settings: Settings) -> Result<(), Failure> {
+    let grace = settings.live.shutdown_grace.as_duration();
+    let control = Arc::new(Control::default());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    {
+        let control = control.clone();
+        std::thread::Builder::new()
+            .name("stagestream-service".into())
+            .spawn(move || {
+                let _ = done_tx.send(pipeline::run(&settings, control));
+            })
+            .map_err(|e| Failure::new(EX_TEMPFAIL, format!("cannot start the service thread: {e}")))?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(EX_TEMPFAIL, format!("cannot start the runtime: {e}")))?;
+    let stopped = |result: Result<(), pipeline::PipelineError>| {
+        result.map_err(|error| {
+            error!(%error, "service stopped");
+            Failure::new(EX_TEMPFAIL, error)
+        })
+    };
+    runtime.block_on(async move {
+        let mut done_rx = done_rx;
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Failure::new(EX_TEMPFAIL, format!("cannot handle SIGTERM: {e}")))?;
+        tokio::select! {
+            finished = &mut done_rx => return stopped(finished.expect("the service thread reports")),
+            _ = terminate.recv() => info!(signal = "SIGTERM", ?grace, "shutting down"),
+            _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", ?grace, "shutting down"),
+        }
+        control.stop();
+        // The service bounds its own flush by `grace`; the margin covers leaving the group.
+        let margin = Duration::from_secs(5);
+        match tokio::time::timeout(grace + margin, done_rx).await {
+            Ok(finished) => stopped(finished.expect("the service thread reports")),
+            Err(_) => Err(Failure::new(
+                EX_TEMPFAIL,
+                format!("the service did not stop within the grace period {grace:?} + {margin:?}"),
+            )),
+        }
+    })
 }
 
 fn load_settings(path: &Path) -> Result<Settings, Failure> {

@@ -1,0 +1,943 @@
+//! `stagestream run`: the live service, one owner loop around one engine per partition.
+//!
+//! ```text
+//! consumer.poll -> decode -> Engine::on_event (the message's partition) -> Output
+//!     -> Sink (render, produce with a delivery tag) -> delivery report
+//!     -> OffsetTracker -> offsets stored -> committed (auto-commit, revoke, shutdown)
+//! wall clock (every TICK, caught-up partitions only) -> Engine::advance_to -> Output -> ...
+//! ```
+//!
+//! One thread owns everything. librdkafka runs the rebalance callback *inside*
+//! `consumer.poll`, on this same thread, so the partition state lives in a [`Mutex`]
+//! in the consumer context: the loop takes the lock only between polls, the callback
+//! only during one, so it is never contended; it exists because librdkafka requires a
+//! `Sync` context. Delivery reports arrive the same way inside `producer.poll` and
+//! become [`Delivered`] messages on a channel the owner drains.
+//!
+//! Guarantee (at-least-once): an input offset is stored for commit only after every
+//! output it caused is delivered ([`offsets`]), and on revoke and shutdown the loop
+//! delivers what is in flight, then commits synchronously. Outputs carry
+//! content-derived ids, so anything emitted again is recognisable downstream.
+
+pub mod offsets;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Settings;
+use crate::core::{Engine, Event, EventTime, Output, Verdict};
+use crate::decode::decode_with_default_time;
+use crate::kafka::ContentMode;
+use crate::output::{Rendered, Renderer};
+use offsets::OffsetTracker;
+
+/// How often the wall clock advances caught-up partitions: inactivity fires within
+/// this (plus `time.firing_delay`) of its deadline.
+const TICK: Duration = Duration::from_millis(100);
+/// The longest a poll blocks, so shutdown and ticks are never late by more.
+const POLL_TIMEOUT: Duration = Duration::from_millis(50);
+/// Messages handled between services of the producer and the offset store.
+const SERVICE_EVERY: u32 = 256;
+
+/// Why the service stopped with an error. None is retriable in-process: restart it.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot create the Kafka {role}: {source}")]
+    Client {
+        role: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot subscribe to {topics:?}: {source}")]
+    Subscribe {
+        topics: Vec<String>,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("an output could not be delivered to {topic}: {source}")]
+    Delivery {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("the producer failed: {0}")]
+    Produce(#[source] KafkaError),
+    #[error("{undelivered} outputs were still undelivered when the shutdown grace period ended")]
+    Undelivered { undelivered: u64 },
+}
+
+/// Shared between the service thread and whoever runs it (main, the demo, tests).
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Set to stop: the loop stops fetching, delivers, commits and returns.
+    pub shutdown: AtomicBool,
+    /// Partitions assigned and every one of them caught up at least once.
+    pub ready: AtomicBool,
+    /// Input messages handled, valid or not.
+    pub consumed: AtomicU64,
+    /// Outputs (CloudEvents) delivered to the output topic.
+    pub delivered: AtomicU64,
+    /// Messages delivered to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+}
+
+impl Control {
+    pub fn stop(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs the service until `control.shutdown` is set or a fatal error occurs.
+///
+/// # Errors
+/// A client cannot be created, a subscription fails, an output cannot be delivered, or
+/// the grace period ends with outputs undelivered. Offsets of undelivered outputs are
+/// never committed, so a restart re-reads their events.
+pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineError> {
+    let (deliveries_tx, deliveries) = mpsc::channel();
+    let producer_properties = settings.kafka.producer_properties();
+    info!(properties = %producer_properties, "creating producer");
+    let producer: BaseProducer<ProducerHooks> = ClientConfig::from(&producer_properties)
+        .create_with_context(ProducerHooks { deliveries_tx })
+        .map_err(|source| PipelineError::Client {
+            role: "producer",
+            source,
+        })?;
+    let worker = Worker {
+        partitions: BTreeMap::new(),
+        sink: Sink {
+            producer,
+            renderer: Renderer::new(settings.output.source.clone(), &settings.model),
+            output_topic: settings.kafka.output_topic.clone(),
+            dead_letter_topic: settings.kafka.dead_letter_topic.clone(),
+            content_mode: settings.kafka.content_mode,
+            value: Vec::with_capacity(1024),
+        },
+        settings: settings.clone(),
+        deliveries,
+        next_epoch: 0,
+        outputs: Vec::new(),
+        fatal: None,
+        control: control.clone(),
+        invalid_warnings: RateLimited::new(Duration::from_secs(10)),
+        deadline: None,
+    };
+    let consumer_properties = settings.kafka.consumer_properties();
+    info!(properties = %consumer_properties, "creating consumer");
+    let consumer: BaseConsumer<ConsumerHooks> = ClientConfig::from(&consumer_properties)
+        .create_with_context(ConsumerHooks {
+            worker: Mutex::new(worker),
+        })
+        .map_err(|source| PipelineError::Client {
+            role: "consumer",
+            source,
+        })?;
+    wait_for_broker(&consumer, &control);
+    let topics: Vec<&str> = settings.kafka.input_topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|source| PipelineError::Subscribe {
+            topics: settings.kafka.input_topics.clone(),
+            source,
+        })?;
+    info!(topics = ?topics, output = %settings.kafka.output_topic, "consuming");
+    let result = owner_loop(&consumer, &control);
+    let grace = settings.live.shutdown_grace.as_duration();
+    let finished = consumer.context().lock().finish(&consumer, grace);
+    // Dropping the consumer leaves the group; its final revoke finds nothing in flight.
+    drop(consumer);
+    control.ready.store(false, Ordering::SeqCst);
+    result.and(finished)
+}
+
+fn owner_loop(consumer: &BaseConsumer<ConsumerHooks>, control: &Control) -> Result<(), PipelineError> {
+    let mut last_tick = Instant::now();
+    let mut since_service = 0u32;
+    while !control.stopping() {
+        let polled = consumer.poll(POLL_TIMEOUT);
+        let mut worker = consumer.context().lock();
+        let idle = match polled {
+            Some(Ok(message)) => {
+                worker.on_message(&message, wall_clock());
+                false
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                worker.on_partition_end(partition, wall_clock());
+                true
+            }
+            Some(Err(error)) => {
+                warn!(%error, "consumer error (librdkafka retries on its own)");
+                true
+            }
+            None => true,
+        };
+        since_service += 1;
+        if idle || since_service >= SERVICE_EVERY || last_tick.elapsed() >= TICK {
+            since_service = 0;
+            worker.service(consumer);
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                worker.tick(wall_clock());
+            }
+        }
+        if let Some(fatal) = worker.fatal.take() {
+            return Err(fatal);
+        }
+    }
+    info!("stopping: no longer fetching; delivering what is in flight");
+    Ok(())
+}
+
+/// Blocks until the cluster answers a metadata request, retrying with backoff, so a
+/// broker that is down at start gives one clear line per attempt, not a crash.
+fn wait_for_broker(consumer: &BaseConsumer<ConsumerHooks>, control: &Control) {
+    let mut backoff = Duration::from_millis(250);
+    let mut attempt = 1u32;
+    while !control.stopping() {
+        match consumer.fetch_metadata(None, Duration::from_secs(5)) {
+            Ok(metadata) => {
+                info!(
+                    brokers = metadata.brokers().len(),
+                    "connected to the Kafka cluster"
+                );
+                return;
+            }
+            Err(error) => {
+                warn!(%error, attempt, retry_in = ?backoff, "Kafka cluster unreachable; not ready");
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !control.stopping() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn wall_clock() -> EventTime {
+    let since_epoch = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    EventTime::from_millis(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// An assigned input partition: topic index into `kafka.input_topics`, and number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct PartitionKey {
+    topic: u16,
+    partition: i32,
+}
+
+/// Identifies the message an output was caused by, carried through delivery.
+#[derive(Debug)]
+struct DeliveryTag {
+    partition: PartitionKey,
+    /// The assignment it was produced under: reports for a partition that was revoked
+    /// and assigned again in between are not counted against the new assignment.
+    epoch: u64,
+    offset: i64,
+    sent: Sent,
+}
+
+/// What a produced record was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    Output,
+    DeadLetter,
+}
+
+/// A delivery report, as the producer hook forwards it to the owner.
+#[derive(Debug)]
+struct Delivered {
+    tag: DeliveryTag,
+    error: Option<KafkaError>,
+}
+
+struct PartitionState {
+    engine: Engine,
+    offsets: OffsetTracker,
+    epoch: u64,
+    catch_up: CatchUp,
+    /// The offset last stored for commit.
+    stored: Option<i64>,
+}
+
+/// How far the wall clock may drive one partition: only up to the last instant the
+/// partition was known to be at its end, since every event the broker had by then was
+/// applied. A backlog therefore never makes a customer look inactive.
+#[derive(Clone, Copy, Debug, Default)]
+struct CatchUp {
+    /// The end was reached and no message came since.
+    at_end: bool,
+    /// The wall-clock instant the end was last reached.
+    reached_end_at: Option<EventTime>,
+}
+
+impl CatchUp {
+    fn message(&mut self) {
+        self.at_end = false;
+    }
+
+    /// Records reaching the end at `now`; true the first time.
+    fn reached_end(&mut self, now: EventTime) -> bool {
+        let first = self.reached_end_at.is_none();
+        self.at_end = true;
+        self.reached_end_at = Some(now);
+        first
+    }
+
+    fn ever_caught_up(&self) -> bool {
+        self.reached_end_at.is_some()
+    }
+
+    /// The instant up to which the wall clock may fire, if any.
+    fn through(&self, now: EventTime) -> Option<EventTime> {
+        if self.at_end {
+            Some(now)
+        } else {
+            self.reached_end_at
+        }
+    }
+}
+
+struct Worker {
+    settings: Settings,
+    partitions: BTreeMap<PartitionKey, PartitionState>,
+    sink: Sink,
+    deliveries: mpsc::Receiver<Delivered>,
+    next_epoch: u64,
+    outputs: Vec<Output>,
+    fatal: Option<PipelineError>,
+    control: Arc<Control>,
+    invalid_warnings: RateLimited,
+    /// Set once shutdown began: flushes in callbacks must end by then.
+    deadline: Option<Instant>,
+}
+
+impl Worker {
+    fn key_of(&self, topic: &str, partition: i32) -> Option<PartitionKey> {
+        let topics = &self.settings.kafka.input_topics;
+        let index = topics.iter().position(|t| t == topic)?;
+        Some(PartitionKey {
+            topic: u16::try_from(index).ok()?,
+            partition,
+        })
+    }
+
+    fn topic_name(&self, key: PartitionKey) -> &str {
+        &self.settings.kafka.input_topics[usize::from(key.topic)]
+    }
+
+    fn on_message(&mut self, message: &BorrowedMessage<'_>, now: EventTime) {
+        let Some(key) = self.key_of(message.topic(), message.partition()) else {
+            return;
+        };
+        let Some(state) = self.partitions.get_mut(&key) else {
+            debug!(
+                topic = message.topic(),
+                partition = message.partition(),
+                "message of an unassigned partition"
+            );
+            return;
+        };
+        self.control.consumed.fetch_add(1, Ordering::Relaxed);
+        state.catch_up.message();
+        let settings = &self.settings;
+        let payload = message.payload().unwrap_or_default();
+        let record_time = settings
+            .live
+            .use_record_timestamp
+            .then(|| message.timestamp().to_millis().map(EventTime::from_millis))
+            .flatten();
+        let epoch = state.epoch;
+        let offset = message.offset();
+        let tag = |sent| DeliveryTag {
+            partition: key,
+            epoch,
+            offset,
+            sent,
+        };
+        let rejection = match decode_with_default_time(payload, &settings.model, record_time) {
+            Err(error) => Some((error.reason().as_str(), error.to_string())),
+            Ok(event) if event.timestamp > now.plus(settings.live.max_future_skew) => Some((
+                "future_timestamp",
+                format!(
+                    "timestamp {} is more than time.max_future_skew ahead of the wall clock {now}",
+                    event.timestamp
+                ),
+            )),
+            Ok(event) => {
+                self.outputs.clear();
+                match state.engine.on_event(&event, &mut self.outputs) {
+                    Verdict::Late => Some((
+                        "late",
+                        format!("older than the watermark {}", state.engine.watermark()),
+                    )),
+                    _ => {
+                        let mut sent = 0;
+                        for output in &self.outputs {
+                            if let Err(error) =
+                                self.sink
+                                    .send_output(&state.engine, output, Some(&event), tag(Sent::Output))
+                            {
+                                self.fatal.get_or_insert(error);
+                            }
+                            sent += 1;
+                        }
+                        state.offsets.processed(offset, sent);
+                        return;
+                    }
+                }
+            }
+        };
+        let Some((reason, detail)) = rejection else {
+            return;
+        };
+        self.invalid_warnings.warn(|suppressed| {
+            warn!(
+                reason,
+                detail = %detail,
+                topic = message.topic(),
+                partition = message.partition(),
+                offset,
+                suppressed,
+                "invalid input"
+            );
+        });
+        let sent = match self
+            .sink
+            .send_dead_letter(message, reason, &detail, tag(Sent::DeadLetter))
+        {
+            Ok(sent) => u32::from(sent),
+            Err(error) => {
+                self.fatal.get_or_insert(error);
+                1
+            }
+        };
+        state.offsets.processed(offset, sent);
+    }
+
+    /// A partition reached its end. librdkafka names only the partition number, so
+    /// with several input topics it is attributed only when one assigned topic has that
+    /// number (docs/semantics.md: the wall clock and several input topics).
+    fn on_partition_end(&mut self, partition: i32, now: EventTime) {
+        let mut matching = self
+            .partitions
+            .iter_mut()
+            .filter(|(key, _)| key.partition == partition);
+        let (Some((key, state)), None) = (matching.next(), matching.next()) else {
+            return;
+        };
+        if state.catch_up.reached_end(now) {
+            info!(
+                topic = %self.settings.kafka.input_topics[usize::from(key.topic)],
+                partition,
+                "partition caught up; the wall clock now drives its inactivity"
+            );
+        }
+        self.update_readiness();
+    }
+
+    fn update_readiness(&self) {
+        let ready =
+            !self.partitions.is_empty() && self.partitions.values().all(|s| s.catch_up.ever_caught_up());
+        if self.control.ready.swap(ready, Ordering::SeqCst) != ready {
+            info!(ready, "readiness changed");
+        }
+    }
+
+    /// Fires the inactivity the wall clock reached on each caught-up partition.
+    fn tick(&mut self, now: EventTime) {
+        let delay = self.settings.live.firing_delay;
+        for (&key, state) in &mut self.partitions {
+            let Some(through) = state.catch_up.through(now) else {
+                continue;
+            };
+            self.outputs.clear();
+            state.engine.advance_to(through.minus(delay), &mut self.outputs);
+            let Some(offset) = state.offsets.last_processed() else {
+                continue;
+            };
+            let mut sent = 0;
+            for output in &self.outputs {
+                let tag = DeliveryTag {
+                    partition: key,
+                    epoch: state.epoch,
+                    offset,
+                    sent: Sent::Output,
+                };
+                if let Err(error) = self.sink.send_output(&state.engine, output, None, tag) {
+                    self.fatal.get_or_insert(error);
+                }
+                sent += 1;
+            }
+            state.offsets.charge_to_last(sent);
+        }
+    }
+
+    /// Serves delivery reports and stores the offsets they made committable.
+    fn service(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
+        self.sink.producer.poll(Duration::ZERO);
+        self.drain_deliveries();
+        self.store_offsets(consumer);
+    }
+
+    fn drain_deliveries(&mut self) {
+        while let Ok(Delivered { tag, error }) = self.deliveries.try_recv() {
+            let Some(state) = self
+                .partitions
+                .get_mut(&tag.partition)
+                .filter(|s| s.epoch == tag.epoch)
+            else {
+                continue;
+            };
+            match error {
+                None => {
+                    state.offsets.delivered(tag.offset);
+                    let counter = match tag.sent {
+                        Sent::Output => &self.control.delivered,
+                        Sent::DeadLetter => &self.control.dead_lettered,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(source) => {
+                    error!(%source, offset = tag.offset, "output delivery failed; stopping without committing it");
+                    let topic = match tag.sent {
+                        Sent::Output => self.sink.output_topic.clone(),
+                        Sent::DeadLetter => self.sink.dead_letter_topic.clone().unwrap_or_default(),
+                    };
+                    self.fatal
+                        .get_or_insert(PipelineError::Delivery { topic, source });
+                }
+            }
+        }
+    }
+
+    fn store_offsets(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
+        let mut list = TopicPartitionList::new();
+        for (&key, state) in &mut self.partitions {
+            let Some(offset) = state.offsets.committable().filter(|&o| Some(o) != state.stored) else {
+                continue;
+            };
+            let topic = &self.settings.kafka.input_topics[usize::from(key.topic)];
+            if list
+                .add_partition_offset(topic, key.partition, Offset::Offset(offset))
+                .is_ok()
+            {
+                state.stored = Some(offset);
+            }
+        }
+        if list.count() > 0 {
+            if let Err(error) = consumer.store_offsets(&list) {
+                warn!(%error, "cannot store offsets for commit");
+            }
+        }
+    }
+
+    /// Delivers what is in flight, then waits for reports, bounded by the shutdown
+    /// deadline once shutdown began, else by the grace period.
+    fn flush(&mut self) -> u64 {
+        let grace = self.settings.live.shutdown_grace.as_duration();
+        let deadline = self.deadline.unwrap_or_else(|| Instant::now() + grace);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if let Err(error) = self.sink.producer.flush(remaining) {
+            warn!(%error, "flush did not complete");
+        }
+        self.drain_deliveries();
+        self.partitions.values().map(|s| s.offsets.in_flight()).sum()
+    }
+
+    fn assign(&mut self, list: &TopicPartitionList) {
+        for element in list.elements() {
+            let Some(key) = self.key_of(element.topic(), element.partition()) else {
+                continue;
+            };
+            self.next_epoch += 1;
+            let settings = &self.settings;
+            self.partitions.insert(
+                key,
+                PartitionState {
+                    engine: Engine::new(settings.model.clone(), settings.engine),
+                    offsets: OffsetTracker::default(),
+                    epoch: self.next_epoch,
+                    catch_up: CatchUp::default(),
+                    stored: None,
+                },
+            );
+            info!(
+                topic = element.topic(),
+                partition = element.partition(),
+                "partition assigned"
+            );
+        }
+        self.update_readiness();
+    }
+
+    /// Delivers and commits what the revoked partitions caused, then drops their state.
+    fn revoke(&mut self, consumer: &BaseConsumer<ConsumerHooks>, list: &TopicPartitionList) {
+        let revoked: Vec<PartitionKey> = list
+            .elements()
+            .iter()
+            .filter_map(|e| self.key_of(e.topic(), e.partition()))
+            .filter(|key| self.partitions.contains_key(key))
+            .collect();
+        if revoked.is_empty() {
+            return;
+        }
+        self.flush();
+        let mut commit = TopicPartitionList::new();
+        for key in &revoked {
+            if let Some(offset) = self.partitions[key].offsets.committable() {
+                let _ =
+                    commit.add_partition_offset(self.topic_name(*key), key.partition, Offset::Offset(offset));
+            }
+        }
+        if consumer.assignment_lost() {
+            warn!("assignment lost (session timed out): not committing the revoked partitions");
+        } else if commit.count() > 0 {
+            match consumer.commit(&commit, CommitMode::Sync) {
+                Ok(()) => info!(offsets = ?commit_summary(&commit), "committed revoked partitions"),
+                Err(error) => warn!(%error, "commit on revoke failed; their events will be read again"),
+            }
+        }
+        for key in revoked {
+            let state = self.partitions.remove(&key).expect("collected from the map");
+            info!(
+                topic = self.topic_name(key),
+                partition = key.partition,
+                customers = state.engine.customer_count(),
+                undelivered = state.offsets.in_flight(),
+                "partition revoked; its state is dropped"
+            );
+        }
+        self.update_readiness();
+    }
+
+    /// Shutdown: deliver in-flight outputs (until the grace period ends), store and
+    /// commit their offsets.
+    fn finish(
+        &mut self,
+        consumer: &BaseConsumer<ConsumerHooks>,
+        grace: Duration,
+    ) -> Result<(), PipelineError> {
+        self.deadline = Some(Instant::now() + grace);
+        let undelivered = self.flush();
+        self.store_offsets(consumer);
+        if undelivered > 0 {
+            self.sink
+                .producer
+                .purge(PurgeConfig::default().queue().inflight());
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => info!("offsets committed"),
+            // NoOffset: nothing was stored since the last commit.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => warn!(%error, "final commit failed; uncommitted events will be read again"),
+        }
+        info!(
+            consumed = self.control.consumed.load(Ordering::Relaxed),
+            delivered = self.control.delivered.load(Ordering::Relaxed),
+            dead_lettered = self.control.dead_lettered.load(Ordering::Relaxed),
+            undelivered,
+            "stopped"
+        );
+        if undelivered > 0 {
+            return Err(PipelineError::Undelivered { undelivered });
+        }
+        Ok(())
+    }
+}
+
+fn commit_summary(list: &TopicPartitionList) -> Vec<String> {
+    list.elements()
+        .iter()
+        .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
+        .collect()
+}
+
+/// Renders and produces outputs and dead letters.
+struct Sink {
+    producer: BaseProducer<ProducerHooks>,
+    renderer: Renderer,
+    output_topic: String,
+    dead_letter_topic: Option<String>,
+    content_mode: ContentMode,
+    /// Reused buffer for structured-mode values.
+    value: Vec<u8>,
+}
+
+impl Sink {
+    fn send_output(
+        &mut self,
+        engine: &Engine,
+        output: &Output,
+        trigger: Option<&Event<'_>>,
+        tag: DeliveryTag,
+    ) -> Result<(), PipelineError> {
+        let rendered = self.renderer.render(engine, output, trigger);
+        let (headers, value) = match self.content_mode {
+            ContentMode::Binary => (binary_headers(&rendered), rendered.data),
+            ContentMode::Structured => {
+                self.value.clear();
+                rendered
+                    .write_structured(&mut self.value)
+                    .expect("writing to a Vec cannot fail");
+                self.value.pop(); // the line's newline
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: "content-type",
+                    value: Some("application/cloudevents+json; charset=UTF-8"),
+                });
+                (headers, self.value.as_slice())
+            }
+        };
+        let record = BaseRecord::with_opaque_to(&self.output_topic, Box::new(tag))
+            .key(rendered.subject)
+            .payload(value)
+            .headers(headers);
+        send(&self.producer, record)
+    }
+
+    /// Sends `message` to the dead-letter topic, if one is configured: original key,
+    /// value and headers, plus Kafka Connect's error headers and the reason code.
+    fn send_dead_letter(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+        detail: &str,
+        tag: DeliveryTag,
+    ) -> Result<bool, PipelineError> {
+        let Some(topic) = &self.dead_letter_topic else {
+            return Ok(false);
+        };
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers = headers.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                });
+            }
+        }
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        for (key, value) in [
+            ("__connect.errors.topic", message.topic()),
+            ("__connect.errors.partition", &partition),
+            ("__connect.errors.offset", &offset),
+            ("__connect.errors.exception.message", detail),
+            ("__connect.errors.reason", reason),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(tag)).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        send(&self.producer, record).map(|()| true)
+    }
+}
+
+fn binary_headers(rendered: &Rendered<'_>) -> OwnedHeaders {
+    let time = rendered.time.write_rfc3339(&mut [0; 24]).to_owned();
+    [
+        ("ce_specversion", "1.0"),
+        ("ce_id", rendered.id),
+        ("ce_source", rendered.source),
+        ("ce_type", rendered.kind),
+        ("ce_subject", rendered.subject),
+        ("ce_time", &time),
+        ("content-type", "application/json"),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new_with_capacity(7), |headers, (key, value)| {
+        headers.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
+}
+
+/// Enqueues `record`, waiting while the producer's queue is full (backpressure).
+fn send<K, P>(
+    producer: &BaseProducer<ProducerHooks>,
+    mut record: BaseRecord<'_, K, P, Box<DeliveryTag>>,
+) -> Result<(), PipelineError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((error, _)) => return Err(PipelineError::Produce(error)),
+        }
+    }
+}
+
+/// At most one warning per `every`, counting those it held back.
+struct RateLimited {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimited {
+    fn new(every: Duration) -> Self {
+        RateLimited {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, emit: impl FnOnce(u64)) {
+        if self.last.is_some_and(|last| last.elapsed() < self.every) {
+            self.suppressed += 1;
+            return;
+        }
+        emit(self.suppressed);
+        self.suppressed = 0;
+        self.last = Some(Instant::now());
+    }
+}
+
+/// The consumer's callbacks; runs on the owner thread, inside `consumer.poll`.
+struct ConsumerHooks {
+    worker: Mutex<Worker>,
+}
+
+impl ConsumerHooks {
+    fn lock(&self) -> MutexGuard<'_, Worker> {
+        self.worker
+            .lock()
+            .expect("the owner thread panicked while holding the worker")
+    }
+}
+
+impl ClientContext for ConsumerHooks {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        log_librdkafka("consumer", level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // End of partition also arrives as a message error, handled by the owner loop.
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            warn!(client = "consumer", %error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerHooks {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => self.lock().revoke(consumer, list),
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(error) => warn!(%error, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            self.lock().assign(list);
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => debug!(offsets = ?commit_summary(offsets), "offsets committed"),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => warn!(%error, "offset commit failed; it is retried with the next one"),
+        }
+    }
+}
+
+/// The producer's callbacks; delivery reports become [`Delivered`] messages.
+struct ProducerHooks {
+    deliveries_tx: mpsc::Sender<Delivered>,
+}
+
+impl ClientContext for ProducerHooks {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        log_librdkafka("producer", level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(client = "producer", %error, reason, "librdkafka error");
+    }
+}
+
+impl ProducerContext for ProducerHooks {
+    type DeliveryOpaque = Box<DeliveryTag>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<DeliveryTag>) {
+        let error = result.as_ref().err().map(|(error, _)| error.clone());
+        // The receiver lives as long as the worker that owns this producer.
+        let _ = self.deliveries_tx.send(Delivered { tag: *tag, error });
+    }
+}
+
+fn log_librdkafka(client: &str, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as Level;
+    match level {
+        Level::Emerg | Level::Alert | Level::Critical | Level::Error => {
+            error!(client, facility, message, "librdkafka")
+        }
+        Level::Warning => warn!(client, facility, message, "librdkafka"),
+        Level::Notice | Level::Info => info!(client, facility, message, "librdkafka"),
+        Level::Debug => debug!(client, facility, message, "librdkafka"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wall_clock_waits_for_the_end_of_the_partition() {
+        let mut catch_up = CatchUp::default();
+        let t = EventTime::from_millis;
+        assert_eq!(
+            catch_up.through(t(1_000)),
+            None,
+            "a backlog is never driven by the clock"
+        );
+        assert!(catch_up.reached_end(t(2_000)));
+        assert_eq!(
+            catch_up.through(t(3_000)),
+            Some(t(3_000)),
+            "at the end: up to now"
+        );
+        catch_up.message();
+        assert_eq!(
+            catch_up.through(t(9_000)),
+            Some(t(2_000)),
+            "behind again: only up to when everything before was applied"
+        );
+        assert!(!catch_up.reached_end(t(10_000)), "only the first end is news");
+        assert_eq!(catch_up.through(t(11_000)), Some(t(11_000)));
+    }
+}
