@@ -1,0 +1,241 @@
+//! `stagestream demo`: the whole service on an in-process Kafka cluster.
+//!
+//! Starts librdkafka's mock cluster (no broker to install), produces a generated
+//! realistic stream to its `events` topic keyed by customer id, runs the real service
+//! loop ([`crate::pipeline::run`]) against it, and prints the CloudEvents it produces
+//! to the `journey-stages` topic as they arrive, read back by a second consumer. The
+//! events end at the current time, so catching up also fires the win-backs the wall
+//! clock has reached. It stops once every event is consumed and every output printed.
+
+use std::io::{self, Write};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Headers;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message};
+use serde::Deserialize;
+
+use crate::config::Settings;
+use crate::core::EventTime;
+use crate::decode::decode;
+use crate::generate::{generate, GeneratorSettings};
+use crate::pipeline::{self, Control, PipelineError};
+
+pub const INPUT_TOPIC: &str = "events";
+pub const OUTPUT_TOPIC: &str = "journey-stages";
+pub const DEAD_LETTER_TOPIC: &str = "dead-letters";
+const PARTITIONS: i32 = 4;
+/// The demo gives up if the service has not caught up by then.
+const DEADLINE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("mock Kafka cluster: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("cannot write to stdout: {0}")]
+    Write(#[from] io::Error),
+    #[error("the service did not catch up within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What the demo did, for its last line.
+#[derive(Debug)]
+pub struct DemoSummary {
+    pub events: u64,
+    pub printed: u64,
+    pub dead_lettered: u64,
+    pub elapsed: Duration,
+}
+
+/// Runs the demo with `settings` (its model and time settings; the Kafka section is
+/// replaced by the mock cluster's) and a stream of `customers` over the last `days`.
+///
+/// # Errors
+/// The mock cluster or the service fails, stdout is closed, or the service does not
+/// catch up in time.
+pub fn demo(
+    mut settings: Settings,
+    customers: u32,
+    days: u32,
+    seed: u64,
+    out: &mut impl Write,
+) -> Result<DemoSummary, DemoError> {
+    let started = Instant::now();
+    let cluster = MockCluster::new(1)?;
+    for topic in [INPUT_TOPIC, OUTPUT_TOPIC, DEAD_LETTER_TOPIC] {
+        cluster.create_topic(topic, PARTITIONS, 1)?;
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    let kafka = &mut settings.kafka;
+    kafka.input_topics = vec![INPUT_TOPIC.into()];
+    kafka.output_topic = OUTPUT_TOPIC.into();
+    kafka.dead_letter_topic = Some(DEAD_LETTER_TOPIC.into());
+    kafka.common.set("bootstrap.servers", &bootstrap);
+    kafka.consumer.set("group.id", "stagestream-demo");
+    kafka.consumer.set("fetch.wait.max.ms", "10");
+
+    let events = produce_stream(&settings, &bootstrap, customers, days, seed)?;
+    let control = Arc::new(Control::default());
+    let service = {
+        let control = control.clone();
+        let settings = settings.clone();
+        std::thread::spawn(move || pipeline::run(&settings, control))
+    };
+    let printed = print_outputs(&bootstrap, &control, events, out);
+    control.stop();
+    let stopped = service.join().expect("the service thread does not panic");
+    let printed = printed?;
+    stopped?;
+    Ok(DemoSummary {
+        events,
+        printed,
+        dead_lettered: control.dead_lettered.load(Ordering::SeqCst),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Produces the generated stream, ending now, keyed by customer id; returns its length.
+fn produce_stream(
+    settings: &Settings,
+    bootstrap: &str,
+    customers: u32,
+    days: u32,
+    seed: u64,
+) -> Result<u64, DemoError> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .create()?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let generator = GeneratorSettings {
+        customers,
+        days,
+        start: EventTime::from_millis(now - i64::from(days) * 86_400_000),
+        seed,
+        invalid_ratio: 0.002,
+        duplicate_ratio: 0.005,
+    };
+    let mut count = 0u64;
+    let mut failure = None;
+    generate(&generator, |line| {
+        // The key is what a well-behaved upstream uses: the customer id. Invalid lines
+        // have none and land on any partition.
+        let customer = decode(line, &settings.model)
+            .ok()
+            .map(|e| e.customer.into_owned());
+        let mut record = BaseRecord::to(INPUT_TOPIC).payload(line);
+        if let Some(customer) = customer.as_deref() {
+            record = record.key(customer);
+        }
+        while let Err((error, returned)) = producer.send(record) {
+            if !matches!(
+                error,
+                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
+            ) {
+                failure.get_or_insert(error);
+                return;
+            }
+            record = returned;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        count += 1;
+    });
+    if let Some(error) = failure {
+        return Err(error.into());
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(count)
+}
+
+/// Prints outputs until every event is consumed and every delivered output printed.
+fn print_outputs(
+    bootstrap: &str,
+    control: &Control,
+    events: u64,
+    out: &mut impl Write,
+) -> Result<u64, DemoError> {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "stagestream-demo-printer")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    reader.subscribe(&[OUTPUT_TOPIC])?;
+    let started = Instant::now();
+    let mut printed = 0u64;
+    loop {
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                print_output(&message, out)?;
+                printed += 1;
+                continue;
+            }
+            Some(Err(error)) => return Err(error.into()),
+            None => {}
+        }
+        let done = control.ready.load(Ordering::SeqCst)
+            && control.consumed.load(Ordering::SeqCst) == events
+            && control.delivered.load(Ordering::SeqCst) == printed;
+        if done {
+            out.flush()?;
+            return Ok(printed);
+        }
+        if started.elapsed() > DEADLINE {
+            return Err(DemoError::Timeout(DEADLINE));
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Data<'a> {
+    customer_id: &'a str,
+    from_stage: Option<&'a str>,
+    to_stage: Option<&'a str>,
+    rule: Option<&'a str>,
+    threshold: Option<&'a str>,
+    stage: Option<&'a str>,
+    last_activity_at: Option<&'a str>,
+}
+
+fn print_output(message: &rdkafka::message::BorrowedMessage<'_>, out: &mut impl Write) -> io::Result<()> {
+    let header = |name: &str| {
+        message
+            .headers()
+            .and_then(|headers| headers.iter().find(|h| h.key == name))
+            .and_then(|h| h.value)
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+    };
+    let payload = message.payload().unwrap_or_default();
+    let Ok(data) = serde_json::from_slice::<Data<'_>>(payload) else {
+        return writeln!(out, "{}", String::from_utf8_lossy(payload));
+    };
+    let time = header("ce_time");
+    match (data.to_stage, data.threshold) {
+        (Some(to), _) => writeln!(
+            out,
+            "{time}  {:<36}  {:>13} -> {:<13} by {}",
+            data.customer_id,
+            data.from_stage.unwrap_or("(new)"),
+            to,
+            data.rule.unwrap_or("first activity"),
+        ),
+        (None, Some(threshold)) => writeln!(
+            out,
+            "{time}  {:<36}  inactive {threshold} in {}, last active {}",
+            data.customer_id,
+            data.stage.unwrap_or("?"),
+            data.last_activity_at.unwrap_or("?"),
+        ),
+        (None, None) => writeln!(out, "{}", String::from_utf8_lossy(payload)),
+    }
+}
