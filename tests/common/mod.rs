@@ -2,6 +2,9 @@
 
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod kafka;
+pub mod tansu;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,333 @@
+//! `stagestream run`, the real binary, against a real Kafka-protocol broker process
+//! (tansu) on loopback: the output equals replay, the dead-letter topic gets every
+//! invalid message, SIGTERM stops cleanly with offsets committed, and a broker killed
+//! and restarted mid-run loses nothing and re-orders nothing.
+//!
+//! Skipped with a message when tansu is not installed; under CI that is a failure.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use common::kafka::{
+    binary_outputs, difference, generated_lines, now, produce_lines, read_topic, replay_by_partition,
+};
+use common::tansu::{self, Tansu};
+use stagestream::config::{self, Settings};
+use stagestream::core::{EventTime, Span};
+use stagestream::decode::decode;
+
+const DAY: i64 = 86_400_000;
+const GROUP: &str = "stagestream-e2e";
+
+/// The five-stage preset plus a `[kafka]` section for `broker`, written to `dir`.
+fn write_config(dir: &Path, broker: &Tansu) -> (std::path::PathBuf, Settings) {
+    let preset = std::fs::read_to_string(common::repo("config/presets/five-stage.toml")).unwrap();
+    let text = format!(
+        r#"{preset}
+[kafka]
+input_topics = ["events"]
+output_topic = "journey-stages"
+dead_letter_topic = "dead-letters"
+
+[kafka.common]
+"bootstrap.servers" = "{bootstrap}"
+
+[kafka.consumer]
+"group.id" = "{GROUP}"
+"fetch.wait.max.ms" = "5"
+
+[shutdown]
+grace_period = "10s"
+"#,
+        bootstrap = broker.bootstrap
+    );
+    let path = dir.join("stagestream.toml");
+    std::fs::write(&path, text).unwrap();
+    let settings = config::load(&path).unwrap();
+    (path, settings)
+}
+
+fn start_service(config: &Path, dir: &Path) -> Child {
+    let log = std::fs::File::create(dir.join("stagestream.log")).unwrap();
+    common::stagestream()
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("stagestream starts")
+}
+
+/// SIGTERM, then the exit status within the grace period.
+fn terminate(mut service: Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = service.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let _ = service.kill();
+            panic!("no exit within the 10 s grace period after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn committed(broker: &Tansu, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", GROUP)
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition("events", partition);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(
+            |p| match committed.find_partition("events", p).unwrap().offset() {
+                Offset::Offset(offset) => offset,
+                other => panic!("partition {p}: no committed offset ({other:?})"),
+            },
+        )
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn output_equals_replay_dead_letters_are_complete_and_sigterm_commits() {
+    let Some(binary) = tansu::binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(binary, "memory://tansu/", dir.path());
+    broker.create_topics(&[("events", 4), ("journey-stages", 4), ("dead-letters", 1)]);
+    let (config, settings) = write_config(dir.path(), &broker);
+
+    // A few hundred thousand events: two months of history ending now, a backlog.
+    let lines = generated_lines(8_000, 60, now().minus(Span::from_millis(60 * DAY)), 11);
+    assert!(lines.len() > 200_000, "{} lines", lines.len());
+    produce_lines(&broker.bootstrap, "events", &settings, &lines, &[]);
+    let input = read_topic(&broker.bootstrap, "events", Duration::from_secs(120), |r| {
+        r.len() == lines.len()
+    });
+    assert_eq!(input.len(), lines.len());
+
+    let before = now().minus(settings.live.firing_delay);
+    let at_least = replay_by_partition(&settings, &input, before);
+    let service = start_service(&config, dir.path());
+    wait_for("the outputs due at the start", Duration::from_secs(180), || {
+        let read = read_topic(
+            &broker.bootstrap,
+            "journey-stages",
+            Duration::from_secs(60),
+            |_| true,
+        );
+        read.len() >= at_least.len()
+    });
+    let status = terminate(service);
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let at_most = replay_by_partition(&settings, &input, now());
+
+    let output = read_topic(
+        &broker.bootstrap,
+        "journey-stages",
+        Duration::from_secs(60),
+        |_| true,
+    );
+    let actual = binary_outputs(&output, "stagestream");
+    let missing = at_least
+        .iter()
+        .filter(|item| actual.binary_search(item).is_err())
+        .count();
+    let invented = actual
+        .iter()
+        .filter(|item| at_most.binary_search(item).is_err())
+        .count();
+    assert!(
+        missing == 0 && invented == 0,
+        "{missing} due outputs missing, {invented} not in replay; {}",
+        difference(&actual, &at_most)
+    );
+
+    let invalid = input
+        .iter()
+        .filter(|r| decode(&r.value, &settings.model).is_err())
+        .count();
+    let dead = read_topic(&broker.bootstrap, "dead-letters", Duration::from_secs(60), |_| {
+        true
+    });
+    assert_eq!(dead.len(), invalid, "one dead letter per invalid message");
+    assert!(dead.iter().all(|d| d.header("__connect.errors.reason").is_some()));
+
+    // SIGTERM committed everything: the group's offsets are at each partition's end.
+    let mut ends = BTreeMap::new();
+    for record in &input {
+        let end = ends.entry(record.partition).or_insert(0);
+        *end = (*end).max(record.offset + 1);
+    }
+    assert_eq!(committed(&broker, 4), ends.values().copied().collect::<Vec<_>>());
+}
+
+/// A small journey per customer, all within the last minutes, so no inactivity
+/// deadline can pass while the test runs: the output then depends on the events alone.
+fn recent_journeys(customers: std::ops::Range<u32>, start: EventTime) -> Vec<Vec<u8>> {
+    let steps = [
+        ("page", "Home"),
+        ("track", "Product Viewed"),
+        ("track", "Order Completed"),
+        ("track", "Order Completed"),
+        ("track", "Product Reviewed"),
+    ];
+    let mut lines = Vec::new();
+    for (step, (kind, name)) in steps.iter().enumerate() {
+        for customer in customers.clone() {
+            if (customer + step as u32) % 4 == 0 {
+                continue; // not every customer takes every step
+            }
+            let at = start.plus(Span::from_millis(step as i64 * 20_000 + i64::from(customer)));
+            let field = if *kind == "page" { "name" } else { "event" };
+            lines.push(
+                format!(
+                    r#"{{"type":"{kind}","{field}":"{name}","userId":"c-{customer}","messageId":"m-{customer}-{step}","timestamp":"{at}"}}"#
+                )
+                .into_bytes(),
+            );
+        }
+    }
+    lines
+}
+
+#[test]
+fn a_broker_killed_and_restarted_mid_run_loses_and_reorders_nothing() {
+    let Some(binary) = tansu::binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Tansu::start(binary, "sqlite://tansu.db", dir.path());
+    broker.create_topics(&[("events", 4), ("journey-stages", 4), ("dead-letters", 1)]);
+    let (config, settings) = write_config(dir.path(), &broker);
+    let start = now().minus(Span::from_millis(10 * 60_000));
+    // tansu's SQLite storage is slow (hundreds of records per second): keep this small.
+    let first = recent_journeys(0..400, start);
+    let second = recent_journeys(200..600, start.plus(Span::from_millis(200_000)));
+
+    produce_lines(&broker.bootstrap, "events", &settings, &first, &[]);
+    let service = start_service(&config, dir.path());
+    let first_input = read_topic(&broker.bootstrap, "events", Duration::from_secs(60), |r| {
+        r.len() == first.len()
+    });
+    let first_expected = replay_by_partition(&settings, &first_input, now());
+    wait_for("the first half's outputs", Duration::from_secs(120), || {
+        read_topic(
+            &broker.bootstrap,
+            "journey-stages",
+            Duration::from_secs(30),
+            |_| true,
+        )
+        .len()
+            >= first_expected.len()
+    });
+
+    broker.kill_and_restart(Duration::from_secs(2));
+    produce_lines(&broker.bootstrap, "events", &settings, &second, &[]);
+    let input = read_topic(&broker.bootstrap, "events", Duration::from_secs(120), |r| {
+        r.len() == first.len() + second.len()
+    });
+    assert_eq!(
+        input.len(),
+        first.len() + second.len(),
+        "the broker kept its data"
+    );
+    let expected = replay_by_partition(&settings, &input, now());
+    wait_for("all outputs", Duration::from_secs(180), || {
+        read_topic(
+            &broker.bootstrap,
+            "journey-stages",
+            Duration::from_secs(30),
+            |_| true,
+        )
+        .len()
+            >= expected.len()
+    });
+    let status = terminate(service);
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+
+    let output = read_topic(
+        &broker.bootstrap,
+        "journey-stages",
+        Duration::from_secs(60),
+        |_| true,
+    );
+    let actual = binary_outputs(&output, "stagestream");
+    assert_eq!(actual.len(), expected.len(), "{}", difference(&actual, &expected));
+    assert!(actual == expected, "{}", difference(&actual, &expected));
+    // Per customer, outputs arrive in the order replay emits them.
+    let mut by_customer: BTreeMap<Vec<u8>, Vec<(i32, i64, String)>> = BTreeMap::new();
+    for record in &output {
+        let id = record.header("ce_id").unwrap().to_owned();
+        by_customer.entry(record.key.clone().unwrap()).or_default().push((
+            record.partition,
+            record.offset,
+            id,
+        ));
+    }
+    let replay_order = replay_ids_in_order(&settings, &input);
+    for (customer, mut records) in by_customer {
+        records.sort();
+        let ids: Vec<&str> = records.iter().map(|(_, _, id)| id.as_str()).collect();
+        let expected_ids: Vec<&str> = replay_order
+            .iter()
+            .filter(|(c, _)| c.as_bytes() == customer.as_slice())
+            .map(|(_, id)| id.as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            expected_ids,
+            "order for {}",
+            String::from_utf8_lossy(&customer)
+        );
+    }
+}
+
+/// `(customer, ce_id)` in replay's emission order.
+fn replay_ids_in_order(settings: &Settings, input: &[common::kafka::Record]) -> Vec<(String, String)> {
+    let mut sorted: Vec<_> = input.iter().collect();
+    sorted.sort_by_key(|r| (r.partition, r.offset));
+    let mut order = Vec::new();
+    for partition in 0..4 {
+        let mut lines = Vec::new();
+        for record in sorted.iter().filter(|r| r.partition == partition) {
+            lines.extend_from_slice(&record.value);
+            lines.push(b'\n');
+        }
+        let mut out = Vec::new();
+        stagestream::replay::replay(settings, std::io::Cursor::new(lines), &mut out, None, Some(now()))
+            .unwrap();
+        for line in String::from_utf8(out).unwrap().lines() {
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            order.push((
+                json["subject"].as_str().unwrap().to_owned(),
+                json["id"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    order
+}

@@ -1,0 +1,206 @@
+//! The live service on librdkafka's in-process mock cluster: the fast inner loop.
+//! (The same contracts against a real broker process: `tests/broker.rs`.)
+//!
+//! The mock implements groups, idempotent producers and end-of-partition, which is all
+//! these tests rely on; it is never used to assert transactional behaviour.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+
+use common::kafka::{
+    binary_outputs, difference, generated_lines, now, produce_lines, read_topic, replay_by_partition, Record,
+};
+use stagestream::config::{self, Settings};
+use stagestream::core::Span;
+use stagestream::decode::decode;
+use stagestream::pipeline::{self, Control, PipelineError};
+
+const DAY: i64 = 86_400_000;
+
+fn settings(bootstrap: &str, group: &str) -> Settings {
+    let mut settings = config::load(&common::repo("config/presets/five-stage.toml")).unwrap();
+    let kafka = &mut settings.kafka;
+    kafka.common.set("bootstrap.servers", bootstrap);
+    kafka.consumer.set("group.id", group);
+    kafka.consumer.set("fetch.wait.max.ms", "5");
+    kafka.dead_letter_topic = Some("dead-letters".into());
+    settings
+}
+
+fn cluster() -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", 4, 1).unwrap();
+    cluster.create_topic("journey-stages", 4, 1).unwrap();
+    cluster.create_topic("dead-letters", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    (cluster, bootstrap)
+}
+
+fn start(settings: &Settings) -> (Arc<Control>, JoinHandle<Result<(), PipelineError>>) {
+    let control = Arc::new(Control::default());
+    let handle = {
+        let (settings, control) = (settings.clone(), control.clone());
+        std::thread::spawn(move || pipeline::run(&settings, control))
+    };
+    (control, handle)
+}
+
+fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn caught_up_output_equals_replay_per_partition_and_invalid_input_is_dead_lettered() {
+    let (_cluster, bootstrap) = cluster();
+    let settings = settings(&bootstrap, "equals-replay");
+    let started_at = now();
+    // A month of history ending now: a backlog the service must catch up on without
+    // firing win-backs that later events in the backlog would have prevented.
+    let mut lines = generated_lines(1_000, 30, started_at.minus(Span::from_millis(30 * DAY)), 7);
+    let future = started_at.plus(Span::from_millis(2 * 3_600_000));
+    let future_line = format!(
+        r#"{{"type":"track","event":"Product Viewed","userId":"time-traveller","timestamp":"{future}"}}"#
+    );
+    lines.insert(lines.len() / 2, future_line.into_bytes());
+    produce_lines(
+        &bootstrap,
+        "events",
+        &settings,
+        &lines,
+        &[("origin", "pipeline-test")],
+    );
+    let input = read_topic(&bootstrap, "events", Duration::from_secs(30), |r| {
+        r.len() == lines.len()
+    });
+    assert_eq!(input.len(), lines.len());
+
+    let before = now().minus(settings.live.firing_delay);
+    let (control, service) = start(&settings);
+    wait_until(
+        "the service to consume everything",
+        Duration::from_secs(60),
+        || {
+            control.ready.load(Ordering::SeqCst)
+                && control.consumed.load(Ordering::SeqCst) == lines.len() as u64
+        },
+    );
+    // Everything due before the start must come out; nothing not due by the end may.
+    let on_time: Vec<Record> = input
+        .iter()
+        .filter(|r| decode(&r.value, &settings.model).map_or(true, |e| e.timestamp < future))
+        .cloned()
+        .collect();
+    let at_least = replay_by_partition(&settings, &on_time, before);
+    wait_until("the outputs due at the start", Duration::from_secs(60), || {
+        control.delivered.load(Ordering::SeqCst) >= at_least.len() as u64
+    });
+    let output = read_topic(&bootstrap, "journey-stages", Duration::from_secs(30), |r| {
+        r.len() as u64 >= control.delivered.load(Ordering::SeqCst)
+    });
+    let at_most = replay_by_partition(&settings, &on_time, now());
+    control.stop();
+    service.join().unwrap().expect("clean stop");
+
+    let actual = binary_outputs(&output, "stagestream");
+    let missing = at_least
+        .iter()
+        .filter(|item| actual.binary_search(item).is_err())
+        .count();
+    let invented = actual
+        .iter()
+        .filter(|item| at_most.binary_search(item).is_err())
+        .count();
+    assert!(
+        missing == 0 && invented == 0,
+        "{missing} due outputs missing, {invented} outputs replay does not have; vs at_most: {}",
+        difference(&actual, &at_most)
+    );
+    assert!(
+        actual.len() > lines.len() / 10,
+        "a realistic stream moves customers"
+    );
+
+    // Every invalid message, and the future-stamped one, in the dead-letter topic.
+    let dead = read_topic(&bootstrap, "dead-letters", Duration::from_secs(30), |r| {
+        r.len() as u64 >= control.dead_lettered.load(Ordering::SeqCst)
+    });
+    let invalid: Vec<&Record> = input
+        .iter()
+        .filter(|r| decode(&r.value, &settings.model).map_or(true, |e| e.timestamp >= future))
+        .collect();
+    assert!(invalid.len() > 5, "the generator makes invalid lines");
+    assert_eq!(dead.len(), invalid.len());
+    for original in invalid {
+        let letter = dead
+            .iter()
+            .find(|d| {
+                d.header("__connect.errors.offset") == Some(&original.offset.to_string())
+                    && d.header("__connect.errors.partition") == Some(&original.partition.to_string())
+            })
+            .unwrap_or_else(|| panic!("no dead letter for {}/{}", original.partition, original.offset));
+        assert_eq!(letter.value, original.value);
+        assert_eq!(letter.key, original.key);
+        assert_eq!(letter.header("__connect.errors.topic"), Some("events"));
+        assert_eq!(
+            letter.header("origin"),
+            Some("pipeline-test"),
+            "original headers kept"
+        );
+        let expected_reason = match decode(&original.value, &settings.model) {
+            Err(error) => error.reason().as_str(),
+            Ok(_) => "future_timestamp",
+        };
+        assert_eq!(letter.header("__connect.errors.reason"), Some(expected_reason));
+        assert!(!letter
+            .header("__connect.errors.exception.message")
+            .unwrap()
+            .is_empty());
+    }
+}
+
+#[test]
+fn inactivity_fires_by_the_wall_clock_within_a_second_on_a_quiet_partition() {
+    let (_cluster, bootstrap) = cluster();
+    let mut settings = settings(&bootstrap, "quiet");
+    settings.live.firing_delay = Span::from_millis(0);
+    let seven_days = settings.model.thresholds()[0].after;
+    // The customer's only event puts their 7-day deadline 3 s from now.
+    let deadline = now().plus(Span::from_millis(3_000));
+    let last_seen = deadline.minus(seven_days);
+    let line =
+        format!(r#"{{"type":"page","name":"Home","anonymousId":"quiet-1","timestamp":"{last_seen}"}}"#);
+    produce_lines(&bootstrap, "events", &settings, &[line.into_bytes()], &[]);
+    let (control, service) = start(&settings);
+    wait_until("the win-back", Duration::from_secs(30), || {
+        control.delivered.load(Ordering::SeqCst) >= 2
+    });
+    let output = read_topic(&bootstrap, "journey-stages", Duration::from_secs(10), |r| {
+        r.len() >= 2
+    });
+    control.stop();
+    service.join().unwrap().expect("clean stop");
+
+    let inactive = output
+        .iter()
+        .find(|r| r.header("ce_type") == Some("stagestream.customer.inactive.v1"))
+        .expect("an inactivity event");
+    assert_eq!(inactive.header("ce_time"), Some(deadline.to_string().as_str()));
+    let late_by = inactive.timestamp.expect("CreateTime") - deadline.as_millis();
+    assert!(
+        (0..1_000).contains(&late_by),
+        "fired {late_by} ms after its deadline"
+    );
+}
