@@ -493,6 +493,25 @@ mod tests {
     }
 
     #[test]
+    fn a_default_time_fills_only_a_missing_timestamp() {
+        let model = model();
+        let record_time = Some(EventTime::from_millis(1_700_000_000_000));
+        for missing in [
+            r#"{"event":"x","userId":"u"}"#,
+            r#"{"event":"x","userId":"u","timestamp":null}"#,
+        ] {
+            let event = decode_with_default_time(missing.as_bytes(), &model, record_time).unwrap();
+            assert_eq!(Some(event.timestamp), record_time);
+        }
+        let stamped = r#"{"event":"x","userId":"u","timestamp":"2026-01-01T00:00:00Z"}"#;
+        let event = decode_with_default_time(stamped.as_bytes(), &model, record_time).unwrap();
+        assert_eq!(event.timestamp.to_string(), "2026-01-01T00:00:00.000Z");
+        let invalid = r#"{"event":"x","userId":"u","timestamp":"yesterday"}"#;
+        let error = decode_with_default_time(invalid.as_bytes(), &model, record_time).unwrap_err();
+        assert_eq!(error.reason(), RejectReason::InvalidTimestamp);
+    }
+
+    #[test]
     fn each_invalid_input_has_its_reason() {
         let cases = [
             ("", RejectReason::InvalidJson),

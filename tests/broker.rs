@@ -26,8 +26,8 @@ use stagestream::decode::decode;
 const DAY: i64 = 86_400_000;
 const GROUP: &str = "stagestream-e2e";
 
-/// The five-stage preset plus a `[kafka]` section for `broker`, written to `dir`.
-fn write_config(dir: &Path, broker: &Tansu) -> (std::path::PathBuf, Settings) {
+/// The five-stage preset plus a `[kafka]` section for `bootstrap`, written to `dir`.
+fn write_config(dir: &Path, bootstrap: &str) -> (std::path::PathBuf, Settings) {
     let preset = std::fs::read_to_string(common::repo("config/presets/five-stage.toml")).unwrap();
     let text = format!(
         r#"{preset}
@@ -45,8 +45,7 @@ dead_letter_topic = "dead-letters"
 
 [shutdown]
 grace_period = "10s"
-"#,
-        bootstrap = broker.bootstrap
+"#
     );
     let path = dir.join("stagestream.toml");
     std::fs::write(&path, text).unwrap();
@@ -121,7 +120,7 @@ fn output_equals_replay_dead_letters_are_complete_and_sigterm_commits() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Tansu::start(binary, "memory://tansu/", dir.path());
     broker.create_topics(&[("events", 4), ("journey-stages", 4), ("dead-letters", 1)]);
-    let (config, settings) = write_config(dir.path(), &broker);
+    let (config, settings) = write_config(dir.path(), &broker.bootstrap);
 
     // A few hundred thousand events: two months of history ending now, a backlog.
     let lines = generated_lines(8_000, 60, now().minus(Span::from_millis(60 * DAY)), 11);
@@ -223,7 +222,7 @@ fn a_broker_killed_and_restarted_mid_run_loses_and_reorders_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Tansu::start(binary, "sqlite://tansu.db", dir.path());
     broker.create_topics(&[("events", 4), ("journey-stages", 4), ("dead-letters", 1)]);
-    let (config, settings) = write_config(dir.path(), &broker);
+    let (config, settings) = write_config(dir.path(), &broker.bootstrap);
     let start = now().minus(Span::from_millis(10 * 60_000));
     // tansu's SQLite storage is slow (hundreds of records per second): keep this small.
     let first = recent_journeys(0..400, start);
@@ -330,4 +329,47 @@ fn replay_ids_in_order(settings: &Settings, input: &[common::kafka::Record]) -> 
         }
     }
     order
+}
+
+#[test]
+fn a_broker_down_at_start_is_retried_until_it_comes_up() {
+    let Some(binary) = tansu::binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = tansu::free_port();
+    let (config, settings) = write_config(dir.path(), &format!("127.0.0.1:{port}"));
+    let service = start_service(&config, dir.path());
+    let log = dir.path().join("stagestream.log");
+    wait_for("the retry log line", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("Kafka cluster unreachable") && text.contains("retry_in")
+    });
+
+    let broker = Tansu::start_on(port, binary, "memory://tansu/", dir.path());
+    broker.create_topics(&[("events", 4), ("journey-stages", 4), ("dead-letters", 1)]);
+    let lines = recent_journeys(0..300, now().minus(Span::from_millis(5 * 60_000)));
+    produce_lines(&broker.bootstrap, "events", &settings, &lines, &[]);
+    let input = read_topic(&broker.bootstrap, "events", Duration::from_secs(60), |r| {
+        r.len() == lines.len()
+    });
+    let expected = replay_by_partition(&settings, &input, now());
+    wait_for("every output", Duration::from_secs(120), || {
+        read_topic(
+            &broker.bootstrap,
+            "journey-stages",
+            Duration::from_secs(30),
+            |_| true,
+        )
+        .len()
+            >= expected.len()
+    });
+    let status = terminate(service);
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let output = read_topic(
+        &broker.bootstrap,
+        "journey-stages",
+        Duration::from_secs(60),
+        |_| true,
+    );
+    let actual = binary_outputs(&output, "stagestream");
+    assert!(actual == expected, "{}", difference(&actual, &expected));
 }

@@ -204,3 +204,46 @@ fn inactivity_fires_by_the_wall_clock_within_a_second_on_a_quiet_partition() {
         "fired {late_by} ms after its deadline"
     );
 }
+
+#[test]
+fn structured_mode_writes_the_same_lines_replay_prints() {
+    let (_cluster, bootstrap) = cluster();
+    let mut settings = settings(&bootstrap, "structured");
+    settings.kafka.content_mode = stagestream::kafka::ContentMode::Structured;
+    // History that ended over a fortnight ago: every deadline is long past.
+    let lines = generated_lines(200, 20, now().minus(Span::from_millis(40 * DAY)), 3);
+    produce_lines(&bootstrap, "events", &settings, &lines, &[]);
+    let input = read_topic(&bootstrap, "events", Duration::from_secs(30), |r| {
+        r.len() == lines.len()
+    });
+    let expected = replay_by_partition(&settings, &input, now());
+    let (control, service) = start(&settings);
+    wait_until("every output", Duration::from_secs(60), || {
+        control.delivered.load(Ordering::SeqCst) >= expected.len() as u64
+    });
+    let output = read_topic(&bootstrap, "journey-stages", Duration::from_secs(30), |r| {
+        r.len() >= expected.len()
+    });
+    control.stop();
+    service.join().unwrap().expect("clean stop");
+    let mut actual: Vec<_> = output
+        .iter()
+        .map(|record| {
+            assert_eq!(
+                record.header("content-type"),
+                Some("application/cloudevents+json; charset=UTF-8")
+            );
+            let line = String::from_utf8(record.value.clone()).unwrap();
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(record.key.as_deref(), json["subject"].as_str().map(str::as_bytes));
+            let data_start = line.find(",\"data\":").unwrap() + 8;
+            (
+                json["id"].as_str().unwrap().to_owned(),
+                json["type"].as_str().unwrap().to_owned(),
+                line[data_start..line.len() - 1].to_owned(),
+            )
+        })
+        .collect();
+    actual.sort();
+    assert_eq!(actual, expected, "{}", difference(&actual, &expected));
+}

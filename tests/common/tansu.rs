@@ -35,6 +35,15 @@ pub fn binary() -> Option<PathBuf> {
     None
 }
 
+/// A loopback port nothing listens on (at the time of asking).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub struct Tansu {
     binary: PathBuf,
     storage: String,
@@ -48,11 +57,11 @@ impl Tansu {
     /// Starts a broker with `storage` (`memory://tansu/` or `sqlite://FILE.db`, relative
     /// to `workdir`) and waits until it answers metadata requests.
     pub fn start(binary: PathBuf, storage: &str, workdir: &Path) -> Tansu {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Tansu::start_on(free_port(), binary, storage, workdir)
+    }
+
+    /// [`Tansu::start`] on a given loopback port.
+    pub fn start_on(port: u16, binary: PathBuf, storage: &str, workdir: &Path) -> Tansu {
         let mut broker = Tansu {
             binary,
             storage: storage.to_owned(),
