@@ -371,22 +371,22 @@ impl Worker {
             offset,
             sent,
         };
-        let rejection = match decode_with_default_time(payload, &settings.model, record_time) {
-            Err(error) => Some((error.reason().as_str(), error.to_string())),
-            Ok(event) if event.timestamp > now.plus(settings.live.max_future_skew) => Some((
+        let (reason, detail) = match decode_with_default_time(payload, &settings.model, record_time) {
+            Err(error) => (error.reason().as_str(), error.to_string()),
+            Ok(event) if event.timestamp > now.plus(settings.live.max_future_skew) => (
                 "future_timestamp",
                 format!(
                     "timestamp {} is more than time.max_future_skew ahead of the wall clock {now}",
                     event.timestamp
                 ),
-            )),
+            ),
             Ok(event) => {
                 self.outputs.clear();
                 match state.engine.on_event(&event, &mut self.outputs) {
-                    Verdict::Late => Some((
+                    Verdict::Late => (
                         "late",
                         format!("older than the watermark {}", state.engine.watermark()),
-                    )),
+                    ),
                     _ => {
                         let mut sent = 0;
                         for output in &self.outputs {
@@ -403,9 +403,6 @@ impl Worker {
                     }
                 }
             }
-        };
-        let Some((reason, detail)) = rejection else {
-            return;
         };
         self.invalid_warnings.warn(|suppressed| {
             warn!(
