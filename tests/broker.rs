@@ -16,7 +16,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use common::kafka::{
-    binary_outputs, difference, generated_lines, now, produce_lines, read_topic, replay_by_partition,
+    assert_between, binary_outputs, difference, generated_lines, now, produce_lines, read_topic,
+    replay_by_partition, Fingerprint, Record,
 };
 use common::tansu::{self, Tansu};
 use stagestream::config::{self, Settings};
@@ -106,6 +107,30 @@ fn committed(broker: &Tansu, partitions: i32) -> Vec<i64> {
         .collect()
 }
 
+/// What the service wrote, read back after it stopped.
+struct Stopped {
+    output: Vec<Record>,
+    /// `output` as CloudEvents, checked against the Kafka binding, sorted.
+    actual: Vec<Fingerprint>,
+    /// The wall clock when the service had exited: nothing due later can be in `output`.
+    at: EventTime,
+}
+
+/// Waits (up to `timeout`) until the output topic holds `count` records, stops the
+/// service with SIGTERM (asserting a clean exit), then reads the output topic back.
+fn stop_after_outputs(broker: &Tansu, service: Child, count: usize, timeout: Duration) -> Stopped {
+    let read_all = |timeout| read_topic(&broker.bootstrap, "journey-stages", timeout, |_| true);
+    wait_for("the outputs", timeout, || {
+        read_all(Duration::from_secs(30)).len() >= count
+    });
+    let status = terminate(service);
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let at = now();
+    let output = read_all(Duration::from_secs(60));
+    let actual = binary_outputs(&output, "stagestream");
+    Stopped { output, actual, at }
+}
+
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
@@ -134,39 +159,9 @@ fn output_equals_replay_dead_letters_are_complete_and_sigterm_commits() {
     let before = now().minus(settings.live.firing_delay);
     let at_least = replay_by_partition(&settings, &input, before);
     let service = start_service(&config, dir.path());
-    wait_for("the outputs due at the start", Duration::from_secs(180), || {
-        let read = read_topic(
-            &broker.bootstrap,
-            "journey-stages",
-            Duration::from_secs(60),
-            |_| true,
-        );
-        read.len() >= at_least.len()
-    });
-    let status = terminate(service);
-    assert!(status.success(), "exit status after SIGTERM: {status}");
-    let at_most = replay_by_partition(&settings, &input, now());
-
-    let output = read_topic(
-        &broker.bootstrap,
-        "journey-stages",
-        Duration::from_secs(60),
-        |_| true,
-    );
-    let actual = binary_outputs(&output, "stagestream");
-    let missing = at_least
-        .iter()
-        .filter(|item| actual.binary_search(item).is_err())
-        .count();
-    let invented = actual
-        .iter()
-        .filter(|item| at_most.binary_search(item).is_err())
-        .count();
-    assert!(
-        missing == 0 && invented == 0,
-        "{missing} due outputs missing, {invented} not in replay; {}",
-        difference(&actual, &at_most)
-    );
+    let stopped = stop_after_outputs(&broker, service, at_least.len(), Duration::from_secs(180));
+    let at_most = replay_by_partition(&settings, &input, stopped.at);
+    assert_between(&stopped.actual, &at_least, &at_most);
 
     let invalid = input
         .iter()
@@ -256,26 +251,8 @@ fn a_broker_killed_and_restarted_mid_run_loses_and_reorders_nothing() {
         "the broker kept its data"
     );
     let expected = replay_by_partition(&settings, &input, now());
-    wait_for("all outputs", Duration::from_secs(180), || {
-        read_topic(
-            &broker.bootstrap,
-            "journey-stages",
-            Duration::from_secs(30),
-            |_| true,
-        )
-        .len()
-            >= expected.len()
-    });
-    let status = terminate(service);
-    assert!(status.success(), "exit status after SIGTERM: {status}");
-
-    let output = read_topic(
-        &broker.bootstrap,
-        "journey-stages",
-        Duration::from_secs(60),
-        |_| true,
-    );
-    let actual = binary_outputs(&output, "stagestream");
+    let Stopped { output, actual, .. } =
+        stop_after_outputs(&broker, service, expected.len(), Duration::from_secs(180));
     assert_eq!(actual.len(), expected.len(), "{}", difference(&actual, &expected));
     assert!(actual == expected, "{}", difference(&actual, &expected));
     // Per customer, outputs arrive in the order replay emits them.
@@ -352,24 +329,7 @@ fn a_broker_down_at_start_is_retried_until_it_comes_up() {
         r.len() == lines.len()
     });
     let expected = replay_by_partition(&settings, &input, now());
-    wait_for("every output", Duration::from_secs(120), || {
-        read_topic(
-            &broker.bootstrap,
-            "journey-stages",
-            Duration::from_secs(30),
-            |_| true,
-        )
-        .len()
-            >= expected.len()
-    });
-    let status = terminate(service);
-    assert!(status.success(), "exit status after SIGTERM: {status}");
-    let output = read_topic(
-        &broker.bootstrap,
-        "journey-stages",
-        Duration::from_secs(60),
-        |_| true,
-    );
-    let actual = binary_outputs(&output, "stagestream");
+    let Stopped { actual, .. } =
+        stop_after_outputs(&broker, service, expected.len(), Duration::from_secs(120));
     assert!(actual == expected, "{}", difference(&actual, &expected));
 }

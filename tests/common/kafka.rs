@@ -247,6 +247,24 @@ pub fn binary_outputs(records: &[Record], source: &str) -> Vec<Fingerprint> {
     outputs
 }
 
+/// Asserts that `actual` holds everything in `at_least` (due when the service started)
+/// and nothing outside `at_most` (due by the time it was read); all three sorted.
+pub fn assert_between(actual: &[Fingerprint], at_least: &[Fingerprint], at_most: &[Fingerprint]) {
+    let missing = at_least
+        .iter()
+        .filter(|item| actual.binary_search(item).is_err())
+        .count();
+    let invented = actual
+        .iter()
+        .filter(|item| at_most.binary_search(item).is_err())
+        .count();
+    assert!(
+        missing == 0 && invented == 0,
+        "{missing} due outputs missing, {invented} outputs replay does not have; vs at_most: {}",
+        difference(actual, at_most)
+    );
+}
+
 /// A readable account of how two multisets differ (the first few of each side).
 pub fn difference(actual: &[Fingerprint], expected: &[Fingerprint]) -> String {
     let mut missing = expected.to_vec();
