@@ -166,13 +166,18 @@ fn inactivity_fires_by_the_wall_clock_within_a_second_on_a_quiet_partition() {
     let mut settings = settings(&bootstrap, "quiet");
     settings.live.firing_delay = Span::from_millis(0);
     let seven_days = settings.model.thresholds()[0].after;
-    // The customer's only event puts their 7-day deadline 3 s from now.
-    let deadline = now().plus(Span::from_millis(3_000));
+    // Caught up first (joining the group takes seconds), so the deadline below falls
+    // while the partition is quiet and at its end, not while it is being assigned.
+    let (control, service) = start(&settings);
+    wait_until("the service to be caught up", Duration::from_secs(30), || {
+        control.ready.load(Ordering::SeqCst)
+    });
+    // The customer's only event puts their 7-day deadline 2 s from now.
+    let deadline = now().plus(Span::from_millis(2_000));
     let last_seen = deadline.minus(seven_days);
     let line =
         format!(r#"{{"type":"page","name":"Home","anonymousId":"quiet-1","timestamp":"{last_seen}"}}"#);
     produce_lines(&bootstrap, "events", &settings, &[line.into_bytes()], &[]);
-    let (control, service) = start(&settings);
     wait_until("the win-back", Duration::from_secs(30), || {
         control.delivered.load(Ordering::SeqCst) >= 2
     });
