@@ -1,6 +1,7 @@
 //! Property tests of the replay semantics over generated journeys:
 //! determinism, and invariance under what must not matter (other customers' order
-//! within the allowed lateness, client retries, invalid lines).
+//! within the allowed lateness, client retries, invalid lines), and recovery: an engine
+//! restored from an image of itself continues exactly as the original would have.
 
 mod common;
 
@@ -8,7 +9,8 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use stagestream::config::{self, Settings};
-use stagestream::core::EventTime;
+use stagestream::core::{Engine, EventTime, Output};
+use stagestream::decode::decode;
 use stagestream::replay::replay;
 
 const NAMES: [&str; 10] = [
@@ -200,5 +202,46 @@ proptest! {
             noisy.insert(at, bad);
         }
         prop_assert_eq!(run(&lines, until()), run(&noisy, until()));
+    }
+
+    #[test]
+    fn a_restored_engine_continues_exactly_as_the_original(
+        steps in journeys(),
+        split in any::<proptest::sample::Index>(),
+        clock_ahead in 0i64..20 * 86_400_000,
+    ) {
+        let settings = settings();
+        // Client retries two events later, so the de-duplication window matters too.
+        let mut lines = render(&steps);
+        for i in (0..lines.len().saturating_sub(2)).rev().step_by(5) {
+            let retry = lines[i].clone();
+            lines.insert(i + 3, retry);
+        }
+        let events: Vec<_> = lines.iter().map(|l| decode(l.as_bytes(), &settings.model).unwrap()).collect();
+        let split = split.index(events.len() + 1);
+        // The wall clock may have run ahead of the watermark when the image was taken.
+        let clock = events[..split].iter().map(|e| e.timestamp).max().map(|t| t.plus(stagestream::core::Span::from_millis(clock_ahead)));
+        let run_engine = |engine: &mut Engine, range: std::ops::Range<usize>, outputs: &mut Vec<Output>| {
+            for event in &events[range] {
+                engine.on_event(event, outputs);
+            }
+        };
+        let mut original = Engine::new(settings.model.clone(), settings.engine);
+        let mut expected = Vec::new();
+        run_engine(&mut original, 0..split, &mut expected);
+        if let Some(clock) = clock {
+            original.advance_to(clock, &mut expected);
+        }
+        let image = original.image();
+        let mut restored = Engine::restore(settings.model.clone(), settings.engine, image.clone()).unwrap();
+        let mut actual = expected.clone();
+        prop_assert_eq!(restored.customer_count(), original.customer_count());
+        prop_assert_eq!(restored.population(), original.population());
+        prop_assert_eq!(restored.armed_count(), original.armed_count());
+        run_engine(&mut original, split..events.len(), &mut expected);
+        run_engine(&mut restored, split..events.len(), &mut actual);
+        original.advance_to(until().unwrap(), &mut expected);
+        restored.advance_to(until().unwrap(), &mut actual);
+        prop_assert_eq!(expected, actual);
     }
 }

@@ -68,6 +68,49 @@ impl CustomerTable {
         (new, Interned::New)
     }
 
+    /// The id arena and the end offsets, as [`crate::core::EngineImage`] holds them.
+    pub fn parts(&self) -> (&str, &[u64]) {
+        (&self.arena, &self.ends)
+    }
+
+    /// Rebuilds a table from [`CustomerTable::parts`], refusing anything inconsistent:
+    /// ends out of order or past the arena, an end inside a character, a repeated id.
+    ///
+    /// # Errors
+    /// What is inconsistent, in words.
+    pub fn from_parts(arena: String, ends: Vec<u64>) -> Result<Self, String> {
+        if u32::try_from(ends.len()).is_err() {
+            return Err(format!("{} customers; at most u32::MAX fit", ends.len()));
+        }
+        let mut start = 0u64;
+        for (i, &end) in ends.iter().enumerate() {
+            let fits = end >= start && end <= arena.len() as u64 && arena.is_char_boundary(end as usize);
+            if !fits {
+                return Err(format!("customer id {i} ends at {end}, outside the id arena"));
+            }
+            start = end;
+        }
+        let mut table = CustomerTable {
+            hasher: RandomState::new(),
+            index: HashTable::with_capacity(ends.len()),
+            arena,
+            ends,
+        };
+        let (arena, ends, hasher) = (&table.arena, &table.ends, &table.hasher);
+        for i in 0..ends.len() {
+            let customer = CustomerRef(i as u32);
+            let id = id_at(arena, ends, customer);
+            let hash = hasher.hash_one(id);
+            if table.index.find(hash, |&r| id_at(arena, ends, r) == id).is_some() {
+                return Err(format!("customer id {id:?} appears twice"));
+            }
+            table
+                .index
+                .insert_unique(hash, customer, |&r| hasher.hash_one(id_at(arena, ends, r)));
+        }
+        Ok(table)
+    }
+
     /// The id of `customer`.
     ///
     /// # Panics
@@ -105,6 +148,25 @@ mod tests {
         assert_eq!(table.get("c"), None);
         assert_eq!(table.id(CustomerRef(2)), "é🙂");
         assert_eq!(table.len(), 3);
+    }
+
+    #[test]
+    fn rebuilds_from_its_parts_and_refuses_inconsistent_ones() {
+        let mut table = CustomerTable::default();
+        for id in ["b", "é🙂", "", "a"] {
+            table.intern(id);
+        }
+        let (arena, ends) = table.parts();
+        let rebuilt = CustomerTable::from_parts(arena.to_owned(), ends.to_vec()).unwrap();
+        assert_eq!(rebuilt.get("é🙂"), Some(CustomerRef(1)));
+        assert_eq!(rebuilt.get("a"), Some(CustomerRef(3)));
+        assert_eq!(rebuilt.id(CustomerRef(2)), "");
+        let err =
+            |arena: &str, ends: &[u64]| CustomerTable::from_parts(arena.into(), ends.to_vec()).unwrap_err();
+        assert!(err("ab", &[1, 3]).contains("outside"));
+        assert!(err("ab", &[2, 1]).contains("outside"));
+        assert!(err("é", &[1]).contains("outside"), "inside a character");
+        assert!(err("aa", &[1, 2]).contains("twice"));
     }
 
     #[test]

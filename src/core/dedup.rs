@@ -54,6 +54,39 @@ impl DedupWindow {
         }
     }
 
+    /// Every remembered `(customer, digest, time)`, in no particular order, and the
+    /// watermark at which the next sweep runs.
+    pub fn entries(
+        &self,
+    ) -> (
+        impl Iterator<Item = (CustomerRef, u64, EventTime)> + '_,
+        EventTime,
+    ) {
+        let entries = self
+            .seen
+            .iter()
+            .map(|(&(customer, digest), &at)| (customer, digest, at));
+        (entries, self.next_sweep)
+    }
+
+    /// A window holding `entries` (as [`DedupWindow::entries`] gave them).
+    pub fn from_entries(
+        window: Span,
+        entries: impl ExactSizeIterator<Item = (CustomerRef, u64, EventTime)>,
+        next_sweep: EventTime,
+    ) -> Self {
+        let mut seen = HashMap::with_capacity_and_hasher(entries.len(), RandomState::default());
+        for (customer, digest, at) in entries {
+            let time = seen.entry((customer, digest)).or_insert(at);
+            *time = (*time).max(at);
+        }
+        DedupWindow {
+            window,
+            seen,
+            next_sweep,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.seen.len()
     }

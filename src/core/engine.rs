@@ -21,6 +21,7 @@ use std::sync::Arc;
 use super::customers::{CustomerRef, CustomerTable, Interned};
 use super::dedup::DedupWindow;
 use super::event::Event;
+use super::image::{CustomerImage, DedupEntry, EngineImage, Migration, RestoreError};
 use super::model::{Model, RuleId, StageId, ThresholdId};
 use super::time::{EventTime, Span};
 
@@ -181,6 +182,144 @@ impl Engine {
     /// How many customers have an inactivity threshold pending.
     pub fn armed_count(&self) -> usize {
         self.armed_customers
+    }
+
+    /// Copies the state out as plain data, for a snapshot. Flat copies only (no index
+    /// is cloned), so it is cheap enough to take between two events.
+    pub fn image(&self) -> EngineImage {
+        let (arena, ends) = self.customers.parts();
+        let (dedup, dedup_next_sweep) = self.dedup.entries();
+        EngineImage {
+            shape: self.model.shape().clone(),
+            newest_event: self.newest_event,
+            clock: self.clock,
+            dedup_next_sweep,
+            id_arena: arena.to_owned(),
+            id_ends: ends.to_vec(),
+            customers: self
+                .states
+                .iter()
+                .map(|s| CustomerImage {
+                    last_activity: s.last_activity,
+                    stage: s.stage,
+                    armed: (s.armed != UNARMED).then_some(ThresholdId(s.armed)),
+                    ladder: s.ladder,
+                })
+                .collect(),
+            counters: self.counters.clone(),
+            dedup: dedup
+                .map(|(customer, digest, seen_at)| DedupEntry {
+                    customer,
+                    digest,
+                    seen_at,
+                })
+                .collect(),
+        }
+    }
+
+    /// Rebuilds an engine from an image, carrying it into `model` when it was made
+    /// under another one (policy: [`super::image`]). The restored engine behaves
+    /// exactly as the imaged one would have.
+    ///
+    /// # Errors
+    /// [`RestoreError::IncompatibleModel`] when the policy refuses the model change;
+    /// [`RestoreError::Inconsistent`] when the image contradicts itself.
+    pub fn restore(
+        model: Arc<Model>,
+        settings: EngineSettings,
+        image: EngineImage,
+    ) -> Result<Self, RestoreError> {
+        let inconsistent = |what: String| RestoreError::Inconsistent(what);
+        let migration = (image.shape.fingerprint != model.shape().fingerprint)
+            .then(|| Migration::plan(&image.shape, model.shape()))
+            .transpose()?;
+        let saved = &image.shape;
+        let customer_count = image.customers.len();
+        if image.id_ends.len() != customer_count {
+            return Err(inconsistent(format!(
+                "{} customer ids for {customer_count} customers",
+                image.id_ends.len()
+            )));
+        }
+        let saved_counters = saved.counters.len();
+        if image.counters.len() != customer_count * saved_counters {
+            return Err(inconsistent(format!(
+                "{} occurrence counters for {customer_count} customers x {saved_counters}",
+                image.counters.len()
+            )));
+        }
+        let thresholds = model.thresholds().len();
+        let mut states = Vec::with_capacity(customer_count);
+        let mut population = vec![0u64; model.stage_count()];
+        let mut armed_customers = 0;
+        let mut due = Vec::new();
+        for (i, customer) in image.customers.iter().enumerate() {
+            let stage = match &migration {
+                Some(migration) => migration.stages.get(usize::from(customer.stage.0)).copied(),
+                None => Some(customer.stage).filter(|s| usize::from(s.0) < model.stage_count()),
+            }
+            .ok_or_else(|| inconsistent(format!("customer {i} is in unknown stage {}", customer.stage.0)))?;
+            let armed = match customer.armed {
+                Some(ThresholdId(t)) if usize::from(t) < thresholds => {
+                    armed_customers += 1;
+                    let after = model.threshold(ThresholdId(t)).after;
+                    due.push((customer.last_activity.plus(after), CustomerRef(i as u32)));
+                    t
+                }
+                None => UNARMED,
+                Some(ThresholdId(t)) => {
+                    return Err(inconsistent(format!("customer {i} armed unknown threshold {t}")))
+                }
+            };
+            if usize::from(customer.ladder) > thresholds {
+                return Err(inconsistent(format!("customer {i} is past the ladder's end")));
+            }
+            population[usize::from(stage.0)] += 1;
+            states.push(CustomerState {
+                last_activity: customer.last_activity,
+                indexed: NOT_INDEXED,
+                stage,
+                armed,
+                ladder: customer.ladder,
+            });
+        }
+        for &(key, customer) in &due {
+            states[customer.index()].indexed = key;
+        }
+        let counters = match &migration {
+            Some(migration) => image
+                .counters
+                .chunks_exact(saved_counters.max(1))
+                .take(customer_count)
+                .flat_map(|saved| migration.counters.iter().map(|&from| saved[from]))
+                .collect(),
+            None => image.counters,
+        };
+        if let Some(entry) = image.dedup.iter().find(|e| e.customer.index() >= customer_count) {
+            return Err(inconsistent(format!(
+                "a messageId of unknown customer {}",
+                entry.customer.0
+            )));
+        }
+        let dedup = DedupWindow::from_entries(
+            settings.dedup_window,
+            image.dedup.iter().map(|e| (e.customer, e.digest, e.seen_at)),
+            image.dedup_next_sweep,
+        );
+        let customers = CustomerTable::from_parts(image.id_arena, image.id_ends).map_err(inconsistent)?;
+        Ok(Engine {
+            model,
+            settings,
+            customers,
+            states,
+            counters,
+            deadlines: due.into_iter().collect(),
+            armed_customers,
+            dedup,
+            newest_event: image.newest_event,
+            clock: image.clock,
+            population,
+        })
     }
 
     /// Applies one valid event, appending what it caused to `out`.

@@ -649,3 +649,51 @@ fn an_older_event_after_a_firing_does_not_fire_the_same_gap_again() {
         "the gap continues from where its ladder stood"
     );
 }
+
+#[test]
+fn an_image_carries_into_a_model_with_an_inserted_stage() {
+    let mut run = Run::five_stage();
+    run.track("ann", "Order Completed", t(0, 0));
+    run.track("bob", "Product Viewed", t(0, 1));
+    let image = run.engine.image();
+    let widened = FIVE_STAGE.replace(
+        r#""consideration", "purchase""#,
+        r#""consideration", "cart", "purchase""#,
+    );
+    let model = Arc::new(test_model(&widened));
+    assert_ne!(model.shape().fingerprint, image.shape.fingerprint);
+    let mut restored = Engine::restore(model, EngineSettings::default(), image).unwrap();
+    assert_eq!(restored.stage_of("ann"), Some(StageId(3)), "purchase, now fourth");
+    assert_eq!(restored.stage_of("bob"), Some(StageId(1)));
+    assert_eq!(restored.population(), [0, 1, 0, 1, 0, 0]);
+    let mut outputs = Vec::new();
+    restored.advance_to(t(7, 0), &mut outputs);
+    assert_eq!(outputs.len(), 1, "ann's win-back stays armed: {outputs:?}");
+}
+
+#[test]
+fn an_image_that_contradicts_itself_is_refused() {
+    let mut run = Run::five_stage();
+    run.track("ann", "Order Completed", t(0, 0));
+    let model = Arc::new(test_model(FIVE_STAGE));
+    let restore = |image| Engine::restore(model.clone(), EngineSettings::default(), image);
+    let mut bad_stage = run.engine.image();
+    bad_stage.customers[0].stage = StageId(9);
+    assert!(matches!(restore(bad_stage), Err(RestoreError::Inconsistent(_))));
+    let mut bad_threshold = run.engine.image();
+    bad_threshold.customers[0].armed = Some(ThresholdId(7));
+    assert!(matches!(
+        restore(bad_threshold),
+        Err(RestoreError::Inconsistent(_))
+    ));
+    let mut missing_id = run.engine.image();
+    missing_id.id_ends.clear();
+    assert!(matches!(restore(missing_id), Err(RestoreError::Inconsistent(_))));
+    let mut removed_stage = run.engine.image();
+    removed_stage.shape.fingerprint ^= 1;
+    removed_stage.shape.stages.push("legacy".into());
+    assert!(matches!(
+        restore(removed_stage),
+        Err(RestoreError::IncompatibleModel { .. })
+    ));
+}

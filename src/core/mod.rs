@@ -11,16 +11,20 @@
 //! - [`customers`]: customer ids interned to dense refs, hash-flooding resistant.
 //! - [`dedup`]: the `messageId` de-duplication window.
 //! - [`engine`]: the state machine itself.
+//! - [`image`]: the engine's state as plain data (for snapshots) and the policy for
+//!   carrying it into a changed model.
 
 pub mod customers;
 pub mod dedup;
 pub mod engine;
 pub mod event;
+pub mod image;
 pub mod model;
 pub mod time;
 
 pub use customers::CustomerRef;
 pub use engine::{Cause, Engine, EngineSettings, Output, Verdict};
 pub use event::{Event, EventType, PropertyKey, PropertyValue};
-pub use model::{Model, ModelSpec, Problem, RuleId, StageId, ThresholdId};
+pub use image::{CustomerImage, DedupEntry, EngineImage, RestoreError};
+pub use model::{Model, ModelShape, ModelSpec, Problem, RuleId, StageId, ThresholdId};
 pub use time::{EventTime, Span};

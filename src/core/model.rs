@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 
 use ahash::RandomState;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use sha1::{Digest, Sha1};
 
 use super::event::{EventType, EventTypeSet, PropertyKey, PropertyValue};
 use super::time::Span;
@@ -49,7 +50,7 @@ impl StageSet {
 // ---------------------------------------------------------------------------------
 
 /// The `[model]` section of a configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ModelSpec {
     /// Carried into every output as `model`.
     pub name: String,
@@ -73,7 +74,7 @@ fn default_activity_types() -> Vec<String> {
 }
 
 /// One `[[model.rules]]` entry.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct RuleSpec {
     pub name: String,
     /// The stage this rule moves a customer to.
@@ -100,7 +101,7 @@ pub struct RuleSpec {
 }
 
 /// One property predicate: `property` plus exactly one test.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct PredicateSpec {
     pub property: String,
     #[serde(default)]
@@ -118,7 +119,7 @@ pub struct PredicateSpec {
 }
 
 /// A value an `equals` predicate compares with.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Literal {
     Bool(bool),
@@ -127,7 +128,7 @@ pub enum Literal {
 }
 
 /// `occurrence = { nth = 2 }` or `occurrence = { at_least = 2 }`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OccurrenceSpec {
     /// Only the customer's Nth matching event.
@@ -137,7 +138,7 @@ pub enum OccurrenceSpec {
 }
 
 /// One `[[model.inactivity]]` threshold.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ThresholdSpec {
     pub name: String,
     /// The gap that fires it: `7d`, `14d`, `36h`, `90s`...
@@ -280,6 +281,64 @@ pub struct Model {
     counters: usize,
     thresholds: Vec<Threshold>,
     property_keys: HashMap<Box<str>, PropertyKey, RandomState>,
+    shape: ModelShape,
+}
+
+/// What per-customer state means under a model: enough to tell whether state saved
+/// under one model can be carried into another (`core::image`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelShape {
+    /// SHA-1 (first 8 bytes) of the whole specification as canonical JSON: equal
+    /// fingerprints mean identical models.
+    pub fingerprint: u64,
+    /// Stage names in journey order.
+    pub stages: Vec<String>,
+    /// One signature per inactivity threshold, in ladder order: name, duration in
+    /// milliseconds, stage filter and `move_to`, by stage name.
+    pub thresholds: Vec<String>,
+    /// One signature per occurrence counter, in counter order: what the counter counts
+    /// (event types, names and predicates of its rule).
+    pub counters: Vec<String>,
+}
+
+impl ModelShape {
+    fn of(spec: &ModelSpec, thresholds: &[Threshold]) -> ModelShape {
+        let canonical = serde_json::to_vec(spec).expect("a model spec serialises");
+        let digest = Sha1::digest(&canonical);
+        let fingerprint = u64::from_be_bytes(digest[..8].try_into().expect("SHA-1 has 20 bytes"));
+        let stage_names = |set: Option<StageSet>| {
+            set.map(|set| {
+                (0..spec.stages.len())
+                    .filter(|&i| set.contains(StageId(i as u8)))
+                    .map(|i| spec.stages[i].as_str())
+                    .collect::<Vec<_>>()
+            })
+        };
+        let thresholds = thresholds
+            .iter()
+            .map(|t| {
+                serde_json::json!([
+                    t.name,
+                    t.after.as_millis(),
+                    stage_names(t.stages),
+                    t.move_to.map(|s| &spec.stages[usize::from(s.0)]),
+                ])
+                .to_string()
+            })
+            .collect();
+        let counters = spec
+            .rules
+            .iter()
+            .filter(|rule| rule.occurrence.is_some())
+            .map(|rule| serde_json::json!([rule.types, rule.events, rule.predicates]).to_string())
+            .collect();
+        ModelShape {
+            fingerprint,
+            stages: spec.stages.clone(),
+            thresholds,
+            counters,
+        }
+    }
 }
 
 impl Model {
@@ -352,6 +411,11 @@ impl Model {
     /// How many distinct properties the rules test.
     pub fn property_count(&self) -> usize {
         self.property_keys.len()
+    }
+
+    /// The model's fingerprint and the meaning of its per-customer state.
+    pub fn shape(&self) -> &ModelShape {
+        &self.shape
     }
 }
 
@@ -427,7 +491,9 @@ impl Compiler {
             }
             for_type.any_name = select(None);
         }
+        let thresholds = thresholds.expect("problems were reported");
         Ok(Model {
+            shape: ModelShape::of(spec, &thresholds),
             name: spec.name.clone(),
             stages: spec.stages.clone(),
             initial: initial.expect("problems were reported"),
@@ -435,7 +501,7 @@ impl Compiler {
             rules,
             rules_by_type,
             counters,
-            thresholds: thresholds.expect("problems were reported"),
+            thresholds,
             property_keys: self.property_keys,
         })
     }

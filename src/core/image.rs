@@ -1,0 +1,159 @@
+//! A plain copy of an engine's state ([`EngineImage`]), and the policy for carrying
+//! state saved under one stage model into another.
+//!
+//! [`Engine::image`](super::Engine::image) copies the state out (flat vectors, a few
+//! memcpys: cheap enough to take between two events); the snapshot module serialises it
+//! on another thread; [`Engine::restore`](super::Engine::restore) rebuilds an engine
+//! from one, validating every index, since an image may come from a file.
+//!
+//! Model changes (docs/semantics.md, "Snapshots and model changes"): an image made under
+//! the same fingerprint loads as is. Otherwise it is *migrated* when
+//! - every stage it knows still exists, in the same relative order (stages are mapped
+//!   by name, so stages may be added anywhere and rules may change freely),
+//! - the inactivity ladder is unchanged (same thresholds, durations, filters, moves),
+//! - every occurrence counter the new model needs was counted under the old one
+//!   (same event types, names and predicates);
+//!
+//! and refused otherwise, with the reason, since guessing would emit wrong transitions
+//! or fire a win-back twice.
+
+use super::customers::CustomerRef;
+use super::model::{ModelShape, StageId, ThresholdId};
+use super::time::EventTime;
+
+/// One customer's state, by ref.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CustomerImage {
+    pub last_activity: EventTime,
+    pub stage: StageId,
+    /// The next threshold of the ladder to fire, if any.
+    pub armed: Option<ThresholdId>,
+    /// Ladder position in the current gap: thresholds before it have fired.
+    pub ladder: u8,
+}
+
+/// One remembered `messageId` digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupEntry {
+    pub customer: CustomerRef,
+    pub digest: u64,
+    pub seen_at: EventTime,
+}
+
+/// Everything an engine knows, as plain data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineImage {
+    /// The model the state was built under.
+    pub shape: ModelShape,
+    pub newest_event: EventTime,
+    pub clock: EventTime,
+    pub dedup_next_sweep: EventTime,
+    /// Customer ids concatenated in ref order.
+    pub id_arena: String,
+    /// `id_ends[r]` is where ref `r`'s id ends in `id_arena`.
+    pub id_ends: Vec<u64>,
+    /// By ref.
+    pub customers: Vec<CustomerImage>,
+    /// `shape.counters.len()` occurrence counters per customer, by ref.
+    pub counters: Vec<u32>,
+    pub dedup: Vec<DedupEntry>,
+}
+
+/// Why an image cannot become an engine.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The image contradicts itself (an index out of range...): never load it.
+    #[error("inconsistent state: {0}")]
+    Inconsistent(String),
+    /// The image was built under a model whose state the configured one cannot take.
+    #[error("state saved under model fingerprint {saved:016x} cannot be carried into model {configured:016x}: {reason}")]
+    IncompatibleModel {
+        saved: u64,
+        configured: u64,
+        reason: String,
+    },
+}
+
+/// How to translate saved state into the configured model.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Migration {
+    /// Saved stage index -> configured stage.
+    pub stages: Vec<StageId>,
+    /// Configured counter index -> saved counter index.
+    pub counters: Vec<usize>,
+}
+
+impl Migration {
+    /// Applies the policy in the module doc.
+    pub fn plan(saved: &ModelShape, configured: &ModelShape) -> Result<Migration, RestoreError> {
+        let refuse = |reason: String| RestoreError::IncompatibleModel {
+            saved: saved.fingerprint,
+            configured: configured.fingerprint,
+            reason,
+        };
+        let mut stages = Vec::with_capacity(saved.stages.len());
+        for name in &saved.stages {
+            let Some(index) = configured.stages.iter().position(|s| s == name) else {
+                return Err(refuse(format!("stage {name:?} no longer exists")));
+            };
+            if let Some(previous) = stages.last().filter(|&&StageId(p)| usize::from(p) > index) {
+                let before = &configured.stages[usize::from(previous.0)];
+                return Err(refuse(format!("stages {before:?} and {name:?} changed order")));
+            }
+            stages.push(StageId(index as u8));
+        }
+        if saved.thresholds != configured.thresholds {
+            return Err(refuse(format!(
+                "the inactivity ladder changed (saved {:?}, configured {:?})",
+                saved.thresholds, configured.thresholds
+            )));
+        }
+        let mut counters = Vec::with_capacity(configured.counters.len());
+        for counter in &configured.counters {
+            let Some(index) = saved.counters.iter().position(|c| c == counter) else {
+                return Err(refuse(format!(
+                    "an occurrence rule counts {counter} (types, events, predicates), which the saved state never counted"
+                )));
+            };
+            counters.push(index);
+        }
+        Ok(Migration { stages, counters })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(stages: &[&str], thresholds: &[&str], counters: &[&str]) -> ModelShape {
+        let strings = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect();
+        ModelShape {
+            fingerprint: 1,
+            stages: strings(stages),
+            thresholds: strings(thresholds),
+            counters: strings(counters),
+        }
+    }
+
+    #[test]
+    fn stages_are_mapped_by_name_and_may_be_inserted() {
+        let saved = shape(&["a", "c"], &["t"], &["x", "y"]);
+        let configured = shape(&["a", "b", "c"], &["t"], &["y"]);
+        let migration = Migration::plan(&saved, &configured).unwrap();
+        assert_eq!(migration.stages, [StageId(0), StageId(2)]);
+        assert_eq!(migration.counters, [1]);
+    }
+
+    #[test]
+    fn removed_or_reordered_stages_ladder_changes_and_new_counters_are_refused() {
+        let saved = shape(&["a", "b"], &["t"], &["x"]);
+        let reason = |configured: &ModelShape| match Migration::plan(&saved, configured) {
+            Err(RestoreError::IncompatibleModel { reason, .. }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(reason(&shape(&["a"], &["t"], &["x"])).contains("\"b\" no longer exists"));
+        assert!(reason(&shape(&["b", "a"], &["t"], &["x"])).contains("changed order"));
+        assert!(reason(&shape(&["a", "b"], &["t", "u"], &["x"])).contains("ladder changed"));
+        assert!(reason(&shape(&["a", "b"], &["t"], &["x", "z"])).contains("counts z"));
+    }
+}
