@@ -10,6 +10,7 @@
 //! - [`kafka`]: the `[kafka]` section and librdkafka client properties.
 //! - [`pipeline`]: the live service (`stagestream run`): consume, classify per
 //!   partition, produce CloudEvents, commit what was delivered.
+//! - [`snapshot`]: per-partition state files (format, store, restore).
 //! - [`demo`]: `stagestream demo`, the whole service on an in-process Kafka cluster.
 //!
 //! Data flows one way: input line -> `decode` -> `Engine::on_event` -> `Output`s ->
@@ -24,3 +25,4 @@ pub mod kafka;
 pub mod output;
 pub mod pipeline;
 pub mod replay;
+pub mod snapshot;

@@ -1,0 +1,220 @@
+//! Where snapshot files live: the [`SnapshotStore`] trait and its first implementation,
+//! a directory on a local disk or a shared mount ([`DirectoryStore`]).
+//!
+//! Layout: `<dir>/<topic>/<partition>/<offset, 20 digits>.snap`, so the newest snapshot
+//! of a partition is the one with the highest offset, whichever instance wrote it.
+//! A write goes to a temporary file (unique per process and write), is fsynced, renamed
+//! into place and the directory fsynced: a reader sees a whole file or none, and a
+//! crash at any instant leaves at worst a temporary file, which the next write to that
+//! partition removes once it is old enough. Corrupt files are renamed `*.corrupt`, kept for inspection and
+//! never read again.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Durable storage for snapshot bytes, addressed by topic, partition and offset.
+/// Implementations must make `write` atomic (whole file or nothing) and durable before
+/// it returns, since offsets are committed on the strength of it.
+pub trait SnapshotStore: Send + Sync {
+    /// Offsets of the partition's snapshots, newest first.
+    ///
+    /// # Errors
+    /// The store cannot be listed.
+    fn list(&self, topic: &str, partition: i32) -> io::Result<Vec<i64>>;
+
+    /// The bytes of one snapshot.
+    ///
+    /// # Errors
+    /// It cannot be read (gone, I/O error).
+    fn read(&self, topic: &str, partition: i32, offset: i64) -> io::Result<Vec<u8>>;
+
+    /// Saves a snapshot atomically and durably, then deletes all but the newest `keep`.
+    ///
+    /// # Errors
+    /// Any I/O error (disk full...); the previous snapshots are then untouched.
+    fn write(&self, topic: &str, partition: i32, offset: i64, bytes: &[u8]) -> io::Result<()>;
+
+    /// Sets a corrupt snapshot aside so it is never read again.
+    ///
+    /// # Errors
+    /// It cannot be moved.
+    fn quarantine(&self, topic: &str, partition: i32, offset: i64) -> io::Result<()>;
+}
+
+/// Snapshots as files under one directory.
+#[derive(Debug)]
+pub struct DirectoryStore {
+    root: PathBuf,
+    keep: usize,
+    writes: AtomicU64,
+}
+
+const SUFFIX: &str = ".snap";
+/// A temporary file untouched this long belongs to a write that died with its process
+/// (another live instance on a shared mount may be writing a younger one).
+const ABANDONED_AFTER: Duration = Duration::from_secs(600);
+
+impl DirectoryStore {
+    /// A store under `root` (created on first write) keeping `keep` snapshots per
+    /// partition (at least one).
+    pub fn new(root: impl Into<PathBuf>, keep: usize) -> Self {
+        DirectoryStore {
+            root: root.into(),
+            keep: keep.max(1),
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        self.root.join(topic).join(partition.to_string())
+    }
+
+    fn path(&self, topic: &str, partition: i32, offset: i64) -> PathBuf {
+        self.partition_dir(topic, partition)
+            .join(format!("{offset:020}{SUFFIX}"))
+    }
+
+    fn remove_stale(&self, dir: &Path) -> io::Result<()> {
+        let mut offsets = offsets_in(dir)?;
+        offsets.sort_unstable_by(|a, b| b.cmp(a));
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let abandoned = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified.elapsed().unwrap_or_default() > ABANDONED_AFTER);
+            if name.to_string_lossy().ends_with(".tmp") && abandoned {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        for offset in offsets.iter().skip(self.keep) {
+            fs::remove_file(dir.join(format!("{offset:020}{SUFFIX}")))?;
+        }
+        Ok(())
+    }
+}
+
+impl SnapshotStore for DirectoryStore {
+    fn list(&self, topic: &str, partition: i32) -> io::Result<Vec<i64>> {
+        let dir = self.partition_dir(topic, partition);
+        let mut offsets = match offsets_in(&dir) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
+            other => other?,
+        };
+        offsets.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(offsets)
+    }
+
+    fn read(&self, topic: &str, partition: i32, offset: i64) -> io::Result<Vec<u8>> {
+        fs::read(self.path(topic, partition, offset))
+    }
+
+    fn write(&self, topic: &str, partition: i32, offset: i64, bytes: &[u8]) -> io::Result<()> {
+        let dir = self.partition_dir(topic, partition);
+        fs::create_dir_all(&dir)?;
+        let write = self.writes.fetch_add(1, Ordering::Relaxed);
+        let temp = dir.join(format!(".{offset:020}.{}.{write}.tmp", std::process::id()));
+        let written = (|| {
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
+            file.write_all(bytes)?;
+            file.sync_all()
+        })();
+        if let Err(error) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(error);
+        }
+        fs::rename(&temp, self.path(topic, partition, offset))?;
+        File::open(&dir)?.sync_all()?;
+        self.remove_stale(&dir)
+    }
+
+    fn quarantine(&self, topic: &str, partition: i32, offset: i64) -> io::Result<()> {
+        let path = self.path(topic, partition, offset);
+        let mut aside = path.clone().into_os_string();
+        aside.push(".corrupt");
+        fs::rename(path, aside)
+    }
+}
+
+/// Offsets of the `*.snap` files in `dir`.
+fn offsets_in(dir: &Path) -> io::Result<Vec<i64>> {
+    let mut offsets = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(offset) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(SUFFIX))
+            .and_then(|n| n.parse().ok())
+        {
+            offsets.push(offset);
+        }
+    }
+    Ok(offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn keeps_the_newest_and_lists_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirectoryStore::new(dir.path(), 2);
+        assert_eq!(store.list("events", 0).unwrap(), Vec::<i64>::new());
+        for offset in [5, 90, 17] {
+            store
+                .write("events", 0, offset, format!("at {offset}").as_bytes())
+                .unwrap();
+        }
+        assert_eq!(store.list("events", 0).unwrap(), [90, 17]);
+        assert_eq!(store.read("events", 0, 17).unwrap(), b"at 17");
+        assert_eq!(store.list("events", 1).unwrap(), Vec::<i64>::new());
+        store.quarantine("events", 0, 90).unwrap();
+        assert_eq!(store.list("events", 0).unwrap(), [17]);
+        assert!(dir
+            .path()
+            .join("events/0/00000000000000000090.snap.corrupt")
+            .exists());
+    }
+
+    #[test]
+    fn a_dead_writer_s_temporary_file_is_cleaned_up_and_never_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirectoryStore::new(dir.path(), 3);
+        let partition = dir.path().join("events/2");
+        fs::create_dir_all(&partition).unwrap();
+        let leftover = partition.join(".00000000000000000007.999999.0.tmp");
+        fs::write(&leftover, b"half a snapsh").unwrap();
+        let young = partition.join(".00000000000000000008.999998.0.tmp");
+        fs::write(&young, b"being writ").unwrap();
+        let long_ago = SystemTime::now() - Duration::from_secs(3_600);
+        File::options()
+            .write(true)
+            .open(&leftover)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        assert_eq!(store.list("events", 2).unwrap(), Vec::<i64>::new());
+        store.write("events", 2, 9, b"whole").unwrap();
+        assert!(!leftover.exists());
+        assert!(young.exists(), "may be another instance's write in progress");
+        assert_eq!(store.list("events", 2).unwrap(), [9]);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_previous_snapshots_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirectoryStore::new(dir.path(), 3);
+        store.write("events", 0, 1, b"one").unwrap();
+        // The partition directory replaced by a file: every write into it fails.
+        let blocked = DirectoryStore::new(dir.path().join("events/0/00000000000000000001.snap"), 3);
+        assert!(blocked.write("events", 0, 2, b"two").is_err());
+        assert_eq!(store.list("events", 0).unwrap(), [1]);
+        assert_eq!(store.read("events", 0, 1).unwrap(), b"one");
+    }
+}
