@@ -25,6 +25,38 @@ pub struct Settings {
     pub output: OutputSettings,
     pub live: LiveSettings,
     pub kafka: KafkaSettings,
+    /// Where and how often partition state is saved; `None` keeps it in memory only.
+    pub snapshot: Option<SnapshotSettings>,
+    pub delivery: DeliverySettings,
+}
+
+/// The `[snapshot]` section, once `snapshot.dir` is set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotSettings {
+    pub dir: PathBuf,
+    /// A partition whose state changed is saved at most this often.
+    pub interval: Span,
+    /// Snapshots kept per partition.
+    pub keep: usize,
+}
+
+/// The `[delivery]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliverySettings {
+    pub mode: DeliveryMode,
+    /// The producer's `transactional.id` in exactly-once mode; one per instance, stable
+    /// across its restarts. Defaults to `<group.id>-<hostname>`.
+    pub transactional_id: Option<String>,
+}
+
+/// What a crash may do to the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// Outputs since the last snapshot may be emitted again, with identical ids.
+    AtLeastOnce,
+    /// Outputs and input offsets are committed in one Kafka transaction.
+    ExactlyOnce,
 }
 
 /// How the live service (`stagestream run`) maps the wall clock and record metadata
@@ -86,6 +118,49 @@ struct FileConfig {
     kafka: KafkaSection,
     #[serde(default)]
     shutdown: ShutdownSection,
+    #[serde(default)]
+    snapshot: SnapshotSection,
+    #[serde(default)]
+    delivery: DeliverySection,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct SnapshotSection {
+    dir: Option<PathBuf>,
+    interval: String,
+    keep: usize,
+}
+
+impl Default for SnapshotSection {
+    fn default() -> Self {
+        SnapshotSection {
+            dir: None,
+            interval: "30s".into(),
+            keep: 3,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct DeliverySection {
+    #[serde(default = "default_delivery_mode")]
+    mode: DeliveryMode,
+    #[serde(default)]
+    transactional_id: Option<String>,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        DeliverySection {
+            mode: default_delivery_mode(),
+            transactional_id: None,
+        }
+    }
+}
+
+fn default_delivery_mode() -> DeliveryMode {
+    DeliveryMode::AtLeastOnce
 }
 
 #[derive(Deserialize)]
@@ -231,6 +306,32 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
     let max_future_skew = span("time.max_future_skew", &file.time.max_future_skew);
     let firing_delay = span("time.firing_delay", &file.time.firing_delay);
     let shutdown_grace = span("shutdown.grace_period", &file.shutdown.grace_period);
+    let snapshot_interval = span("snapshot.interval", &file.snapshot.interval);
+    if snapshot_interval.is_some_and(|interval| interval.as_millis() == 0) {
+        problems.push(Problem::new("snapshot.interval", "must be longer than 0s"));
+    }
+    if file.snapshot.keep == 0 {
+        problems.push(Problem::new("snapshot.keep", "must keep at least one snapshot"));
+    }
+    if file
+        .snapshot
+        .dir
+        .as_ref()
+        .is_some_and(|dir| dir.as_os_str().is_empty())
+    {
+        problems.push(Problem::new(
+            "snapshot.dir",
+            "must not be empty (leave it out to keep state in memory only)",
+        ));
+    }
+    if file
+        .delivery
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| id.trim().is_empty())
+    {
+        problems.push(Problem::new("delivery.transactional_id", "must not be empty"));
+    }
     if file.output.source.trim().is_empty() {
         problems.push(Problem::new("output.source", "must not be empty"));
     }
@@ -254,6 +355,18 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
             shutdown_grace: shutdown_grace?,
         },
         kafka: kafka?,
+        snapshot: match file.snapshot.dir {
+            Some(dir) => Some(SnapshotSettings {
+                dir,
+                interval: snapshot_interval?,
+                keep: file.snapshot.keep,
+            }),
+            None => None,
+        },
+        delivery: DeliverySettings {
+            mode: file.delivery.mode,
+            transactional_id: file.delivery.transactional_id,
+        },
     })
 }
 
@@ -316,5 +429,35 @@ events = ["Go"]
         assert_eq!(settings.kafka.output_topic, "journey-stages");
         assert_eq!(settings.kafka.dead_letter_topic, None);
         assert_eq!(settings.kafka.content_mode, crate::kafka::ContentMode::Binary);
+        assert_eq!(settings.snapshot, None);
+        assert_eq!(settings.delivery.mode, DeliveryMode::AtLeastOnce);
+    }
+
+    #[test]
+    fn snapshot_and_delivery_keys_come_from_the_file_or_the_environment() {
+        let text = format!("{MODEL}\n[snapshot]\ndir = \"/var/lib/s\"\ninterval = \"5s\"\n");
+        let settings = load_text(
+            &text,
+            &[
+                ("STAGESTREAM__SNAPSHOT__KEEP", "5"),
+                ("STAGESTREAM__DELIVERY__MODE", "exactly-once"),
+            ],
+        )
+        .unwrap();
+        let snapshot = settings.snapshot.unwrap();
+        assert_eq!(snapshot.dir, PathBuf::from("/var/lib/s"));
+        assert_eq!(snapshot.interval, Span::from_millis(5_000));
+        assert_eq!(snapshot.keep, 5);
+        assert_eq!(settings.delivery.mode, DeliveryMode::ExactlyOnce);
+        let from_env = load_text(MODEL, &[("STAGESTREAM__SNAPSHOT__DIR", "/data")]).unwrap();
+        assert_eq!(from_env.snapshot.unwrap().interval, Span::from_millis(30_000));
+        let Err(ConfigError::Invalid { problems, .. }) = load_text(
+            &format!("{MODEL}\n[snapshot]\ninterval = \"0s\"\nkeep = 0\n[delivery]\nmode = \"twice\"\n"),
+            &[],
+        ) else {
+            panic!("expected problems");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"delivery.mode"), "{problems:?}");
     }
 }

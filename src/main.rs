@@ -1,7 +1,8 @@
 //! The `stagestream` command line: parses arguments, loads configuration, runs a command,
 //! and maps failures to sysexits-style exit codes (64 usage/config, 66 no input,
-//! 73 cannot create output, 74 I/O error, 75 the service stopped on a Kafka failure or
-//! could not deliver everything within the shutdown grace period).
+//! 73 cannot create output, 74 I/O error (snapshot directory unreadable), 75 the service
+//! stopped on a Kafka failure or could not deliver everything within the shutdown grace
+//! period, 78 a snapshot was made under a stage model the configured one cannot take).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -19,6 +20,7 @@ use stagestream::demo::demo;
 use stagestream::generate::{generate, GeneratorSettings};
 use stagestream::pipeline::{self, Control};
 use stagestream::replay::{replay, ReplayError};
+use stagestream::snapshot::SnapshotError;
 
 /// The model `demo` uses without `--config`.
 const DEMO_PRESET: &str = include_str!("../config/presets/five-stage.toml");
@@ -28,6 +30,7 @@ const EX_NOINPUT: u8 = 66;
 const EX_CANTCREAT: u8 = 73;
 const EX_IOERR: u8 = 74;
 const EX_TEMPFAIL: u8 = 75;
+const EX_CONFIG: u8 = 78;
 
 #[derive(Parser)]
 #[command(
@@ -306,7 +309,12 @@ fn serve(settings: Settings) -> Result<(), Failure> {
     let stopped = |result: Result<(), pipeline::PipelineError>| {
         result.map_err(|error| {
             error!(%error, "service stopped");
-            Failure::new(EX_TEMPFAIL, error)
+            let code = match &error {
+                pipeline::PipelineError::Snapshot(SnapshotError::IncompatibleModel { .. }) => EX_CONFIG,
+                pipeline::PipelineError::Snapshot(SnapshotError::Unlistable { .. }) => EX_IOERR,
+                _ => EX_TEMPFAIL,
+            };
+            Failure::new(code, error)
         })
     };
     runtime.block_on(async move {

@@ -20,6 +20,7 @@
 //! content-derived ids, so anything emitted again is recognisable downstream.
 
 pub mod offsets;
+mod snapshots;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,7 +39,9 @@ use crate::core::{Engine, Event, EventTime, Output, Verdict};
 use crate::decode::decode_with_default_time;
 use crate::kafka::ContentMode;
 use crate::output::{Rendered, Renderer};
+use crate::snapshot::{self, format, DirectoryStore, SnapshotError, SnapshotStore};
 use offsets::OffsetTracker;
+use snapshots::{Done, Pending, Progress, SnapshotThread, Ticket};
 
 /// How often the wall clock advances caught-up partitions: inactivity fires within
 /// this (plus `time.firing_delay`) of its deadline.
@@ -73,6 +76,10 @@ pub enum PipelineError {
     Produce(#[source] KafkaError),
     #[error("{undelivered} outputs were still undelivered when the shutdown grace period ended")]
     Undelivered { undelivered: u64 },
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("cannot start the snapshot thread: {0}")]
+    SnapshotThread(#[source] std::io::Error),
 }
 
 /// Shared between the service thread and whoever runs it (main, the demo, tests).
@@ -88,6 +95,12 @@ pub struct Control {
     pub delivered: AtomicU64,
     /// Messages delivered to the dead-letter topic.
     pub dead_lettered: AtomicU64,
+    /// Snapshots written.
+    pub snapshots_written: AtomicU64,
+    /// Snapshot writes that failed (disk full...); retried at the next interval.
+    pub snapshots_failed: AtomicU64,
+    /// Snapshots found corrupt on restore and set aside.
+    pub snapshots_corrupt: AtomicU64,
 }
 
 impl Control {
@@ -116,7 +129,21 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
             role: "producer",
             source,
         })?;
+    let store: Option<Arc<dyn SnapshotStore>> = settings.snapshot.as_ref().map(|snapshot| {
+        info!(dir = %snapshot.dir.display(), interval = ?snapshot.interval.as_duration(), keep = snapshot.keep, "snapshots enabled");
+        Arc::new(DirectoryStore::new(&snapshot.dir, snapshot.keep)) as Arc<dyn SnapshotStore>
+    });
+    if store.is_none() {
+        warn!("no snapshot.dir: every assigned partition is rebuilt from its earliest retained offset");
+    }
+    let snapshot_thread = store
+        .clone()
+        .map(SnapshotThread::start)
+        .transpose()
+        .map_err(PipelineError::SnapshotThread)?;
     let worker = Worker {
+        store,
+        snapshot_thread,
         partitions: BTreeMap::new(),
         sink: Sink {
             producer,
@@ -274,6 +301,10 @@ struct PartitionState {
     catch_up: CatchUp,
     /// The offset last stored for commit.
     stored: Option<i64>,
+    /// Messages below this offset had their outputs delivered before (it was
+    /// committed): while replaying them to rebuild state, nothing is sent.
+    suppress_below: Option<i64>,
+    snapshot: Progress,
 }
 
 /// How far the wall clock may drive one partition: only up to the last instant the
@@ -316,6 +347,8 @@ impl CatchUp {
 
 struct Worker {
     settings: Settings,
+    store: Option<Arc<dyn SnapshotStore>>,
+    snapshot_thread: Option<SnapshotThread>,
     partitions: BTreeMap<PartitionKey, PartitionState>,
     sink: Sink,
     deliveries: mpsc::Receiver<Delivered>,
@@ -356,6 +389,9 @@ impl Worker {
         };
         self.control.consumed.fetch_add(1, Ordering::Relaxed);
         state.catch_up.message();
+        state.snapshot.dirty = true;
+        let offset = message.offset();
+        let suppressed = state.suppress_below.is_some_and(|below| offset < below);
         let settings = &self.settings;
         let payload = message.payload().unwrap_or_default();
         let record_time = settings
@@ -364,7 +400,6 @@ impl Worker {
             .then(|| message.timestamp().to_millis().map(EventTime::from_millis))
             .flatten();
         let epoch = state.epoch;
-        let offset = message.offset();
         let tag = |sent| DeliveryTag {
             partition: key,
             epoch,
@@ -387,6 +422,10 @@ impl Worker {
                         "late",
                         format!("older than the watermark {}", state.engine.watermark()),
                     ),
+                    _ if suppressed => {
+                        state.offsets.processed(offset, 0);
+                        return;
+                    }
                     _ => {
                         let mut sent = 0;
                         for output in &self.outputs {
@@ -404,6 +443,10 @@ impl Worker {
                 }
             }
         };
+        if suppressed {
+            state.offsets.processed(offset, 0);
+            return;
+        }
         self.invalid_warnings.warn(|suppressed| {
             warn!(
                 reason,
@@ -466,7 +509,12 @@ impl Worker {
             };
             self.outputs.clear();
             state.engine.advance_to(through.minus(delay), &mut self.outputs);
+            if self.outputs.is_empty() {
+                continue;
+            }
+            state.snapshot.dirty = true;
             let Some(offset) = state.offsets.last_processed() else {
+                debug_assert!(false, "an engine with nothing applied fired");
                 continue;
             };
             let mut sent = 0;
@@ -484,12 +532,165 @@ impl Worker {
             }
             state.offsets.charge_to_last(sent);
         }
+        self.start_due_snapshots();
+    }
+
+    /// Takes an image of every partition whose snapshot is due and hands it to the
+    /// snapshot thread. Taking the image is the only pause consumption sees.
+    fn start_due_snapshots(&mut self) {
+        let (Some(thread), Some(snapshot)) = (&self.snapshot_thread, &self.settings.snapshot) else {
+            return;
+        };
+        let interval = snapshot.interval.as_duration();
+        for (&key, state) in &mut self.partitions {
+            let Some(offset) = state
+                .offsets
+                .next_offset()
+                .filter(|_| state.snapshot.due(interval))
+            else {
+                continue;
+            };
+            let started = Instant::now();
+            let image = state.engine.image();
+            let pause = started.elapsed();
+            debug!(
+                topic = %self.settings.kafka.input_topics[usize::from(key.topic)],
+                partition = key.partition,
+                offset,
+                customers = image.customers.len(),
+                pause_ms = pause.as_secs_f64() * 1e3,
+                "snapshot image taken"
+            );
+            let topic = self.settings.kafka.input_topics[usize::from(key.topic)].clone();
+            let header = snapshot::Header {
+                fingerprint: image.shape.fingerprint,
+                topic: topic.clone(),
+                partition: key.partition,
+                offset,
+            };
+            let ticket = Ticket {
+                partition: key,
+                epoch: state.epoch,
+                topic,
+                offset,
+            };
+            thread.encode(ticket, header, image);
+            state.snapshot.dirty = false;
+            state.snapshot.taken_at = Instant::now();
+            state.snapshot.pending = Pending::Encoding;
+        }
+    }
+
+    /// Handles what the snapshot thread finished, and sends encoded snapshots to be
+    /// written once every output before their offset is delivered.
+    fn advance_snapshots(&mut self) {
+        let Some(thread) = &self.snapshot_thread else {
+            return;
+        };
+        while let Ok(done) = thread.done.try_recv() {
+            let ticket = match &done {
+                Done::Encoded { ticket, .. } | Done::Written { ticket, .. } => ticket,
+            };
+            let Some(state) = self
+                .partitions
+                .get_mut(&ticket.partition)
+                .filter(|s| s.epoch == ticket.epoch)
+            else {
+                continue;
+            };
+            match done {
+                Done::Encoded { ticket, bytes } => {
+                    state.snapshot.pending = Pending::Encoded {
+                        offset: ticket.offset,
+                        bytes,
+                    }
+                }
+                Done::Written {
+                    ticket,
+                    size,
+                    took,
+                    result,
+                } => {
+                    state.snapshot.pending = Pending::None;
+                    record_snapshot_write(&self.control, &mut state.snapshot, &ticket, size, took, result);
+                }
+            }
+        }
+        for (&key, state) in &mut self.partitions {
+            let ready = match &state.snapshot.pending {
+                Pending::Encoded { offset, .. } => state.offsets.committable().is_some_and(|c| c >= *offset),
+                _ => false,
+            };
+            if !ready {
+                continue;
+            }
+            let Pending::Encoded { offset, bytes } =
+                std::mem::replace(&mut state.snapshot.pending, Pending::None)
+            else {
+                unreachable!("checked above");
+            };
+            let ticket = Ticket {
+                partition: key,
+                epoch: state.epoch,
+                topic: self.settings.kafka.input_topics[usize::from(key.topic)].clone(),
+                offset,
+            };
+            thread.write(ticket, bytes);
+            state.snapshot.pending = Pending::Writing;
+        }
+    }
+
+    /// Writes a snapshot of `key` on this thread (revoke, shutdown), if its state holds
+    /// anything unsaved and every output is delivered.
+    fn snapshot_now(&mut self, key: PartitionKey) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let topic = self.settings.kafka.input_topics[usize::from(key.topic)].clone();
+        let state = self.partitions.get_mut(&key).expect("an assigned partition");
+        let Some(offset) = state.offsets.next_offset().filter(|_| state.snapshot.unsaved()) else {
+            return;
+        };
+        if state.offsets.committable() != Some(offset) {
+            warn!(
+                topic,
+                partition = key.partition,
+                undelivered = state.offsets.in_flight(),
+                "outputs undelivered: no final snapshot; the next owner replays from the last one"
+            );
+            return;
+        }
+        let started = Instant::now();
+        let header = snapshot::Header {
+            fingerprint: state.engine.model().shape().fingerprint,
+            topic: topic.clone(),
+            partition: key.partition,
+            offset,
+        };
+        let bytes = format::encode(&header, &state.engine.image());
+        let result = store.write(&topic, key.partition, offset, &bytes);
+        let ticket = Ticket {
+            partition: key,
+            epoch: state.epoch,
+            topic,
+            offset,
+        };
+        state.snapshot.dirty = false;
+        record_snapshot_write(
+            &self.control,
+            &mut state.snapshot,
+            &ticket,
+            bytes.len(),
+            started.elapsed(),
+            result,
+        );
     }
 
     /// Serves delivery reports and stores the offsets they made committable.
     fn service(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
         self.sink.producer.poll(Duration::ZERO);
         self.drain_deliveries();
+        self.advance_snapshots();
         self.store_offsets(consumer);
     }
 
@@ -526,8 +727,9 @@ impl Worker {
 
     fn store_offsets(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
         let mut list = TopicPartitionList::new();
+        let snapshots = self.store.is_some();
         for (&key, state) in &mut self.partitions {
-            let Some(offset) = state.offsets.committable().filter(|&o| Some(o) != state.stored) else {
+            let Some(offset) = commit_offset(snapshots, state).filter(|&o| Some(o) != state.stored) else {
                 continue;
             };
             let topic = &self.settings.kafka.input_topics[usize::from(key.topic)];
@@ -558,27 +760,79 @@ impl Worker {
         self.partitions.values().map(|s| s.offsets.in_flight()).sum()
     }
 
-    fn assign(&mut self, list: &TopicPartitionList) {
-        for element in list.elements() {
+    /// Restores each newly assigned partition from its newest valid snapshot and sets
+    /// where its consumption starts, before librdkafka applies the assignment: at the
+    /// snapshot's offset, or at the earliest retained offset when there is none.
+    /// Outputs of messages below the committed offset were delivered before; they are
+    /// replayed into the state but not sent again.
+    fn assign(&mut self, consumer: &BaseConsumer<ConsumerHooks>, list: &TopicPartitionList) {
+        let committed = match consumer.committed_offsets(list.clone(), Duration::from_secs(30)) {
+            Ok(committed) => committed,
+            Err(error) => {
+                warn!(%error, "cannot read committed offsets; nothing is suppressed while rebuilding");
+                TopicPartitionList::new()
+            }
+        };
+        for mut element in list.elements() {
             let Some(key) = self.key_of(element.topic(), element.partition()) else {
                 continue;
             };
-            self.next_epoch += 1;
             let settings = &self.settings;
+            let restored = match &self.store {
+                Some(store) => {
+                    match snapshot::restore(
+                        &**store,
+                        element.topic(),
+                        key.partition,
+                        &settings.model,
+                        settings.engine,
+                    ) {
+                        Ok(restored) => restored,
+                        Err(error) => {
+                            error!(%error, "cannot restore partition state; stopping");
+                            self.fatal.get_or_insert(error.into());
+                            return;
+                        }
+                    }
+                }
+                None => snapshot::Restored {
+                    engine: Engine::new(settings.model.clone(), settings.engine),
+                    offset: None,
+                    corrupt: 0,
+                },
+            };
+            self.control
+                .snapshots_corrupt
+                .fetch_add(u64::from(restored.corrupt), Ordering::Relaxed);
+            let start = restored.offset.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(error) = element.set_offset(start) {
+                warn!(%error, "cannot set the start offset");
+            }
+            let committed = committed
+                .find_partition(element.topic(), key.partition)
+                .and_then(|c| c.offset().to_raw())
+                .filter(|&c| c >= 0);
+            let suppress_below = committed.filter(|&c| restored.offset.is_none_or(|s| c > s));
+            info!(
+                topic = element.topic(),
+                partition = key.partition,
+                start = ?start,
+                customers = restored.engine.customer_count(),
+                replay_without_output_below = ?suppress_below,
+                "partition assigned"
+            );
+            self.next_epoch += 1;
             self.partitions.insert(
                 key,
                 PartitionState {
-                    engine: Engine::new(settings.model.clone(), settings.engine),
-                    offsets: OffsetTracker::default(),
+                    engine: restored.engine,
+                    offsets: restored.offset.map(OffsetTracker::resume_at).unwrap_or_default(),
                     epoch: self.next_epoch,
                     catch_up: CatchUp::default(),
-                    stored: None,
+                    stored: committed,
+                    suppress_below,
+                    snapshot: Progress::new(restored.offset),
                 },
-            );
-            info!(
-                topic = element.topic(),
-                partition = element.partition(),
-                "partition assigned"
             );
         }
         self.update_readiness();
@@ -596,9 +850,13 @@ impl Worker {
             return;
         }
         self.flush();
+        for &key in &revoked {
+            self.snapshot_now(key);
+        }
         let mut commit = TopicPartitionList::new();
+        let snapshots = self.store.is_some();
         for key in &revoked {
-            if let Some(offset) = self.partitions[key].offsets.committable() {
+            if let Some(offset) = commit_offset(snapshots, &self.partitions[key]) {
                 let _ =
                     commit.add_partition_offset(self.topic_name(*key), key.partition, Offset::Offset(offset));
             }
@@ -633,6 +891,13 @@ impl Worker {
     ) -> Result<(), PipelineError> {
         self.deadline = Some(Instant::now() + grace);
         let undelivered = self.flush();
+        let assigned: Vec<PartitionKey> = self.partitions.keys().copied().collect();
+        for key in assigned {
+            self.snapshot_now(key);
+        }
+        if let Some(thread) = &mut self.snapshot_thread {
+            thread.stop();
+        }
         self.store_offsets(consumer);
         if undelivered > 0 {
             self.sink
@@ -656,6 +921,52 @@ impl Worker {
             return Err(PipelineError::Undelivered { undelivered });
         }
         Ok(())
+    }
+}
+
+/// The offset that may be committed for a partition: with snapshots, the newest
+/// durable one (everything before it is in a snapshot and delivered); without, the
+/// first one with an undelivered output.
+fn commit_offset(snapshots: bool, state: &PartitionState) -> Option<i64> {
+    match snapshots {
+        true => state.snapshot.durable,
+        false => state.offsets.committable(),
+    }
+}
+
+/// Accounts for a finished snapshot write: durable on success, retried on failure.
+fn record_snapshot_write(
+    control: &Control,
+    progress: &mut Progress,
+    ticket: &Ticket,
+    size: usize,
+    took: Duration,
+    result: std::io::Result<()>,
+) {
+    match result {
+        Ok(()) => {
+            progress.durable = progress.durable.max(Some(ticket.offset));
+            control.snapshots_written.fetch_add(1, Ordering::Relaxed);
+            info!(
+                topic = %ticket.topic,
+                partition = ticket.partition.partition,
+                offset = ticket.offset,
+                bytes = size,
+                took_ms = took.as_secs_f64() * 1e3,
+                "snapshot written"
+            );
+        }
+        Err(error) => {
+            progress.dirty = true;
+            control.snapshots_failed.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                topic = %ticket.topic,
+                partition = ticket.partition.partition,
+                offset = ticket.offset,
+                %error,
+                "snapshot write failed; offsets stay where the last snapshot put them, retried at the next interval"
+            );
+        }
     }
 }
 
@@ -852,14 +1163,9 @@ impl ConsumerContext for ConsumerHooks {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(list) => self.lock().revoke(consumer, list),
-            Rebalance::Assign(_) => {}
+            // Before librdkafka applies the list, so the start offsets set here count.
+            Rebalance::Assign(list) => self.lock().assign(consumer, list),
             Rebalance::Error(error) => warn!(%error, "rebalance error"),
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            self.lock().assign(list);
         }
     }
 

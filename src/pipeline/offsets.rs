@@ -18,6 +18,19 @@ pub struct OffsetTracker {
 }
 
 impl OffsetTracker {
+    /// A tracker for a partition restored to just before `next`.
+    pub fn resume_at(next: i64) -> Self {
+        OffsetTracker {
+            next: Some(next),
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// The offset after the last processed message (or the restored position).
+    pub fn next_offset(&self) -> Option<i64> {
+        self.next
+    }
+
     /// Records that the message at `offset` was processed and caused `outputs` sends.
     pub fn processed(&mut self, offset: i64, outputs: u32) {
         debug_assert!(self.next.is_none_or(|next| offset >= next), "offsets go forward");

@@ -1,0 +1,184 @@
+//! When the owner loop takes snapshots, and when one counts as durable.
+//!
+//! ```text
+//! tick: partition changed and `snapshot.interval` passed -> Engine::image (the pause)
+//!     -> [snapshot thread] encode -> Encoded
+//! service: Encoded and every output before its offset delivered -> [snapshot thread] write
+//!     -> Written -> the offset is durable -> stored for commit
+//! revoke / shutdown: after the flush, encode and write on the owner thread
+//! ```
+//!
+//! A snapshot covering offset `O` is written only once every output caused by messages
+//! before `O` (and by the wall clock since) is delivered: the state in it has then left
+//! no output behind, so restoring it and replaying from `O` loses nothing. Only such a
+//! durable offset is ever committed.
+
+use std::io;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use super::PartitionKey;
+use crate::core::EngineImage;
+use crate::snapshot::{format, Header, SnapshotStore};
+
+/// Identifies one snapshot through the background thread.
+#[derive(Clone, Debug)]
+pub(super) struct Ticket {
+    pub partition: PartitionKey,
+    /// The assignment it belongs to; results for an earlier one are dropped.
+    pub epoch: u64,
+    pub topic: String,
+    pub offset: i64,
+}
+
+enum Job {
+    Encode {
+        ticket: Ticket,
+        header: Header,
+        image: Box<EngineImage>,
+    },
+    Write {
+        ticket: Ticket,
+        bytes: Vec<u8>,
+    },
+}
+
+/// A result from the snapshot thread.
+pub(super) enum Done {
+    Encoded {
+        ticket: Ticket,
+        bytes: Vec<u8>,
+    },
+    Written {
+        ticket: Ticket,
+        size: usize,
+        took: Duration,
+        result: io::Result<()>,
+    },
+}
+
+/// The thread that encodes and writes snapshots, off the owner's path.
+pub(super) struct SnapshotThread {
+    jobs: Option<mpsc::Sender<Job>>,
+    pub done: mpsc::Receiver<Done>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl SnapshotThread {
+    /// # Errors
+    /// The thread cannot be spawned.
+    pub fn start(store: Arc<dyn SnapshotStore>) -> io::Result<Self> {
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let (outbox, done) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("stagestream-snapshots".into())
+            .spawn(move || {
+                for job in inbox {
+                    let result = match job {
+                        Job::Encode {
+                            ticket,
+                            header,
+                            image,
+                        } => Done::Encoded {
+                            ticket,
+                            bytes: format::encode(&header, &image),
+                        },
+                        Job::Write { ticket, bytes } => {
+                            let started = Instant::now();
+                            let result =
+                                store.write(&ticket.topic, ticket.partition.partition, ticket.offset, &bytes);
+                            Done::Written {
+                                ticket,
+                                size: bytes.len(),
+                                took: started.elapsed(),
+                                result,
+                            }
+                        }
+                    };
+                    if outbox.send(result).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(SnapshotThread {
+            jobs: Some(jobs),
+            done,
+            handle: Some(handle),
+        })
+    }
+
+    pub fn encode(&self, ticket: Ticket, header: Header, image: EngineImage) {
+        self.send(Job::Encode {
+            ticket,
+            header,
+            image: Box::new(image),
+        });
+    }
+
+    pub fn write(&self, ticket: Ticket, bytes: Vec<u8>) {
+        self.send(Job::Write { ticket, bytes });
+    }
+
+    fn send(&self, job: Job) {
+        let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.send(job).is_ok());
+        if !sent {
+            warn!("the snapshot thread is gone; no further snapshots are taken in the background");
+        }
+    }
+
+    /// Lets queued jobs finish and waits for the thread.
+    pub fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Where one partition's snapshotting stands.
+#[derive(Debug)]
+pub(super) struct Progress {
+    /// The state changed since the last image was taken.
+    pub dirty: bool,
+    /// When the last image was taken (or the partition assigned).
+    pub taken_at: Instant,
+    pub pending: Pending,
+    /// The offset of the newest snapshot known to be written, to be committed.
+    pub durable: Option<i64>,
+}
+
+#[derive(Debug)]
+pub(super) enum Pending {
+    None,
+    Encoding,
+    /// Encoded; written once everything before `offset` is delivered.
+    Encoded {
+        offset: i64,
+        bytes: Vec<u8>,
+    },
+    Writing,
+}
+
+impl Progress {
+    pub fn new(durable: Option<i64>) -> Self {
+        Progress {
+            dirty: false,
+            taken_at: Instant::now(),
+            pending: Pending::None,
+            durable,
+        }
+    }
+
+    /// Whether a background snapshot is due.
+    pub fn due(&self, interval: Duration) -> bool {
+        self.dirty && matches!(self.pending, Pending::None) && self.taken_at.elapsed() >= interval
+    }
+
+    /// Whether the state holds anything no durable snapshot has.
+    pub fn unsaved(&self) -> bool {
+        self.dirty || !matches!(self.pending, Pending::None)
+    }
+}
