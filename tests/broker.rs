@@ -8,9 +8,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -19,72 +18,14 @@ use common::kafka::{
     assert_between, binary_outputs, difference, generated_lines, now, produce_lines, read_topic,
     replay_by_partition, Fingerprint, Record,
 };
+use common::service::{start_service, terminate, wait_for, write_config};
 use common::tansu::{self, Tansu};
-use stagestream::config::{self, Settings};
+use stagestream::config::Settings;
 use stagestream::core::{EventTime, Span};
 use stagestream::decode::decode;
 
 const DAY: i64 = 86_400_000;
 const GROUP: &str = "stagestream-e2e";
-
-/// The five-stage preset plus a `[kafka]` section for `bootstrap`, written to `dir`.
-fn write_config(dir: &Path, bootstrap: &str) -> (std::path::PathBuf, Settings) {
-    let preset = std::fs::read_to_string(common::repo("config/presets/five-stage.toml")).unwrap();
-    let text = format!(
-        r#"{preset}
-[kafka]
-input_topics = ["events"]
-output_topic = "journey-stages"
-dead_letter_topic = "dead-letters"
-
-[kafka.common]
-"bootstrap.servers" = "{bootstrap}"
-
-[kafka.consumer]
-"group.id" = "{GROUP}"
-"fetch.wait.max.ms" = "5"
-
-[shutdown]
-grace_period = "10s"
-"#
-    );
-    let path = dir.join("stagestream.toml");
-    std::fs::write(&path, text).unwrap();
-    let settings = config::load(&path).unwrap();
-    (path, settings)
-}
-
-fn start_service(config: &Path, dir: &Path) -> Child {
-    let log = std::fs::File::create(dir.join("stagestream.log")).unwrap();
-    common::stagestream()
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("stagestream starts")
-}
-
-/// SIGTERM, then the exit status within the grace period.
-fn terminate(mut service: Child) -> std::process::ExitStatus {
-    let status = Command::new("kill")
-        .args(["-TERM", &service.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = Instant::now();
-    loop {
-        if let Some(status) = service.try_wait().unwrap() {
-            return status;
-        }
-        if started.elapsed() > Duration::from_secs(15) {
-            let _ = service.kill();
-            panic!("no exit within the 10 s grace period after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn committed(broker: &Tansu, partitions: i32) -> Vec<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -131,21 +72,13 @@ fn stop_after_outputs(broker: &Tansu, service: Child, count: usize, timeout: Dur
     Stopped { output, actual, at }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn output_equals_replay_dead_letters_are_complete_and_sigterm_commits() {
     let Some(binary) = tansu::binary() else { return };
     let dir = tempfile::tempdir().unwrap();
     let broker = Tansu::start(binary, "memory://tansu/", dir.path());
     broker.create_topics(&[("events", 4), ("journey-stages", 4), ("dead-letters", 1)]);
-    let (config, settings) = write_config(dir.path(), &broker.bootstrap);
+    let (config, settings) = write_config(dir.path(), "stagestream", &broker.bootstrap, GROUP, &[], "");
 
     // A few hundred thousand events: two months of history ending now, a backlog.
     let lines = generated_lines(8_000, 60, now().minus(Span::from_millis(60 * DAY)), 11);
@@ -158,7 +91,7 @@ fn output_equals_replay_dead_letters_are_complete_and_sigterm_commits() {
 
     let before = now().minus(settings.live.firing_delay);
     let at_least = replay_by_partition(&settings, &input, before);
-    let service = start_service(&config, dir.path());
+    let service = start_service(&config, &dir.path().join("stagestream.log"));
     let stopped = stop_after_outputs(&broker, service, at_least.len(), Duration::from_secs(180));
     let at_most = replay_by_partition(&settings, &input, stopped.at);
     assert_between(&stopped.actual, &at_least, &at_most);
@@ -217,14 +150,14 @@ fn a_broker_killed_and_restarted_mid_run_loses_and_reorders_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Tansu::start(binary, "sqlite://tansu.db", dir.path());
     broker.create_topics(&[("events", 4), ("journey-stages", 4), ("dead-letters", 1)]);
-    let (config, settings) = write_config(dir.path(), &broker.bootstrap);
+    let (config, settings) = write_config(dir.path(), "stagestream", &broker.bootstrap, GROUP, &[], "");
     let start = now().minus(Span::from_millis(10 * 60_000));
     // tansu's SQLite storage is slow (hundreds of records per second): keep this small.
     let first = recent_journeys(0..400, start);
     let second = recent_journeys(200..600, start.plus(Span::from_millis(200_000)));
 
     produce_lines(&broker.bootstrap, "events", &settings, &first, &[]);
-    let service = start_service(&config, dir.path());
+    let service = start_service(&config, &dir.path().join("stagestream.log"));
     let first_input = read_topic(&broker.bootstrap, "events", Duration::from_secs(60), |r| {
         r.len() == first.len()
     });
@@ -313,8 +246,15 @@ fn a_broker_down_at_start_is_retried_until_it_comes_up() {
     let Some(binary) = tansu::binary() else { return };
     let dir = tempfile::tempdir().unwrap();
     let port = tansu::free_port();
-    let (config, settings) = write_config(dir.path(), &format!("127.0.0.1:{port}"));
-    let service = start_service(&config, dir.path());
+    let (config, settings) = write_config(
+        dir.path(),
+        "stagestream",
+        &format!("127.0.0.1:{port}"),
+        GROUP,
+        &[],
+        "",
+    );
+    let service = start_service(&config, &dir.path().join("stagestream.log"));
     let log = dir.path().join("stagestream.log");
     wait_for("the retry log line", Duration::from_secs(30), || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test crate uses a different subset
 
 pub mod kafka;
+pub mod service;
 pub mod tansu;
 
 use std::path::{Path, PathBuf};

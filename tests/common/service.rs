@@ -1,0 +1,94 @@
+//! Running `stagestream run` (the real binary) in tests: its configuration, start,
+//! SIGTERM, and waiting for conditions.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stagestream::config::{self, Settings};
+
+/// The five-stage preset plus a `[kafka]` section for `bootstrap` and consumer group
+/// `group` with the `consumer` properties added, then `extra` TOML, written to
+/// `dir/<name>.toml`.
+pub fn write_config(
+    dir: &Path,
+    name: &str,
+    bootstrap: &str,
+    group: &str,
+    consumer: &[(&str, &str)],
+    extra: &str,
+) -> (PathBuf, Settings) {
+    let preset = std::fs::read_to_string(super::repo("config/presets/five-stage.toml")).unwrap();
+    let consumer: String = consumer
+        .iter()
+        .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
+        .collect();
+    let text = format!(
+        r#"{preset}
+[kafka]
+input_topics = ["events"]
+output_topic = "journey-stages"
+dead_letter_topic = "dead-letters"
+
+[kafka.common]
+"bootstrap.servers" = "{bootstrap}"
+
+[kafka.consumer]
+"group.id" = "{group}"
+"fetch.wait.max.ms" = "5"
+{consumer}
+[shutdown]
+grace_period = "10s"
+{extra}
+"#
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    let settings = config::load(&path).unwrap();
+    (path, settings)
+}
+
+/// Starts the service, its log appended to `log`.
+pub fn start_service(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    super::stagestream()
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("stagestream starts")
+}
+
+/// SIGTERM, then the exit status within the grace period.
+pub fn terminate(mut service: Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = service.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let _ = service.kill();
+            panic!("no exit within the 10 s grace period after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
