@@ -41,7 +41,8 @@ keep = 2
 /// What the output topic holds: each distinct output once, after checking that every
 /// copy of an id carries identical type, headers and data. Also returns the total.
 fn union_by_id(records: &[Record]) -> (Vec<Fingerprint>, usize) {
-    let mut by_id: BTreeMap<String, (Fingerprint, Vec<(String, Option<String>)>)> = BTreeMap::new();
+    type Headers = Vec<(String, Option<String>)>;
+    let mut by_id: BTreeMap<String, (Fingerprint, Headers)> = BTreeMap::new();
     for fingerprint in common::kafka::binary_outputs(records, "stagestream") {
         by_id
             .entry(fingerprint.0.clone())
@@ -54,7 +55,7 @@ fn union_by_id(records: &[Record]) -> (Vec<Fingerprint>, usize) {
     }
     for record in records {
         let id = record.header("ce_id").unwrap().to_owned();
-        let headers: Vec<(String, Option<String>)> = ["ce_time", "ce_type", "ce_subject", "content-type"]
+        let headers: Headers = ["ce_time", "ce_type", "ce_subject", "content-type"]
             .iter()
             .map(|h| ((*h).to_owned(), record.header(h).map(str::to_owned)))
             .collect();
