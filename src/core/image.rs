@@ -59,6 +59,23 @@ pub struct EngineImage {
     pub dedup: Vec<DedupEntry>,
 }
 
+impl Default for EngineImage {
+    /// The image of an engine that has seen nothing.
+    fn default() -> Self {
+        EngineImage {
+            shape: ModelShape::default(),
+            newest_event: EventTime::MIN,
+            clock: EventTime::MIN,
+            dedup_next_sweep: EventTime::MIN,
+            id_arena: String::new(),
+            id_ends: Vec::new(),
+            customers: Vec::new(),
+            counters: Vec::new(),
+            dedup: Vec::new(),
+        }
+    }
+}
+
 /// Why an image cannot become an engine.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {

@@ -286,7 +286,7 @@ pub struct Model {
 
 /// What per-customer state means under a model: enough to tell whether state saved
 /// under one model can be carried into another (`core::image`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelShape {
     /// SHA-1 (first 8 bytes) of the whole specification as canonical JSON: equal
     /// fingerprints mean identical models.

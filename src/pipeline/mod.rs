@@ -551,7 +551,8 @@ impl Worker {
                 continue;
             };
             let started = Instant::now();
-            let image = state.engine.image();
+            let mut image = state.snapshot.spare.take().unwrap_or_default();
+            state.engine.image_into(&mut image);
             let pause = started.elapsed();
             debug!(
                 topic = %self.settings.kafka.input_topics[usize::from(key.topic)],
@@ -599,11 +600,12 @@ impl Worker {
                 continue;
             };
             match done {
-                Done::Encoded { ticket, bytes } => {
+                Done::Encoded { ticket, bytes, image } => {
                     state.snapshot.pending = Pending::Encoded {
                         offset: ticket.offset,
                         bytes,
-                    }
+                    };
+                    state.snapshot.spare = Some(image);
                 }
                 Done::Written {
                     ticket,

@@ -51,6 +51,8 @@ pub(super) enum Done {
     Encoded {
         ticket: Ticket,
         bytes: Vec<u8>,
+        /// Handed back so the next image reuses its buffers.
+        image: Box<EngineImage>,
     },
     Written {
         ticket: Ticket,
@@ -85,6 +87,7 @@ impl SnapshotThread {
                         } => Done::Encoded {
                             ticket,
                             bytes: format::encode(&header, &image),
+                            image,
                         },
                         Job::Write { ticket, bytes } => {
                             let started = Instant::now();
@@ -110,11 +113,11 @@ impl SnapshotThread {
         })
     }
 
-    pub fn encode(&self, ticket: Ticket, header: Header, image: EngineImage) {
+    pub fn encode(&self, ticket: Ticket, header: Header, image: Box<EngineImage>) {
         self.send(Job::Encode {
             ticket,
             header,
-            image: Box::new(image),
+            image,
         });
     }
 
@@ -148,6 +151,10 @@ pub(super) struct Progress {
     pub pending: Pending,
     /// The offset of the newest snapshot known to be written, to be committed.
     pub durable: Option<i64>,
+    /// The previous image, whose buffers the next one reuses: writing memory that is
+    /// already mapped makes the pause about 4x shorter (docs/performance.md), at the
+    /// cost of keeping one copy of the state.
+    pub spare: Option<Box<EngineImage>>,
 }
 
 #[derive(Debug)]
@@ -169,6 +176,7 @@ impl Progress {
             taken_at: Instant::now(),
             pending: Pending::None,
             durable,
+            spare: None,
         }
     }
 
