@@ -11,12 +11,9 @@ use std::collections::BTreeMap;
 use std::process::Child;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-
 use common::kafka::{
-    assert_between, binary_outputs, difference, generated_lines, now, produce_lines, read_topic,
-    replay_by_partition, Fingerprint, Record,
+    assert_between, binary_outputs, committed, difference, generated_lines, now, produce_lines, read_topic,
+    recent_journeys, replay_by_partition, Fingerprint, Record,
 };
 use common::service::{start_service, terminate, wait_for, write_config};
 use common::tansu::{self, Tansu};
@@ -26,27 +23,6 @@ use stagestream::decode::decode;
 
 const DAY: i64 = 86_400_000;
 const GROUP: &str = "stagestream-e2e";
-
-fn committed(broker: &Tansu, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("group.id", GROUP)
-        .create()
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for partition in 0..partitions {
-        list.add_partition("events", partition);
-    }
-    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
-    (0..partitions)
-        .map(
-            |p| match committed.find_partition("events", p).unwrap().offset() {
-                Offset::Offset(offset) => offset,
-                other => panic!("partition {p}: no committed offset ({other:?})"),
-            },
-        )
-        .collect()
-}
 
 /// What the service wrote, read back after it stopped.
 struct Stopped {
@@ -112,36 +88,10 @@ fn output_equals_replay_dead_letters_are_complete_and_sigterm_commits() {
         let end = ends.entry(record.partition).or_insert(0);
         *end = (*end).max(record.offset + 1);
     }
-    assert_eq!(committed(&broker, 4), ends.values().copied().collect::<Vec<_>>());
-}
-
-/// A small journey per customer, all within the last minutes, so no inactivity
-/// deadline can pass while the test runs: the output then depends on the events alone.
-fn recent_journeys(customers: std::ops::Range<u32>, start: EventTime) -> Vec<Vec<u8>> {
-    let steps = [
-        ("page", "Home"),
-        ("track", "Product Viewed"),
-        ("track", "Order Completed"),
-        ("track", "Order Completed"),
-        ("track", "Product Reviewed"),
-    ];
-    let mut lines = Vec::new();
-    for (step, (kind, name)) in steps.iter().enumerate() {
-        for customer in customers.clone() {
-            if (customer + step as u32) % 4 == 0 {
-                continue; // not every customer takes every step
-            }
-            let at = start.plus(Span::from_millis(step as i64 * 20_000 + i64::from(customer)));
-            let field = if *kind == "page" { "name" } else { "event" };
-            lines.push(
-                format!(
-                    r#"{{"type":"{kind}","{field}":"{name}","userId":"c-{customer}","messageId":"m-{customer}-{step}","timestamp":"{at}"}}"#
-                )
-                .into_bytes(),
-            );
-        }
-    }
-    lines
+    assert_eq!(
+        committed(&broker.bootstrap, GROUP, 4),
+        ends.values().copied().collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -190,3 +190,252 @@ fn kill_9_at_random_moments_loses_nothing_and_re_emits_identically() {
         "restarts resumed from snapshots"
     );
 }
+
+/// Damages the newest snapshot of partitions 0..3 in three ways (truncated, one byte
+/// flipped, a future format version); partition 3's stays intact.
+fn damage_newest_snapshots(snapshots: &Path) {
+    for (partition, damage) in [(0, "truncate"), (1, "flip"), (2, "version")] {
+        let dir = snapshots.join(format!("events/{partition}"));
+        let newest = walk(&dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+            .max()
+            .unwrap_or_else(|| panic!("partition {partition} has a snapshot"));
+        let mut bytes = std::fs::read(&newest).unwrap();
+        match damage {
+            "truncate" => bytes.truncate(bytes.len() / 3),
+            "flip" => {
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0x04;
+            }
+            _ => bytes[8] = 9,
+        }
+        std::fs::write(&newest, bytes).unwrap();
+    }
+}
+
+/// Mounts a tmpfs of `size` at `at`; false where mounting is not permitted.
+fn mount_tmpfs(at: &Path, size: &str) -> bool {
+    std::fs::create_dir_all(at).unwrap();
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(at)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn remount_tmpfs(at: &Path, size: &str) {
+    let status = std::process::Command::new("mount")
+        .args(["-o", &format!("remount,size={size}")])
+        .arg(at)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+struct Unmount<'a>(&'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0).status();
+    }
+}
+
+#[test]
+fn corrupt_snapshots_are_set_aside_and_a_full_disk_never_stops_the_service() {
+    let Some(binary) = tansu::binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(binary, "memory://tansu/", dir.path());
+    broker.create_topics(&[("events", 4), ("journey-stages", 4), ("dead-letters", 1)]);
+    // Snapshots on a 16 KiB tmpfs: every write fails with ENOSPC until it is enlarged.
+    // Where mounting is not permitted, a file where the topic directory belongs makes
+    // every write fail the same way, until it is removed.
+    let snapshots = dir.path().join("snapshots");
+    let tmpfs = mount_tmpfs(&snapshots, "16k");
+    let _unmount = tmpfs.then(|| Unmount(&snapshots));
+    if !tmpfs {
+        eprintln!("mount not permitted: simulating the failing disk with a blocking file");
+        std::fs::write(snapshots.join("events"), b"not a directory").unwrap();
+    }
+    let (config, settings) = write_config(
+        dir.path(),
+        "stagestream",
+        &broker.bootstrap,
+        "faults",
+        &[],
+        &snapshot_config(dir.path()),
+    );
+    let log = dir.path().join("stagestream.log");
+    let start = now().minus(Span::from_millis(10 * 60_000));
+    let first = common::kafka::recent_journeys(0..2_000, start);
+    let producer = one_record_per_batch_producer(&broker.bootstrap);
+    produce_lines_with(&producer, "events", &settings, &first, &[]);
+    let read_all = || {
+        read_topic(
+            &broker.bootstrap,
+            "journey-stages",
+            Duration::from_secs(60),
+            |_| true,
+        )
+    };
+    let input_of = |count| {
+        read_topic(&broker.bootstrap, "events", Duration::from_secs(60), |r| {
+            r.len() == count
+        })
+    };
+
+    // 1. The disk is full: the service keeps classifying and delivering.
+    let service = start_service(&config, &log);
+    let expected = replay_by_partition(&settings, &input_of(first.len()), now());
+    wait_for(
+        "the outputs despite failing snapshots",
+        Duration::from_secs(60),
+        || union_by_id(&read_all()).0.len() >= expected.len(),
+    );
+    wait_for("a failed snapshot write", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("snapshot write failed")
+    });
+    // 2. Space again: the next interval's snapshot succeeds; SIGTERM leaves final ones.
+    if tmpfs {
+        remount_tmpfs(&snapshots, "64m");
+    } else {
+        std::fs::remove_file(snapshots.join("events")).unwrap();
+    }
+    wait_for("a snapshot once there is space", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("snapshot written")
+    });
+    assert!(terminate(service).success());
+    let (union, _) = union_by_id(&read_all());
+    assert!(union == expected, "{}", difference(&union, &expected));
+
+    // 3. Damaged snapshots: set aside, never loaded; an older one or the input rebuilds.
+    damage_newest_snapshots(&snapshots);
+    let second = common::kafka::recent_journeys(1_000..3_000, start.plus(Span::from_millis(150_000)));
+    produce_lines_with(&producer, "events", &settings, &second, &[]);
+    let input = input_of(first.len() + second.len());
+    let expected = replay_by_partition(&settings, &input, now());
+    let service = start_service(&config, &log);
+    wait_for("every output after the restart", Duration::from_secs(60), || {
+        union_by_id(&read_all()).0.len() >= expected.len()
+    });
+    assert!(terminate(service).success());
+    let (union, total) = union_by_id(&read_all());
+    assert!(union == expected, "{}", difference(&union, &expected));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        log.matches("corrupt snapshot set aside").count(),
+        3,
+        "one per damaged file"
+    );
+    let corrupt = walk(&snapshots)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "corrupt"))
+        .count();
+    assert_eq!(corrupt, 3);
+    // Everything committed at the end, on the strength of the final snapshots.
+    let mut ends = BTreeMap::new();
+    for record in &input {
+        let end = ends.entry(record.partition).or_insert(0);
+        *end = (*end).max(record.offset + 1);
+    }
+    assert_eq!(
+        common::kafka::committed(&broker.bootstrap, "faults", 4),
+        ends.values().copied().collect::<Vec<_>>()
+    );
+    eprintln!("{total} outputs for {} distinct after the faults", union.len());
+}
+
+#[test]
+fn state_follows_partitions_as_instances_join_and_leave() {
+    let Some(binary) = tansu::binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(binary, "memory://tansu/", dir.path());
+    broker.create_topics(&[("events", 4), ("journey-stages", 4), ("dead-letters", 1)]);
+    let consumer = [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")];
+    let instances: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let (config, settings) = write_config(
+                dir.path(),
+                name,
+                &broker.bootstrap,
+                "rebalance",
+                &consumer,
+                &snapshot_config(dir.path()),
+            );
+            (config, settings, dir.path().join(format!("{name}.log")))
+        })
+        .collect();
+    let settings = &instances[0].1;
+    let assigned = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("partition assigned")
+            .count()
+    };
+    let producer = one_record_per_batch_producer(&broker.bootstrap);
+    // Five steps of a journey for 3,000 customers, all in the last minutes (no
+    // inactivity can fall due), produced step by step while the group changes.
+    let start = now().minus(Span::from_millis(10 * 60_000));
+    let lines = common::kafka::recent_journeys(0..3_000, start);
+    let chunks: Vec<&[Vec<u8>]> = lines.chunks(lines.len() / 5 + 1).collect();
+
+    let a = start_service(&instances[0].0, &instances[0].2);
+    let b = start_service(&instances[1].0, &instances[1].2);
+    wait_for("a and b assigned", Duration::from_secs(60), || {
+        assigned(&instances[0].2) + assigned(&instances[1].2) >= 4
+    });
+    produce_lines_with(&producer, "events", settings, chunks[0], &[]);
+    produce_lines_with(&producer, "events", settings, chunks[1], &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    let c = start_service(&instances[2].0, &instances[2].2);
+    wait_for("c joins and gets partitions", Duration::from_secs(60), || {
+        assigned(&instances[2].2) >= 1
+    });
+    produce_lines_with(&producer, "events", settings, chunks[2], &[]);
+    produce_lines_with(&producer, "events", settings, chunks[3], &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(terminate(a).success(), "a leaves cleanly");
+    produce_lines_with(&producer, "events", settings, chunks[4], &[]);
+
+    let input = read_topic(&broker.bootstrap, "events", Duration::from_secs(60), |r| {
+        r.len() == lines.len()
+    });
+    let expected = replay_by_partition(settings, &input, now());
+    let read_all = || {
+        read_topic(
+            &broker.bootstrap,
+            "journey-stages",
+            Duration::from_secs(60),
+            |_| true,
+        )
+    };
+    wait_for("every output", Duration::from_secs(120), || {
+        union_by_id(&read_all()).0.len() >= expected.len()
+    });
+    assert!(terminate(b).success());
+    assert!(terminate(c).success());
+    let (union, total) = union_by_id(&read_all());
+    assert!(union == expected, "{}", difference(&union, &expected));
+    let restored: usize = instances
+        .iter()
+        .map(|(_, _, log)| {
+            std::fs::read_to_string(log)
+                .unwrap()
+                .matches("state restored from snapshot")
+                .count()
+        })
+        .sum();
+    assert!(
+        restored >= 1,
+        "moved partitions were restored from the shared snapshots"
+    );
+    eprintln!(
+        "{total} outputs for {} distinct; {restored} partition restores",
+        union.len()
+    );
+}

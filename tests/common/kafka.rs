@@ -12,7 +12,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use stagestream::config::Settings;
-use stagestream::core::EventTime;
+use stagestream::core::{EventTime, Span};
 use stagestream::decode::decode;
 use stagestream::generate::{generate, GeneratorSettings};
 use stagestream::replay::replay;
@@ -311,4 +311,55 @@ pub fn difference(actual: &[Fingerprint], expected: &[Fingerprint]) -> String {
         missing.iter().take(3).collect::<Vec<_>>(),
         extra.iter().take(3).collect::<Vec<_>>()
     )
+}
+
+/// A small journey per customer, all within the last minutes, so no inactivity
+/// deadline can pass while the test runs: the output then depends on the events alone.
+pub fn recent_journeys(customers: std::ops::Range<u32>, start: EventTime) -> Vec<Vec<u8>> {
+    let steps = [
+        ("page", "Home"),
+        ("track", "Product Viewed"),
+        ("track", "Order Completed"),
+        ("track", "Order Completed"),
+        ("track", "Product Reviewed"),
+    ];
+    let mut lines = Vec::new();
+    for (step, (kind, name)) in steps.iter().enumerate() {
+        for customer in customers.clone() {
+            if (customer + step as u32) % 4 == 0 {
+                continue; // not every customer takes every step
+            }
+            let at = start.plus(Span::from_millis(step as i64 * 20_000 + i64::from(customer)));
+            let field = if *kind == "page" { "name" } else { "event" };
+            lines.push(
+                format!(
+                    r#"{{"type":"{kind}","{field}":"{name}","userId":"c-{customer}","messageId":"m-{customer}-{step}","timestamp":"{at}"}}"#
+                )
+                .into_bytes(),
+            );
+        }
+    }
+    lines
+}
+
+/// The group's committed offset of each partition of `events`.
+pub fn committed(bootstrap: &str, group: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition("events", partition);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(
+            |p| match committed.find_partition("events", p).unwrap().offset() {
+                Offset::Offset(offset) => offset,
+                other => panic!("partition {p}: no committed offset ({other:?})"),
+            },
+        )
+        .collect()
 }
