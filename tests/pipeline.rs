@@ -2,7 +2,8 @@
 //! (The same contracts against a real broker process: `tests/broker.rs`.)
 //!
 //! The mock implements groups, idempotent producers and end-of-partition, which is all
-//! these tests rely on; it is never used to assert transactional behaviour.
+//! these tests rely on; for transactions it only exercises the API flow (it has no
+//! isolation and does not store transactional offsets).
 
 mod common;
 
@@ -240,4 +241,59 @@ fn structured_mode_writes_the_same_lines_replay_prints() {
         .collect();
     actual.sort();
     assert_eq!(actual, expected, "{}", difference(&actual, &expected));
+}
+
+/// Exactly-once on the mock cluster exercises the transactional API flow only (the
+/// mock accepts transactions without isolation and does not store their offsets):
+/// init, outputs and offsets committed in transactions, the output equals replay.
+#[test]
+fn exactly_once_commits_outputs_and_offsets_in_transactions() {
+    let (_cluster, bootstrap) = cluster();
+    let mut settings = settings(&bootstrap, "exactly-once");
+    settings.delivery.mode = stagestream::config::DeliveryMode::ExactlyOnce;
+    settings.delivery.transactional_id = Some("stagestream-test-0".into());
+    let snapshots = tempfile::tempdir().unwrap();
+    settings.snapshot = Some(stagestream::config::SnapshotSettings {
+        dir: snapshots.path().to_owned(),
+        interval: Span::from_millis(200),
+        keep: 2,
+    });
+    let lines = generated_lines(300, 20, now().minus(Span::from_millis(40 * DAY)), 5);
+    produce_lines(&bootstrap, "events", &settings, &lines, &[]);
+    let input = read_topic(&bootstrap, "events", Duration::from_secs(30), |r| {
+        r.len() == lines.len()
+    });
+    let expected = replay_by_partition(&settings, &input, now());
+    let (control, service) = start(&settings);
+    wait_until("every output", Duration::from_secs(60), || {
+        control.delivered.load(Ordering::SeqCst) >= expected.len() as u64
+    });
+    control.stop();
+    service.join().unwrap().expect("clean stop");
+    let output = read_topic(&bootstrap, "journey-stages", Duration::from_secs(30), |r| {
+        r.len() >= expected.len()
+    });
+    let actual = binary_outputs(&output, "stagestream");
+    assert!(actual == expected, "{}", difference(&actual, &expected));
+    let mut ends = std::collections::BTreeMap::new();
+    for record in &input {
+        let end = ends.entry(record.partition).or_insert(0);
+        *end = (*end).max(record.offset + 1);
+    }
+    // The mock does not store transactional offsets, so the proof that every
+    // transaction committed is the final snapshots: one is written only up to an offset
+    // a committed transaction covers, and each sits at its partition's end.
+    let store = stagestream::snapshot::DirectoryStore::new(snapshots.path(), 2);
+    for (&partition, &end) in &ends {
+        use stagestream::snapshot::SnapshotStore;
+        assert_eq!(
+            store.list("events", partition).unwrap().first(),
+            Some(&end),
+            "partition {partition}"
+        );
+    }
+    assert!(
+        control.snapshots_written.load(Ordering::SeqCst) >= 4,
+        "final snapshots"
+    );
 }

@@ -439,3 +439,42 @@ fn state_follows_partitions_as_instances_join_and_leave() {
         union.len()
     );
 }
+
+/// tansu 0.6.0 does not implement EndTxn, so against it exactly-once can only show its
+/// error path: the failed commit is reported, the service stops with exit code 75 and
+/// commits nothing, so a restart (on a broker with transactions) would resume cleanly.
+#[test]
+fn exactly_once_stops_cleanly_when_the_broker_cannot_commit_a_transaction() {
+    let Some(binary) = tansu::binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(binary, "memory://tansu/", dir.path());
+    broker.create_topics(&[("events", 4), ("journey-stages", 4), ("dead-letters", 1)]);
+    let extra = format!(
+        "{}\n[delivery]\nmode = \"exactly-once\"\n",
+        snapshot_config(dir.path())
+    );
+    let (config, settings) = write_config(dir.path(), "stagestream", &broker.bootstrap, "eos", &[], &extra);
+    let lines = common::kafka::recent_journeys(0..50, now().minus(Span::from_millis(60_000)));
+    produce_lines_with(
+        &one_record_per_batch_producer(&broker.bootstrap),
+        "events",
+        &settings,
+        &lines,
+        &[],
+    );
+    let log = dir.path().join("stagestream.log");
+    let mut service = start_service(&config, &log);
+    let mut status = None;
+    wait_for("the service to stop", Duration::from_secs(60), || {
+        status = service.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(75));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("transaction failed"), "the failure is logged");
+    assert_eq!(
+        common::kafka::committed_if_any(&broker.bootstrap, "eos", 4),
+        [None; 4],
+        "no offset was committed"
+    );
+}

@@ -14,10 +14,21 @@
 //! `Sync` context. Delivery reports arrive the same way inside `producer.poll` and
 //! become [`Delivered`] messages on a channel the owner drains.
 //!
-//! Guarantee (at-least-once): an input offset is stored for commit only after every
-//! output it caused is delivered ([`offsets`]), and on revoke and shutdown the loop
-//! delivers what is in flight, then commits synchronously. Outputs carry
-//! content-derived ids, so anything emitted again is recognisable downstream.
+//! Guarantees (docs/semantics.md, "Recovery and delivery"):
+//! - at-least-once: an input offset counts as safe once every output it caused is
+//!   delivered ([`offsets`]). With `snapshot.dir`, state is saved per partition
+//!   ([`snapshots`]) only up to a safe offset and only such a snapshot's offset is
+//!   committed; without it, the safe offset itself is committed and every assigned
+//!   partition is rebuilt from its earliest retained offset. On assign, consumption
+//!   starts at the newest valid snapshot's offset, and the outputs of messages below the
+//!   committed offset (delivered before) are not sent again.
+//! - exactly-once: outputs and input offsets are committed together in one Kafka
+//!   transaction every [`TRANSACTION_EVERY`]; a snapshot is written only up to a
+//!   committed transaction. A failed transaction is aborted (when librdkafka says it
+//!   must be) and the service stops: the restart rewinds to the committed state.
+//!
+//! Outputs carry content-derived ids, so anything emitted again is recognisable
+//! downstream.
 
 pub mod offsets;
 mod snapshots;
@@ -34,7 +45,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
-use crate::config::Settings;
+use crate::config::{DeliveryMode, Settings};
 use crate::core::{Engine, Event, EventTime, Output, Verdict};
 use crate::decode::decode_with_default_time;
 use crate::kafka::ContentMode;
@@ -50,6 +61,10 @@ const TICK: Duration = Duration::from_millis(100);
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
 /// Messages handled between services of the producer and the offset store.
 const SERVICE_EVERY: u32 = 256;
+/// Exactly-once: how often the open transaction (outputs + input offsets) is committed.
+const TRANSACTION_EVERY: Duration = Duration::from_millis(100);
+/// Exactly-once: the longest a transaction call may block.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the service stopped with an error. None is retriable in-process: restart it.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +95,10 @@ pub enum PipelineError {
     Snapshot(#[from] SnapshotError),
     #[error("cannot start the snapshot thread: {0}")]
     SnapshotThread(#[source] std::io::Error),
+    /// Exactly-once: the transaction failed (aborted if librdkafka said so); a restart
+    /// resumes from the last committed transaction.
+    #[error("the Kafka transaction failed: {0}; restart to resume from the last committed transaction")]
+    Transaction(#[source] KafkaError),
 }
 
 /// Shared between the service thread and whoever runs it (main, the demo, tests).
@@ -121,7 +140,19 @@ impl Control {
 /// never committed, so a restart re-reads their events.
 pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineError> {
     let (deliveries_tx, deliveries) = mpsc::channel();
-    let producer_properties = settings.kafka.producer_properties();
+    let exactly_once = settings.delivery.mode == DeliveryMode::ExactlyOnce;
+    let mut producer_properties = settings.kafka.producer_properties();
+    let mut consumer_properties = settings.kafka.consumer_properties();
+    if exactly_once {
+        let id = transactional_id(settings);
+        info!(transactional_id = %id, "exactly-once: outputs and offsets commit in transactions");
+        producer_properties.set("transactional.id", &id);
+        // librdkafka requires message.timeout.ms <= transaction.timeout.ms (60 s).
+        if producer_properties.get("message.timeout.ms") == Some("0") {
+            producer_properties.set("message.timeout.ms", "60000");
+        }
+        consumer_properties.set("enable.auto.commit", "false");
+    }
     info!(properties = %producer_properties, "creating producer");
     let producer: BaseProducer<ProducerHooks> = ClientConfig::from(&producer_properties)
         .create_with_context(ProducerHooks { deliveries_tx })
@@ -129,6 +160,12 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
             role: "producer",
             source,
         })?;
+    if exactly_once {
+        producer
+            .init_transactions(TRANSACTION_TIMEOUT)
+            .and_then(|()| producer.begin_transaction())
+            .map_err(PipelineError::Transaction)?;
+    }
     let store: Option<Arc<dyn SnapshotStore>> = settings.snapshot.as_ref().map(|snapshot| {
         info!(dir = %snapshot.dir.display(), interval = ?snapshot.interval.as_duration(), keep = snapshot.keep, "snapshots enabled");
         Arc::new(DirectoryStore::new(&snapshot.dir, snapshot.keep)) as Arc<dyn SnapshotStore>
@@ -142,6 +179,10 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
         .transpose()
         .map_err(PipelineError::SnapshotThread)?;
     let worker = Worker {
+        transaction: exactly_once.then(|| Transaction {
+            committed_at: Instant::now(),
+            work: false,
+        }),
         store,
         snapshot_thread,
         partitions: BTreeMap::new(),
@@ -162,7 +203,6 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
         invalid_warnings: RateLimited::new(Duration::from_secs(10)),
         deadline: None,
     };
-    let consumer_properties = settings.kafka.consumer_properties();
     info!(properties = %consumer_properties, "creating consumer");
     let consumer: BaseConsumer<ConsumerHooks> = ClientConfig::from(&consumer_properties)
         .create_with_context(ConsumerHooks {
@@ -255,6 +295,34 @@ fn wait_for_broker(consumer: &BaseConsumer<ConsumerHooks>, control: &Control) {
     }
 }
 
+/// `delivery.transactional_id`, else `<group.id>-<hostname>`: stable across restarts of
+/// one instance (a StatefulSet pod keeps its hostname), distinct between instances.
+fn transactional_id(settings: &Settings) -> String {
+    if let Some(id) = &settings.delivery.transactional_id {
+        return id.clone();
+    }
+    let group = settings
+        .kafka
+        .consumer_properties()
+        .get("group.id")
+        .unwrap_or("stagestream")
+        .to_owned();
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{group}-{host}")
+}
+
+/// Exactly-once bookkeeping: the open transaction.
+struct Transaction {
+    committed_at: Instant,
+    /// Something was consumed or produced since the last commit.
+    work: bool,
+}
+
 fn wall_clock() -> EventTime {
     let since_epoch = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -299,7 +367,8 @@ struct PartitionState {
     offsets: OffsetTracker,
     epoch: u64,
     catch_up: CatchUp,
-    /// The offset last stored for commit.
+    /// The offset last stored for commit (at-least-once), or committed with a
+    /// transaction (exactly-once).
     stored: Option<i64>,
     /// Messages below this offset had their outputs delivered before (it was
     /// committed): while replaying them to rebuild state, nothing is sent.
@@ -359,6 +428,8 @@ struct Worker {
     invalid_warnings: RateLimited,
     /// Set once shutdown began: flushes in callbacks must end by then.
     deadline: Option<Instant>,
+    /// Exactly-once mode: the open transaction; `None` in at-least-once mode.
+    transaction: Option<Transaction>,
 }
 
 impl Worker {
@@ -390,6 +461,9 @@ impl Worker {
         self.control.consumed.fetch_add(1, Ordering::Relaxed);
         state.catch_up.message();
         state.snapshot.dirty = true;
+        if let Some(transaction) = &mut self.transaction {
+            transaction.work = true;
+        }
         let offset = message.offset();
         let suppressed = state.suppress_below.is_some_and(|below| offset < below);
         let settings = &self.settings;
@@ -618,9 +692,14 @@ impl Worker {
                 }
             }
         }
+        let exactly_once = self.transaction.is_some();
         for (&key, state) in &mut self.partitions {
+            let safe = match exactly_once {
+                true => state.stored,
+                false => state.offsets.committable(),
+            };
             let ready = match &state.snapshot.pending {
-                Pending::Encoded { offset, .. } => state.offsets.committable().is_some_and(|c| c >= *offset),
+                Pending::Encoded { offset, .. } => safe.is_some_and(|c| c >= *offset),
                 _ => false,
             };
             if !ready {
@@ -649,11 +728,12 @@ impl Worker {
             return;
         };
         let topic = self.settings.kafka.input_topics[usize::from(key.topic)].clone();
+        let safe = self.safe_offset(&self.partitions[&key]);
         let state = self.partitions.get_mut(&key).expect("an assigned partition");
         let Some(offset) = state.offsets.next_offset().filter(|_| state.snapshot.unsaved()) else {
             return;
         };
-        if state.offsets.committable() != Some(offset) {
+        if safe != Some(offset) {
             warn!(
                 topic,
                 partition = key.partition,
@@ -693,7 +773,68 @@ impl Worker {
         self.sink.producer.poll(Duration::ZERO);
         self.drain_deliveries();
         self.advance_snapshots();
-        self.store_offsets(consumer);
+        match &self.transaction {
+            Some(t) if t.work && t.committed_at.elapsed() >= TRANSACTION_EVERY => {
+                self.commit_transaction(consumer)
+            }
+            Some(_) => {}
+            None => self.store_offsets(consumer),
+        }
+    }
+
+    /// Exactly-once: commits the open transaction with every partition's next input
+    /// offset, and opens the next one. On failure, aborts when librdkafka says the
+    /// transaction requires it, and stops: the restart rewinds to the committed state.
+    fn commit_transaction(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
+        if self.transaction.is_none() || self.fatal.is_some() {
+            return;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (&key, state) in &self.partitions {
+            if let Some(next) = state.offsets.next_offset() {
+                let _ =
+                    offsets.add_partition_offset(self.topic_name(key), key.partition, Offset::Offset(next));
+            }
+        }
+        let producer = &self.sink.producer;
+        let committed = match consumer.group_metadata() {
+            Some(group) if offsets.count() > 0 => {
+                producer.send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)
+            }
+            _ => Ok(()),
+        }
+        .and_then(|()| producer.commit_transaction(TRANSACTION_TIMEOUT))
+        .and_then(|()| producer.begin_transaction());
+        match committed {
+            Ok(()) => {
+                for state in self.partitions.values_mut() {
+                    state.stored = state.offsets.next_offset();
+                }
+                let transaction = self.transaction.as_mut().expect("checked above");
+                transaction.committed_at = Instant::now();
+                transaction.work = false;
+                debug!(offsets = ?commit_summary(&offsets), "transaction committed");
+            }
+            Err(error) => {
+                let abort = matches!(&error, KafkaError::Transaction(e) if e.txn_requires_abort());
+                if abort {
+                    if let Err(abort_error) = producer.abort_transaction(TRANSACTION_TIMEOUT) {
+                        warn!(error = %abort_error, "cannot abort the transaction; the broker aborts it on timeout");
+                    }
+                }
+                error!(%error, aborted = abort, "transaction failed; stopping");
+                self.fatal.get_or_insert(PipelineError::Transaction(error));
+            }
+        }
+    }
+
+    /// The offset below which every output is safe: delivered (at-least-once) or
+    /// committed in a transaction (exactly-once). A snapshot is written only up to it.
+    fn safe_offset(&self, state: &PartitionState) -> Option<i64> {
+        match self.transaction {
+            Some(_) => state.stored,
+            None => state.offsets.committable(),
+        }
     }
 
     fn drain_deliveries(&mut self) {
@@ -851,7 +992,12 @@ impl Worker {
         if revoked.is_empty() {
             return;
         }
-        self.flush();
+        match self.transaction {
+            Some(_) => self.commit_transaction(consumer),
+            None => {
+                self.flush();
+            }
+        }
         for &key in &revoked {
             self.snapshot_now(key);
         }
@@ -863,7 +1009,9 @@ impl Worker {
                     commit.add_partition_offset(self.topic_name(*key), key.partition, Offset::Offset(offset));
             }
         }
-        if consumer.assignment_lost() {
+        if self.transaction.is_some() {
+            // Committed with the transaction above.
+        } else if consumer.assignment_lost() {
             warn!("assignment lost (session timed out): not committing the revoked partitions");
         } else if commit.count() > 0 {
             match consumer.commit(&commit, CommitMode::Sync) {
@@ -892,6 +1040,9 @@ impl Worker {
         grace: Duration,
     ) -> Result<(), PipelineError> {
         self.deadline = Some(Instant::now() + grace);
+        if self.transaction.is_some() {
+            self.commit_transaction(consumer);
+        }
         let undelivered = self.flush();
         let assigned: Vec<PartitionKey> = self.partitions.keys().copied().collect();
         for key in assigned {
@@ -906,7 +1057,11 @@ impl Worker {
                 .producer
                 .purge(PurgeConfig::default().queue().inflight());
         }
-        match consumer.commit_consumer_state(CommitMode::Sync) {
+        let committed = match self.transaction {
+            Some(_) => Ok(()),
+            None => consumer.commit_consumer_state(CommitMode::Sync),
+        };
+        match committed {
             Ok(()) => info!("offsets committed"),
             // NoOffset: nothing was stored since the last commit.
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
@@ -919,6 +1074,9 @@ impl Worker {
             undelivered,
             "stopped"
         );
+        if let Some(fatal) = self.fatal.take() {
+            return Err(fatal);
+        }
         if undelivered > 0 {
             return Err(PipelineError::Undelivered { undelivered });
         }
