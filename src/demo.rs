@@ -20,8 +20,8 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{ClientConfig, Message};
 use serde::Deserialize;
 
-use crate::config::Settings;
-use crate::core::EventTime;
+use crate::config::{Settings, SnapshotSettings};
+use crate::core::{EventTime, Span};
 use crate::decode::decode;
 use crate::generate::{generate, GeneratorSettings};
 use crate::pipeline::{self, Control, PipelineError};
@@ -51,6 +51,8 @@ pub struct DemoSummary {
     pub events: u64,
     pub printed: u64,
     pub dead_lettered: u64,
+    /// Snapshots written (to a temporary directory) along the way.
+    pub snapshots: u64,
     pub elapsed: Duration,
 }
 
@@ -80,6 +82,15 @@ pub fn demo(
     kafka.common.set("bootstrap.servers", &bootstrap);
     kafka.consumer.set("group.id", "stagestream-demo");
     kafka.consumer.set("fetch.wait.max.ms", "10");
+    // Snapshots go to a fresh directory removed afterwards: the mock cluster lives only
+    // as long as the demo, so state saved against another one must never be restored.
+    let snapshots = std::env::temp_dir().join(format!("stagestream-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&snapshots);
+    settings.snapshot = Some(SnapshotSettings {
+        dir: snapshots.clone(),
+        interval: Span::from_millis(1_000),
+        keep: 2,
+    });
 
     let events = produce_stream(&settings, &bootstrap, customers, days, seed)?;
     let control = Arc::new(Control::default());
@@ -91,12 +102,14 @@ pub fn demo(
     let printed = print_outputs(&bootstrap, &control, events, out);
     control.stop();
     let stopped = service.join().expect("the service thread does not panic");
+    let _ = std::fs::remove_dir_all(&snapshots);
     let printed = printed?;
     stopped?;
     Ok(DemoSummary {
         events,
         printed,
         dead_lettered: control.dead_lettered.load(Ordering::SeqCst),
+        snapshots: control.snapshots_written.load(Ordering::SeqCst),
         elapsed: started.elapsed(),
     })
 }

@@ -181,10 +181,11 @@ fn run(command: Command) -> Result<(), Failure> {
                 .map_err(|error| Failure::new(EX_TEMPFAIL, error))?;
             eprintln!(
                 "stagestream demo: {} events through an in-process Kafka cluster, {} CloudEvents \
-                 printed, {} invalid events dead-lettered, in {:.1} s",
+                 printed, {} invalid events dead-lettered, {} snapshots written, in {:.1} s",
                 summary.events,
                 summary.printed,
                 summary.dead_lettered,
+                summary.snapshots,
                 summary.elapsed.as_secs_f64()
             );
             Ok(())
