@@ -370,6 +370,8 @@ struct PartitionState {
     /// The offset last stored for commit (at-least-once), or committed with a
     /// transaction (exactly-once).
     stored: Option<i64>,
+    /// The group's committed offset when the partition was assigned.
+    committed_when_assigned: Option<i64>,
     /// Messages below this offset had their outputs delivered before (it was
     /// committed): while replaying them to rebuild state, nothing is sent.
     suppress_below: Option<i64>,
@@ -694,10 +696,7 @@ impl Worker {
         }
         let exactly_once = self.transaction.is_some();
         for (&key, state) in &mut self.partitions {
-            let safe = match exactly_once {
-                true => state.stored,
-                false => state.offsets.committable(),
-            };
+            let safe = safe_offset(exactly_once, state);
             let ready = match &state.snapshot.pending {
                 Pending::Encoded { offset, .. } => safe.is_some_and(|c| c >= *offset),
                 _ => false,
@@ -728,7 +727,7 @@ impl Worker {
             return;
         };
         let topic = self.settings.kafka.input_topics[usize::from(key.topic)].clone();
-        let safe = self.safe_offset(&self.partitions[&key]);
+        let safe = safe_offset(self.transaction.is_some(), &self.partitions[&key]);
         let state = self.partitions.get_mut(&key).expect("an assigned partition");
         let Some(offset) = state.offsets.next_offset().filter(|_| state.snapshot.unsaved()) else {
             return;
@@ -825,15 +824,6 @@ impl Worker {
                 error!(%error, aborted = abort, "transaction failed; stopping");
                 self.fatal.get_or_insert(PipelineError::Transaction(error));
             }
-        }
-    }
-
-    /// The offset below which every output is safe: delivered (at-least-once) or
-    /// committed in a transaction (exactly-once). A snapshot is written only up to it.
-    fn safe_offset(&self, state: &PartitionState) -> Option<i64> {
-        match self.transaction {
-            Some(_) => state.stored,
-            None => state.offsets.committable(),
         }
     }
 
@@ -973,6 +963,7 @@ impl Worker {
                     epoch: self.next_epoch,
                     catch_up: CatchUp::default(),
                     stored: committed,
+                    committed_when_assigned: committed,
                     suppress_below,
                     snapshot: Progress::new(restored.offset),
                 },
@@ -1084,14 +1075,25 @@ impl Worker {
     }
 }
 
-/// The offset that may be committed for a partition: with snapshots, the newest
-/// durable one (everything before it is in a snapshot and delivered); without, the
-/// first one with an undelivered output.
-fn commit_offset(snapshots: bool, state: &PartitionState) -> Option<i64> {
-    match snapshots {
-        true => state.snapshot.durable,
+/// The offset below which every output is safe: delivered (at-least-once) or
+/// committed in a transaction (exactly-once). A snapshot is written only up to it.
+fn safe_offset(exactly_once: bool, state: &PartitionState) -> Option<i64> {
+    match exactly_once {
+        true => state.stored,
         false => state.offsets.committable(),
     }
+}
+
+/// The offset to commit for a partition, if it moves the committed one forward: with
+/// snapshots, the newest durable one (everything before it is in a snapshot and
+/// delivered); without, the first one with an undelivered output. Never backwards (a
+/// partition restored from a snapshot older than its committed offset keeps that offset).
+fn commit_offset(snapshots: bool, state: &PartitionState) -> Option<i64> {
+    let offset = match snapshots {
+        true => state.snapshot.durable,
+        false => state.offsets.committable(),
+    };
+    offset.filter(|&o| state.committed_when_assigned.is_none_or(|floor| o > floor))
 }
 
 /// Accounts for a finished snapshot write: durable on success, retried on failure.
