@@ -697,3 +697,23 @@ fn an_image_that_contradicts_itself_is_refused() {
         Err(RestoreError::IncompatibleModel { .. })
     ));
 }
+
+#[test]
+fn an_image_into_prepared_buffers_reallocates_nothing() {
+    let mut run = Run::five_stage();
+    for i in 0..100 {
+        run.track(&format!("customer-{i}"), "Order Completed", t(0, i));
+    }
+    let size = run.engine.image_size();
+    let mut image = EngineImage::with_capacity(size);
+    assert!(image.fits(size));
+    assert!(!EngineImage::default().fits(size));
+    let arena = image.id_arena.as_ptr();
+    let customers = image.customers.as_ptr();
+    run.engine.image_into(&mut image);
+    assert_eq!(image, run.engine.image());
+    assert_eq!(
+        (image.id_arena.as_ptr(), image.customers.as_ptr()),
+        (arena, customers)
+    );
+}

@@ -25,6 +25,6 @@ pub mod time;
 pub use customers::CustomerRef;
 pub use engine::{Cause, Engine, EngineSettings, Output, Verdict};
 pub use event::{Event, EventType, PropertyKey, PropertyValue};
-pub use image::{CustomerImage, DedupEntry, EngineImage, RestoreError};
+pub use image::{CustomerImage, DedupEntry, EngineImage, ImageSize, RestoreError};
 pub use model::{Model, ModelShape, ModelSpec, Problem, RuleId, StageId, ThresholdId};
 pub use time::{EventTime, Span};

@@ -626,29 +626,38 @@ impl Worker {
             else {
                 continue;
             };
+            let topic = self.settings.kafka.input_topics[usize::from(key.topic)].clone();
+            let ticket = Ticket {
+                partition: key,
+                epoch: state.epoch,
+                topic: topic.clone(),
+                offset,
+            };
+            let size = state.engine.image_size();
+            let Some(mut image) = state.snapshot.spare.take().filter(|spare| spare.fits(size)) else {
+                // Copying into fresh memory would fault in every page during the pause:
+                // have mapped buffers made first; the snapshot is taken when they arrive.
+                if !state.snapshot.preparing {
+                    state.snapshot.preparing = true;
+                    thread.prepare(ticket, size.with_headroom());
+                }
+                continue;
+            };
             let started = Instant::now();
-            let mut image = state.snapshot.spare.take().unwrap_or_default();
             state.engine.image_into(&mut image);
             let pause = started.elapsed();
             debug!(
-                topic = %self.settings.kafka.input_topics[usize::from(key.topic)],
+                topic,
                 partition = key.partition,
                 offset,
                 customers = image.customers.len(),
                 pause_ms = pause.as_secs_f64() * 1e3,
                 "snapshot image taken"
             );
-            let topic = self.settings.kafka.input_topics[usize::from(key.topic)].clone();
             let header = snapshot::Header {
                 fingerprint: image.shape.fingerprint,
-                topic: topic.clone(),
-                partition: key.partition,
-                offset,
-            };
-            let ticket = Ticket {
-                partition: key,
-                epoch: state.epoch,
                 topic,
+                partition: key.partition,
                 offset,
             };
             thread.encode(ticket, header, image);
@@ -666,7 +675,9 @@ impl Worker {
         };
         while let Ok(done) = thread.done.try_recv() {
             let ticket = match &done {
-                Done::Encoded { ticket, .. } | Done::Written { ticket, .. } => ticket,
+                Done::Prepared { ticket, .. }
+                | Done::Encoded { ticket, .. }
+                | Done::Written { ticket, .. } => ticket,
             };
             let Some(state) = self
                 .partitions
@@ -676,6 +687,10 @@ impl Worker {
                 continue;
             };
             match done {
+                Done::Prepared { image, .. } => {
+                    state.snapshot.spare = Some(image);
+                    state.snapshot.preparing = false;
+                }
                 Done::Encoded { ticket, bytes, image } => {
                     state.snapshot.pending = Pending::Encoded {
                         offset: ticket.offset,

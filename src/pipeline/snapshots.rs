@@ -1,8 +1,9 @@
 //! When the owner loop takes snapshots, and when one counts as durable.
 //!
 //! ```text
-//! tick: partition changed and `snapshot.interval` passed -> Engine::image (the pause)
-//!     -> [snapshot thread] encode -> Encoded
+//! tick: partition changed and `snapshot.interval` passed
+//!     -> buffers too small? [snapshot thread] allocate and touch bigger ones -> Prepared
+//!     -> Engine::image_into the buffers (the pause) -> [snapshot thread] encode -> Encoded
 //! service: Encoded and every output before its offset delivered -> [snapshot thread] write
 //!     -> Written -> the offset is durable -> stored for commit
 //! revoke / shutdown: after the flush, encode and write on the owner thread
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::PartitionKey;
-use crate::core::EngineImage;
+use crate::core::{EngineImage, ImageSize};
 use crate::snapshot::{format, Header, SnapshotStore};
 
 /// Identifies one snapshot through the background thread.
@@ -35,6 +36,10 @@ pub(super) struct Ticket {
 }
 
 enum Job {
+    Prepare {
+        ticket: Ticket,
+        size: ImageSize,
+    },
     Encode {
         ticket: Ticket,
         header: Header,
@@ -48,6 +53,8 @@ enum Job {
 
 /// A result from the snapshot thread.
 pub(super) enum Done {
+    /// Buffers for the partition's next image.
+    Prepared { ticket: Ticket, image: Box<EngineImage> },
     Encoded {
         ticket: Ticket,
         bytes: Vec<u8>,
@@ -80,6 +87,10 @@ impl SnapshotThread {
             .spawn(move || {
                 for job in inbox {
                     let result = match job {
+                        Job::Prepare { ticket, size } => Done::Prepared {
+                            ticket,
+                            image: Box::new(EngineImage::with_capacity(size)),
+                        },
                         Job::Encode {
                             ticket,
                             header,
@@ -121,6 +132,10 @@ impl SnapshotThread {
         });
     }
 
+    pub fn prepare(&self, ticket: Ticket, size: ImageSize) {
+        self.send(Job::Prepare { ticket, size });
+    }
+
     pub fn write(&self, ticket: Ticket, bytes: Vec<u8>) {
         self.send(Job::Write { ticket, bytes });
     }
@@ -151,10 +166,12 @@ pub(super) struct Progress {
     pub pending: Pending,
     /// The offset of the newest snapshot known to be written, to be committed.
     pub durable: Option<i64>,
-    /// The previous image, whose buffers the next one reuses: writing memory that is
-    /// already mapped makes the pause about 4x shorter (docs/performance.md), at the
-    /// cost of keeping one copy of the state.
+    /// Buffers for the next image (the previous image, or prepared ones): copying into
+    /// memory that is already mapped makes the pause about 4x shorter
+    /// (docs/performance.md), at the cost of keeping one copy of the state.
     pub spare: Option<Box<EngineImage>>,
+    /// Bigger buffers were asked for; the snapshot waits for them.
+    pub preparing: bool,
 }
 
 #[derive(Debug)]
@@ -177,6 +194,7 @@ impl Progress {
             pending: Pending::None,
             durable,
             spare: None,
+            preparing: false,
         }
     }
 
