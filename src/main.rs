@@ -328,8 +328,9 @@ fn serve(settings: Settings) -> Result<(), Failure> {
             _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", ?grace, "shutting down"),
         }
         control.stop();
-        // The service bounds its own flush by `grace`; the margin covers leaving the group.
-        let margin = Duration::from_secs(5);
+        // The service bounds its own flush by `grace`; the margin covers the final
+        // snapshots and leaving the group (a rebalance round on a busy broker).
+        let margin = Duration::from_secs(10);
         match tokio::time::timeout(grace + margin, done_rx).await {
             Ok(finished) => stopped(finished.expect("the service thread reports")),
             Err(_) => Err(Failure::new(

@@ -91,6 +91,19 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     found
 }
 
+/// SIGTERM, asserting exit 0; on failure shows the end of the service's log.
+fn stop_cleanly(service: Child, log: &Path) {
+    let status = terminate(service);
+    if !status.success() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(25).collect();
+        panic!(
+            "exit status {status}; log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+}
+
 fn kill_9(mut service: Child) {
     service.kill().unwrap(); // SIGKILL
     service.wait().unwrap();
@@ -399,7 +412,7 @@ fn state_follows_partitions_as_instances_join_and_leave() {
     produce_lines_with(&producer, "events", settings, chunks[2], &[]);
     produce_lines_with(&producer, "events", settings, chunks[3], &[]);
     std::thread::sleep(Duration::from_secs(2));
-    assert!(terminate(a).success(), "a leaves cleanly");
+    stop_cleanly(a, &instances[0].2);
     produce_lines_with(&producer, "events", settings, chunks[4], &[]);
 
     let input = read_topic(&broker.bootstrap, "events", Duration::from_secs(60), |r| {
@@ -417,8 +430,8 @@ fn state_follows_partitions_as_instances_join_and_leave() {
     wait_for("every output", Duration::from_secs(120), || {
         union_by_id(&read_all()).0.len() >= expected.len()
     });
-    assert!(terminate(b).success());
-    assert!(terminate(c).success());
+    stop_cleanly(b, &instances[1].2);
+    stop_cleanly(c, &instances[2].2);
     let (union, total) = union_by_id(&read_all());
     assert!(union == expected, "{}", difference(&union, &expected));
     let restored: usize = instances
