@@ -5,11 +5,11 @@
 //! the dedup window, and reports the growth of resident memory divided by N. Run: `cargo bench --bench memory`
 //! (optionally `-- 1000000 10000000`). Figures: README and docs/performance.md.
 
-use std::borrow::Cow;
+mod support;
+
 use std::sync::Arc;
 
-use stagestream::config;
-use stagestream::core::{Engine, Event, EventTime, EventType};
+use stagestream::core::Engine;
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
@@ -18,36 +18,10 @@ fn resident_bytes() -> u64 {
 }
 
 fn measure(customers: u32, with_message_ids: bool) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/presets/five-stage.toml");
-    let settings = config::load_with_env(&path, Some(Default::default())).unwrap();
+    let settings = support::five_stage();
     let before = resident_bytes();
     let mut engine = Engine::new(Arc::clone(&settings.model), settings.engine);
-    let mut outputs = Vec::new();
-    let start = EventTime::parse_rfc3339("2026-01-01T00:00:00Z")
-        .unwrap()
-        .as_millis();
-    for step in 0..2u32 {
-        for i in 0..customers {
-            let id = format!("{:08x}-{:04x}-4000-8000-{:012x}", i, step, u64::from(i) * 7919);
-            let customer = format!("{:08x}-0000-4000-8000-{:012x}", i, u64::from(i) * 31);
-            let event = Event {
-                kind: EventType::Track,
-                customer: Cow::Owned(customer),
-                message_id: with_message_ids.then_some(Cow::Owned(id)),
-                name: Some(Cow::Borrowed(if step == 0 {
-                    "Product Viewed"
-                } else {
-                    "Order Completed"
-                })),
-                timestamp: EventTime::from_millis(
-                    start + i64::from(step) * 3_600_000 + i64::from(i % 3_600_000),
-                ),
-                properties: Vec::new(),
-            };
-            outputs.clear();
-            engine.on_event(&event, &mut outputs);
-        }
-    }
+    support::fill(&mut engine, customers, with_message_ids);
     let grown = resident_bytes().saturating_sub(before);
     println!(
         "{customers:>10} customers, {}: {:>8.1} MiB resident, {:>6.1} bytes/customer ({} armed)",

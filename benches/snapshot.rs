@@ -7,47 +7,19 @@
 //! Run: `cargo bench --bench snapshot` (optionally `-- --customers 10000000`).
 //! Figures and the machine: docs/performance.md.
 
-use std::borrow::Cow;
+mod support;
+
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion};
 use stagestream::config;
-use stagestream::core::{Engine, EngineImage, Event, EventTime, EventType};
+use stagestream::core::{Engine, EngineImage};
 use stagestream::snapshot::format::{decode, encode, Header};
 
 fn filled_engine(customers: u32) -> (Engine, config::Settings) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/presets/five-stage.toml");
-    let settings = config::load_with_env(&path, Some(Default::default())).unwrap();
+    let settings = support::five_stage();
     let mut engine = Engine::new(Arc::clone(&settings.model), settings.engine);
-    let mut outputs = Vec::new();
-    let start = EventTime::parse_rfc3339("2026-01-01T00:00:00Z")
-        .unwrap()
-        .as_millis();
-    for step in 0..2u32 {
-        for i in 0..customers {
-            let event = Event {
-                kind: EventType::Track,
-                customer: Cow::Owned(format!("{:08x}-0000-4000-8000-{:012x}", i, u64::from(i) * 31)),
-                message_id: Some(Cow::Owned(format!(
-                    "{:08x}-{:04x}-4000-8000-{:012x}",
-                    i,
-                    step,
-                    u64::from(i) * 7919
-                ))),
-                name: Some(Cow::Borrowed(if step == 0 {
-                    "Product Viewed"
-                } else {
-                    "Order Completed"
-                })),
-                timestamp: EventTime::from_millis(
-                    start + i64::from(step) * 3_600_000 + i64::from(i % 3_600_000),
-                ),
-                properties: Vec::new(),
-            };
-            outputs.clear();
-            engine.on_event(&event, &mut outputs);
-        }
-    }
+    support::fill(&mut engine, customers, true);
     (engine, settings)
 }
 

@@ -337,6 +337,13 @@ struct PartitionKey {
     partition: i32,
 }
 
+impl PartitionKey {
+    /// The topic's name, from `kafka.input_topics`.
+    fn topic_in(self, input_topics: &[String]) -> &str {
+        &input_topics[usize::from(self.topic)]
+    }
+}
+
 /// Identifies the message an output was caused by, carried through delivery.
 #[derive(Debug)]
 struct DeliveryTag {
@@ -445,7 +452,7 @@ impl Worker {
     }
 
     fn topic_name(&self, key: PartitionKey) -> &str {
-        &self.settings.kafka.input_topics[usize::from(key.topic)]
+        key.topic_in(&self.settings.kafka.input_topics)
     }
 
     fn on_message(&mut self, message: &BorrowedMessage<'_>, now: EventTime) {
@@ -560,9 +567,8 @@ impl Worker {
         };
         if state.catch_up.reached_end(now) {
             info!(
-                topic = %self.settings.kafka.input_topics[usize::from(key.topic)],
-                partition,
-                "partition caught up; the wall clock now drives its inactivity"
+                topic = key.topic_in(&self.settings.kafka.input_topics),
+                partition, "partition caught up; the wall clock now drives its inactivity"
             );
         }
         self.update_readiness();
@@ -626,13 +632,7 @@ impl Worker {
             else {
                 continue;
             };
-            let topic = self.settings.kafka.input_topics[usize::from(key.topic)].clone();
-            let ticket = Ticket {
-                partition: key,
-                epoch: state.epoch,
-                topic: topic.clone(),
-                offset,
-            };
+            let ticket = Ticket::new(&self.settings.kafka.input_topics, key, state.epoch, offset);
             let size = state.engine.image_size();
             let Some(mut image) = state.snapshot.spare.take().filter(|spare| spare.fits(size)) else {
                 // Copying into fresh memory would fault in every page during the pause:
@@ -647,19 +647,14 @@ impl Worker {
             state.engine.image_into(&mut image);
             let pause = started.elapsed();
             debug!(
-                topic,
+                topic = %ticket.topic,
                 partition = key.partition,
                 offset,
                 customers = image.customers.len(),
                 pause_ms = pause.as_secs_f64() * 1e3,
                 "snapshot image taken"
             );
-            let header = snapshot::Header {
-                fingerprint: image.shape.fingerprint,
-                topic,
-                partition: key.partition,
-                offset,
-            };
+            let header = ticket.header(image.shape.fingerprint);
             thread.encode(ticket, header, image);
             state.snapshot.dirty = false;
             state.snapshot.taken_at = Instant::now();
@@ -724,12 +719,7 @@ impl Worker {
             else {
                 unreachable!("checked above");
             };
-            let ticket = Ticket {
-                partition: key,
-                epoch: state.epoch,
-                topic: self.settings.kafka.input_topics[usize::from(key.topic)].clone(),
-                offset,
-            };
+            let ticket = Ticket::new(&self.settings.kafka.input_topics, key, state.epoch, offset);
             thread.write(ticket, bytes);
             state.snapshot.pending = Pending::Writing;
         }
@@ -741,15 +731,15 @@ impl Worker {
         let Some(store) = &self.store else {
             return;
         };
-        let topic = self.settings.kafka.input_topics[usize::from(key.topic)].clone();
         let safe = safe_offset(self.transaction.is_some(), &self.partitions[&key]);
         let state = self.partitions.get_mut(&key).expect("an assigned partition");
         let Some(offset) = state.offsets.next_offset().filter(|_| state.snapshot.unsaved()) else {
             return;
         };
+        let ticket = Ticket::new(&self.settings.kafka.input_topics, key, state.epoch, offset);
         if safe != Some(offset) {
             warn!(
-                topic,
+                topic = %ticket.topic,
                 partition = key.partition,
                 undelivered = state.offsets.in_flight(),
                 "outputs undelivered: no final snapshot; the next owner replays from the last one"
@@ -757,20 +747,9 @@ impl Worker {
             return;
         }
         let started = Instant::now();
-        let header = snapshot::Header {
-            fingerprint: state.engine.model().shape().fingerprint,
-            topic: topic.clone(),
-            partition: key.partition,
-            offset,
-        };
+        let header = ticket.header(state.engine.model().shape().fingerprint);
         let bytes = format::encode(&header, &state.engine.image());
-        let result = store.write(&topic, key.partition, offset, &bytes);
-        let ticket = Ticket {
-            partition: key,
-            epoch: state.epoch,
-            topic,
-            offset,
-        };
+        let result = store.write(&ticket.topic, key.partition, offset, &bytes);
         state.snapshot.dirty = false;
         record_snapshot_write(
             &self.control,
@@ -880,7 +859,7 @@ impl Worker {
             let Some(offset) = commit_offset(snapshots, state).filter(|&o| Some(o) != state.stored) else {
                 continue;
             };
-            let topic = &self.settings.kafka.input_topics[usize::from(key.topic)];
+            let topic = key.topic_in(&self.settings.kafka.input_topics);
             if list
                 .add_partition_offset(topic, key.partition, Offset::Offset(offset))
                 .is_ok()

@@ -35,6 +35,27 @@ pub(super) struct Ticket {
     pub offset: i64,
 }
 
+impl Ticket {
+    pub fn new(input_topics: &[String], partition: PartitionKey, epoch: u64, offset: i64) -> Self {
+        Ticket {
+            partition,
+            epoch,
+            topic: partition.topic_in(input_topics).to_owned(),
+            offset,
+        }
+    }
+
+    /// The file header of this snapshot, for state built under model `fingerprint`.
+    pub fn header(&self, fingerprint: u64) -> Header {
+        Header {
+            fingerprint,
+            topic: self.topic.clone(),
+            partition: self.partition.partition,
+            offset: self.offset,
+        }
+    }
+}
+
 enum Job {
     Prepare {
         ticket: Ticket,

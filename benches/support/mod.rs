@@ -1,0 +1,44 @@
+//! What the memory and snapshot benches share: the five-stage settings and an engine
+//! filled with N customers (36-character ids, two activity events each, so every
+//! customer is armed).
+
+use std::borrow::Cow;
+
+use stagestream::config::{self, Settings};
+use stagestream::core::{Engine, Event, EventTime, EventType};
+
+pub fn five_stage() -> Settings {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/presets/five-stage.toml");
+    config::load_with_env(&path, Some(Default::default())).unwrap()
+}
+
+/// Feeds `engine` two events for each of `customers` customers ("Product Viewed", then
+/// "Order Completed" an hour later), with messageIds when `with_message_ids`.
+pub fn fill(engine: &mut Engine, customers: u32, with_message_ids: bool) {
+    let mut outputs = Vec::new();
+    let start = EventTime::parse_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .as_millis();
+    for step in 0..2u32 {
+        for i in 0..customers {
+            let id = format!("{:08x}-{:04x}-4000-8000-{:012x}", i, step, u64::from(i) * 7919);
+            let customer = format!("{:08x}-0000-4000-8000-{:012x}", i, u64::from(i) * 31);
+            let event = Event {
+                kind: EventType::Track,
+                customer: Cow::Owned(customer),
+                message_id: with_message_ids.then_some(Cow::Owned(id)),
+                name: Some(Cow::Borrowed(if step == 0 {
+                    "Product Viewed"
+                } else {
+                    "Order Completed"
+                })),
+                timestamp: EventTime::from_millis(
+                    start + i64::from(step) * 3_600_000 + i64::from(i % 3_600_000),
+                ),
+                properties: Vec::new(),
+            };
+            outputs.clear();
+            engine.on_event(&event, &mut outputs);
+        }
+    }
+}
