@@ -4,7 +4,7 @@
 //! beforehand on the snapshot thread), encoding a file, and restoring one
 //! (checksum, decompress, parse, `Engine::restore`).
 //!
-//! Run: `cargo bench --bench snapshot` (optionally `-- --customers 10000000`).
+//! Run: `cargo bench --bench snapshot` (`SNAPSHOT_BENCH_CUSTOMERS=10000000` for 10M).
 //! Figures and the machine: docs/performance.md.
 
 mod support;
@@ -24,10 +24,9 @@ fn filled_engine(customers: u32) -> (Engine, config::Settings) {
 }
 
 fn main() {
-    let customers = std::env::args()
-        .skip_while(|a| a != "--customers")
-        .nth(1)
-        .map_or(1_000_000, |n| n.parse().expect("--customers N"));
+    // An environment variable, since criterion refuses arguments it does not know.
+    let customers = std::env::var("SNAPSHOT_BENCH_CUSTOMERS")
+        .map_or(1_000_000, |n| n.parse().expect("SNAPSHOT_BENCH_CUSTOMERS=N"));
     let (engine, settings) = filled_engine(customers);
     let header = Header {
         fingerprint: settings.model.shape().fingerprint,
