@@ -12,8 +12,8 @@ use std::process::Child;
 use std::time::Duration;
 
 use common::kafka::{
-    assert_between, binary_outputs, committed, difference, generated_lines, now, produce_lines, read_topic,
-    recent_journeys, replay_by_partition, Fingerprint, Record,
+    assert_between, binary_outputs, committed, difference, generated_lines, now, produce_lines, read_output,
+    read_topic, recent_journeys, replay_by_partition, Fingerprint, Record,
 };
 use common::service::{start_service, terminate, wait_for, write_config};
 use common::tansu::{self, Tansu};
@@ -36,7 +36,7 @@ struct Stopped {
 /// Waits (up to `timeout`) until the output topic holds `count` records, stops the
 /// service with SIGTERM (asserting a clean exit), then reads the output topic back.
 fn stop_after_outputs(broker: &Tansu, service: Child, count: usize, timeout: Duration) -> Stopped {
-    let read_all = |timeout| read_topic(&broker.bootstrap, "journey-stages", timeout, |_| true);
+    let read_all = |timeout| read_output(&broker.bootstrap, timeout);
     wait_for("the outputs", timeout, || {
         read_all(Duration::from_secs(30)).len() >= count
     });
@@ -83,11 +83,7 @@ fn output_equals_replay_dead_letters_are_complete_and_sigterm_commits() {
     assert!(dead.iter().all(|d| d.header("__connect.errors.reason").is_some()));
 
     // SIGTERM committed everything: the group's offsets are at each partition's end.
-    let mut ends = BTreeMap::new();
-    for record in &input {
-        let end = ends.entry(record.partition).or_insert(0);
-        *end = (*end).max(record.offset + 1);
-    }
+    let ends = common::kafka::partition_ends(&input);
     assert_eq!(
         committed(&broker.bootstrap, GROUP, 4),
         ends.values().copied().collect::<Vec<_>>()
@@ -113,14 +109,7 @@ fn a_broker_killed_and_restarted_mid_run_loses_and_reorders_nothing() {
     });
     let first_expected = replay_by_partition(&settings, &first_input, now());
     wait_for("the first half's outputs", Duration::from_secs(120), || {
-        read_topic(
-            &broker.bootstrap,
-            "journey-stages",
-            Duration::from_secs(30),
-            |_| true,
-        )
-        .len()
-            >= first_expected.len()
+        read_output(&broker.bootstrap, Duration::from_secs(30)).len() >= first_expected.len()
     });
 
     broker.kill_and_restart(Duration::from_secs(2));

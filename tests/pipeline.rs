@@ -16,7 +16,7 @@ use rdkafka::mocking::MockCluster;
 
 use common::kafka::{
     assert_between, binary_outputs, difference, generated_lines, now, produce_lines, read_topic,
-    replay_by_partition, Record,
+    replay_by_partition, Fingerprint, Record,
 };
 use stagestream::config::{self, Settings};
 use stagestream::core::Span;
@@ -54,6 +54,33 @@ fn start(settings: &Settings) -> (Arc<Control>, JoinHandle<Result<(), PipelineEr
         std::thread::spawn(move || pipeline::run(&settings, control))
     };
     (control, handle)
+}
+
+/// Produces `lines` to `events`, reads them back, and returns them with what replay
+/// makes of them (every deadline fired by now).
+fn produce_and_replay(
+    bootstrap: &str,
+    settings: &Settings,
+    lines: &[Vec<u8>],
+) -> (Vec<Record>, Vec<Fingerprint>) {
+    produce_lines(bootstrap, "events", settings, lines, &[]);
+    let input = read_topic(bootstrap, "events", Duration::from_secs(30), |r| {
+        r.len() == lines.len()
+    });
+    let expected = replay_by_partition(settings, &input, now());
+    (input, expected)
+}
+
+/// Starts the service and waits until it has delivered `outputs` outputs.
+fn start_until_delivered(
+    settings: &Settings,
+    outputs: usize,
+) -> (Arc<Control>, JoinHandle<Result<(), PipelineError>>) {
+    let (control, service) = start(settings);
+    wait_until("every output", Duration::from_secs(60), || {
+        control.delivered.load(Ordering::SeqCst) >= outputs as u64
+    });
+    (control, service)
 }
 
 fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
@@ -207,15 +234,8 @@ fn structured_mode_writes_the_same_lines_replay_prints() {
     settings.kafka.content_mode = stagestream::kafka::ContentMode::Structured;
     // History that ended over a fortnight ago: every deadline is long past.
     let lines = generated_lines(200, 20, now().minus(Span::from_millis(40 * DAY)), 3);
-    produce_lines(&bootstrap, "events", &settings, &lines, &[]);
-    let input = read_topic(&bootstrap, "events", Duration::from_secs(30), |r| {
-        r.len() == lines.len()
-    });
-    let expected = replay_by_partition(&settings, &input, now());
-    let (control, service) = start(&settings);
-    wait_until("every output", Duration::from_secs(60), || {
-        control.delivered.load(Ordering::SeqCst) >= expected.len() as u64
-    });
+    let (_, expected) = produce_and_replay(&bootstrap, &settings, &lines);
+    let (control, service) = start_until_delivered(&settings, expected.len());
     let output = read_topic(&bootstrap, "journey-stages", Duration::from_secs(30), |r| {
         r.len() >= expected.len()
     });
@@ -259,15 +279,8 @@ fn exactly_once_commits_outputs_and_offsets_in_transactions() {
         keep: 2,
     });
     let lines = generated_lines(300, 20, now().minus(Span::from_millis(40 * DAY)), 5);
-    produce_lines(&bootstrap, "events", &settings, &lines, &[]);
-    let input = read_topic(&bootstrap, "events", Duration::from_secs(30), |r| {
-        r.len() == lines.len()
-    });
-    let expected = replay_by_partition(&settings, &input, now());
-    let (control, service) = start(&settings);
-    wait_until("every output", Duration::from_secs(60), || {
-        control.delivered.load(Ordering::SeqCst) >= expected.len() as u64
-    });
+    let (input, expected) = produce_and_replay(&bootstrap, &settings, &lines);
+    let (control, service) = start_until_delivered(&settings, expected.len());
     control.stop();
     service.join().unwrap().expect("clean stop");
     let output = read_topic(&bootstrap, "journey-stages", Duration::from_secs(30), |r| {
@@ -275,11 +288,7 @@ fn exactly_once_commits_outputs_and_offsets_in_transactions() {
     });
     let actual = binary_outputs(&output, "stagestream");
     assert!(actual == expected, "{}", difference(&actual, &expected));
-    let mut ends = std::collections::BTreeMap::new();
-    for record in &input {
-        let end = ends.entry(record.partition).or_insert(0);
-        *end = (*end).max(record.offset + 1);
-    }
+    let ends = common::kafka::partition_ends(&input);
     // The mock does not store transactional offsets, so the proof that every
     // transaction committed is the final snapshots: one is written only up to an offset
     // a committed transaction covers, and each sits at its partition's end.

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use common::kafka::{
-    difference, generated_lines, now, one_record_per_batch_producer, produce_lines_with, read_topic,
-    replay_by_partition, Fingerprint, Record,
+    difference, generated_lines, now, one_record_per_batch_producer, produce_lines_with, read_output,
+    read_topic, replay_by_partition, Fingerprint, Record,
 };
 use common::service::{start_service, terminate, wait_for, write_config};
 use common::tansu::{self, Tansu};
@@ -172,14 +172,7 @@ fn kill_9_at_random_moments_loses_nothing_and_re_emits_identically() {
     }
     let killing = started.elapsed();
     let service = start_service(&config, &log);
-    let read_all = || {
-        read_topic(
-            &broker.bootstrap,
-            "journey-stages",
-            Duration::from_secs(60),
-            |_| true,
-        )
-    };
+    let read_all = || read_output(&broker.bootstrap, Duration::from_secs(60));
     let mut output = Vec::new();
     wait_for("every output", Duration::from_secs(300), || {
         output = read_all();
@@ -283,14 +276,7 @@ fn corrupt_snapshots_are_set_aside_and_a_full_disk_never_stops_the_service() {
     let first = common::kafka::recent_journeys(0..2_000, start);
     let producer = one_record_per_batch_producer(&broker.bootstrap);
     produce_lines_with(&producer, "events", &settings, &first, &[]);
-    let read_all = || {
-        read_topic(
-            &broker.bootstrap,
-            "journey-stages",
-            Duration::from_secs(60),
-            |_| true,
-        )
-    };
+    let read_all = || read_output(&broker.bootstrap, Duration::from_secs(60));
     let input_of = |count| {
         read_topic(&broker.bootstrap, "events", Duration::from_secs(60), |r| {
             r.len() == count
@@ -350,11 +336,7 @@ fn corrupt_snapshots_are_set_aside_and_a_full_disk_never_stops_the_service() {
         .count();
     assert_eq!(corrupt, 3);
     // Everything committed at the end, on the strength of the final snapshots.
-    let mut ends = BTreeMap::new();
-    for record in &input {
-        let end = ends.entry(record.partition).or_insert(0);
-        *end = (*end).max(record.offset + 1);
-    }
+    let ends = common::kafka::partition_ends(&input);
     assert_eq!(
         common::kafka::committed(&broker.bootstrap, "faults", 4),
         ends.values().copied().collect::<Vec<_>>()
@@ -419,14 +401,7 @@ fn state_follows_partitions_as_instances_join_and_leave() {
         r.len() == lines.len()
     });
     let expected = replay_by_partition(settings, &input, now());
-    let read_all = || {
-        read_topic(
-            &broker.bootstrap,
-            "journey-stages",
-            Duration::from_secs(60),
-            |_| true,
-        )
-    };
+    let read_all = || read_output(&broker.bootstrap, Duration::from_secs(60));
     wait_for("every output", Duration::from_secs(120), || {
         union_by_id(&read_all()).0.len() >= expected.len()
     });

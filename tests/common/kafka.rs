@@ -214,6 +214,21 @@ pub fn read_topic(
     records
 }
 
+/// Everything on the output topic (`journey-stages`), each partition read to its end.
+pub fn read_output(bootstrap: &str, timeout: Duration) -> Vec<Record> {
+    read_topic(bootstrap, "journey-stages", timeout, |_| true)
+}
+
+/// Each partition's end (the offset after its last record) among `input`, by partition.
+pub fn partition_ends(input: &[Record]) -> BTreeMap<i32, i64> {
+    let mut ends = BTreeMap::new();
+    for record in input {
+        let end = ends.entry(record.partition).or_insert(0);
+        *end = (*end).max(record.offset + 1);
+    }
+    ends
+}
+
 /// What the service must produce: `replay --until` over each partition's events, in
 /// the partition's order, one engine per partition, as a sorted multiset.
 pub fn replay_by_partition(settings: &Settings, input: &[Record], until: EventTime) -> Vec<Fingerprint> {
