@@ -61,6 +61,8 @@ const TICK: Duration = Duration::from_millis(100);
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
 /// Messages handled between services of the producer and the offset store.
 const SERVICE_EVERY: u32 = 256;
+/// How long stopping waits for the consumer to leave its group.
+const LEAVE_GROUP_WAIT: Duration = Duration::from_secs(5);
 /// Exactly-once: how often the open transaction (outputs + input offsets) is committed.
 const TRANSACTION_EVERY: Duration = Duration::from_millis(100);
 /// Exactly-once: the longest a transaction call may block.
@@ -224,10 +226,31 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
     let result = owner_loop(&consumer, &control);
     let grace = settings.live.shutdown_grace.as_duration();
     let finished = consumer.context().lock().finish(&consumer, grace);
-    // Dropping the consumer leaves the group; its final revoke finds nothing in flight.
-    drop(consumer);
+    leave_group(consumer);
     control.ready.store(false, Ordering::SeqCst);
     result.and(finished)
+}
+
+/// Closes the consumer, which leaves the group (its final revoke finds nothing in
+/// flight). Closing waits for the group coordinator, which can take a whole rebalance
+/// round when other members come and go (seen with tansu: over 20 s). Everything is
+/// delivered, snapshotted and committed by now, so after [`LEAVE_GROUP_WAIT`] the
+/// service stops anyway and the broker drops the member when its session times out.
+fn leave_group(consumer: BaseConsumer<ConsumerHooks>) {
+    let (left_tx, left) = mpsc::channel();
+    let closing = std::thread::Builder::new()
+        .name("stagestream-leave-group".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = left_tx.send(());
+        });
+    // If the thread cannot start, the closure (and the consumer) was dropped here.
+    if closing.is_ok() && left.recv_timeout(LEAVE_GROUP_WAIT).is_err() {
+        warn!(
+            waited = ?LEAVE_GROUP_WAIT,
+            "leaving the consumer group is slow; stopping anyway (the broker drops this member when its session times out)"
+        );
+    }
 }
 
 fn owner_loop(consumer: &BaseConsumer<ConsumerHooks>, control: &Control) -> Result<(), PipelineError> {
