@@ -96,6 +96,7 @@ impl Renderer {
                 to,
                 cause,
                 at,
+                ..
             } => {
                 let customer_id = engine.customer_id(customer);
                 data.extend_from_slice(b"{\"customer_id\":");

@@ -79,6 +79,9 @@ pub enum Output {
         cause: Cause,
         /// The triggering event's time, or the inactivity detection time.
         at: EventTime,
+        /// How long (event time, whole seconds) the customer had been in `from`;
+        /// `None` for a first transition.
+        time_in_from: Option<Span>,
     },
     Inactive {
         customer: CustomerRef,
@@ -109,6 +112,31 @@ struct CustomerState {
     /// by newer activity, so an older event arriving after a firing (possible once an
     /// explicit clock runs ahead of the watermark) never fires the same gap twice.
     ladder: u8,
+    /// When the customer entered `stage`, as [`StageEntered`]: it fits in the padding
+    /// after the bytes above, so reporting time in stage costs no memory.
+    stage_entered: StageEntered,
+}
+
+/// An instant at whole-second resolution, in seconds since the Unix epoch clamped to
+/// `u32` (1970 to 2106): precise enough for how long a customer stays in a stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StageEntered(u32);
+
+impl StageEntered {
+    fn at(time: EventTime) -> Self {
+        let seconds = time.as_millis().div_euclid(1_000).clamp(0, i64::from(u32::MAX));
+        StageEntered(seconds as u32)
+    }
+
+    fn time(self) -> EventTime {
+        EventTime::from_millis(i64::from(self.0) * 1_000)
+    }
+
+    /// How long the stage was held when left at `left_at` (never negative: an event
+    /// older than the entry can move a customer on).
+    fn held_until(self, left_at: EventTime) -> Span {
+        Span::from_millis((left_at.as_millis() - self.time().as_millis()).max(0))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -222,6 +250,7 @@ impl Engine {
             stage: s.stage,
             armed: (s.armed != UNARMED).then_some(ThresholdId(s.armed)),
             ladder: s.ladder,
+            stage_entered: s.stage_entered.0,
         }));
         image.counters.clear();
         image.counters.extend_from_slice(&self.counters);
@@ -299,6 +328,7 @@ impl Engine {
                 stage,
                 armed,
                 ladder: customer.ladder,
+                stage_entered: StageEntered(customer.stage_entered),
             });
         }
         for &(key, customer) in &due {
@@ -375,6 +405,7 @@ impl Engine {
                     stage: self.model.initial_stage(),
                     armed: UNARMED,
                     ladder: 0,
+                    stage_entered: StageEntered::at(at),
                 });
                 let counters = self.model.counter_count();
                 self.counters.resize(self.counters.len() + counters, 0);
@@ -467,10 +498,12 @@ impl Engine {
                 to,
                 cause: Cause::Inactivity(threshold_id),
                 at: detected_at,
+                time_in_from: Some(state.stage_entered.held_until(detected_at)),
             });
             self.population[usize::from(state.stage.0)] -= 1;
             self.population[usize::from(to.0)] += 1;
             state.stage = to;
+            state.stage_entered = StageEntered::at(detected_at);
         }
         state.ladder = threshold_id.0 + 1;
         let next = next_threshold(&self.model, state.ladder, state.stage);
@@ -559,13 +592,16 @@ impl Engine {
             self.population[usize::from(current.0)] -= 1;
         }
         self.population[usize::from(to.0)] += 1;
+        let time_in_from = from.map(|_| state.stage_entered.held_until(event.timestamp));
         state.stage = to;
+        state.stage_entered = StageEntered::at(event.timestamp);
         out.push(Output::StageChanged {
             customer,
             from,
             to,
             cause,
             at: event.timestamp,
+            time_in_from,
         });
     }
 }

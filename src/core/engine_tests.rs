@@ -111,6 +111,7 @@ impl Run {
                     to,
                     cause,
                     at,
+                    ..
                 } => format!(
                     "{} {}->{} by {} at {}",
                     self.engine.customer_id(customer),
@@ -716,4 +717,77 @@ fn an_image_into_prepared_buffers_reallocates_nothing() {
         (image.id_arena.as_ptr(), image.customers.as_ptr()),
         (arena, customers)
     );
+}
+
+/// Each transition's `time_in_from`, in order.
+fn times_in_from(outputs: &[Output]) -> Vec<Option<i64>> {
+    outputs
+        .iter()
+        .filter_map(|output| match *output {
+            Output::StageChanged { time_in_from, .. } => Some(time_in_from.map(Span::as_millis)),
+            Output::Inactive { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn transitions_say_how_long_the_stage_they_leave_was_held() {
+    let mut engine = Engine::new(Arc::new(test_model(FIVE_STAGE)), EngineSettings::default());
+    let mut out = Vec::new();
+    let mut send = |name: &str, at: EventTime, out: &mut Vec<Output>| {
+        let event = Event {
+            kind: EventType::Track,
+            customer: Cow::Borrowed("c"),
+            message_id: None,
+            name: Some(Cow::Owned(name.to_owned())),
+            timestamp: at,
+            properties: Vec::new(),
+        };
+        engine.on_event(&event, out);
+    };
+    send("Page Viewed", t(0, 0), &mut out);
+    send("Product Viewed", t(0, 90), &mut out);
+    // Activity that does not move the customer leaves the entry time alone.
+    send("Product Viewed", t(1, 0), &mut out);
+    send("Order Completed", t(2, 30), &mut out);
+    // An event older than the entry (within the allowed lateness) moves the customer
+    // on after zero time, never a negative one.
+    send("Product Reviewed", t(2, 27), &mut out);
+    assert_eq!(
+        times_in_from(&out),
+        [None, Some(90 * MINUTE), Some(2 * DAY - 60 * MINUTE), Some(0)]
+    );
+}
+
+#[test]
+fn an_inactivity_move_reports_the_time_in_stage_up_to_its_detection() {
+    let mut run = Run::new(
+        r#"
+        name = "m"
+        stages = ["lead", "customer", "lapsed"]
+        [[rules]]
+        name = "bought"
+        to = "customer"
+        events = ["Order Completed"]
+        [[inactivity]]
+        name = "lapse"
+        after = "30d"
+        stages = ["customer"]
+        move_to = "lapsed"
+        "#,
+    );
+    run.track("c", "Page Viewed", t(0, 0));
+    run.track("c", "Order Completed", t(1, 0));
+    // The entry time survives an image: the restored engine reports the same.
+    let mut restored = Engine::restore(
+        Arc::new(run.engine.model().clone()),
+        EngineSettings::default(),
+        run.engine.image(),
+    )
+    .expect("same model");
+    for engine in [&mut run.engine, &mut restored] {
+        let mut out = Vec::new();
+        engine.advance_to(t(40, 0), &mut out);
+        assert_eq!(times_in_from(&out), [Some(30 * DAY)]);
+    }
 }

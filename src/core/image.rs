@@ -30,6 +30,9 @@ pub struct CustomerImage {
     pub armed: Option<ThresholdId>,
     /// Ladder position in the current gap: thresholds before it have fired.
     pub ladder: u8,
+    /// When the customer entered `stage`: seconds since the Unix epoch, clamped to
+    /// `u32` (the engine's own resolution for it).
+    pub stage_entered: u32,
 }
 
 /// One remembered `messageId` digest.
@@ -97,6 +100,7 @@ impl EngineImage {
             stage: StageId(0),
             armed: None,
             ladder: 0,
+            stage_entered: 0,
         };
         let entry = DedupEntry {
             customer: CustomerRef(0),

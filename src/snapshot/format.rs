@@ -13,7 +13,8 @@
 //! crc32c       u32      over every byte before it
 //! ```
 //!
-//! All integers little-endian. The body holds the model shape, then the state column by
+//! Version 2 added when each customer entered its stage; version 1 files are not read
+//! (the partition is rebuilt from the log). All integers little-endian. The body holds the model shape, then the state column by
 //! column (ids, then each field for every customer), which compresses well and decodes
 //! with sequential reads. Decoding never trusts a length it has not checked: a file that
 //! passes the checksum but contradicts itself is still refused, here or by
@@ -24,7 +25,7 @@ use crate::core::{
 };
 
 pub const MAGIC: [u8; 8] = *b"STGSNAP\0";
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 const NOT_ARMED: u8 = u8::MAX;
 
 /// Where a snapshot belongs and what it covers.
@@ -153,6 +154,9 @@ fn encode_body(image: &EngineImage) -> Vec<u8> {
     out.extend(image.customers.iter().map(|c| c.stage.0));
     out.extend(image.customers.iter().map(|c| c.armed.map_or(NOT_ARMED, |t| t.0)));
     out.extend(image.customers.iter().map(|c| c.ladder));
+    for customer in &image.customers {
+        out.extend_from_slice(&customer.stage_entered.to_le_bytes());
+    }
     out.extend_from_slice(&(image.counters.len() as u64).to_le_bytes());
     for &counter in &image.counters {
         out.extend_from_slice(&counter.to_le_bytes());
@@ -196,15 +200,18 @@ fn decode_body(raw: &[u8]) -> Result<EngineImage, CorruptSnapshot> {
     let stage = reader.take(customers)?;
     let armed = reader.take(customers)?;
     let ladder = reader.take(customers)?;
+    let stage_entered = reader.array::<4>(customers)?;
     let customers = last_activity
         .zip(stage)
         .zip(armed)
         .zip(ladder)
-        .map(|(((time, &stage), &armed), &ladder)| CustomerImage {
+        .zip(stage_entered)
+        .map(|((((time, &stage), &armed), &ladder), entered)| CustomerImage {
             last_activity: EventTime::from_millis(i64::from_le_bytes(time)),
             stage: StageId(stage),
             armed: (armed != NOT_ARMED).then_some(ThresholdId(armed)),
             ladder,
+            stage_entered: u32::from_le_bytes(entered),
         })
         .collect();
     let counter_count = reader.len64()?;
@@ -390,12 +397,14 @@ mod tests {
 
     #[test]
     fn another_version_is_refused_by_name() {
-        let mut bytes = encode(&header(), &image());
-        bytes[8] = 2;
-        assert_eq!(
-            decode(&bytes).unwrap_err(),
-            CorruptSnapshot::UnsupportedVersion { found: 2 }
-        );
+        for version in [FORMAT_VERSION - 1, FORMAT_VERSION + 1] {
+            let mut bytes = encode(&header(), &image());
+            bytes[8..10].copy_from_slice(&version.to_le_bytes());
+            assert_eq!(
+                decode(&bytes).unwrap_err(),
+                CorruptSnapshot::UnsupportedVersion { found: version }
+            );
+        }
         assert_eq!(
             decode(b"PK\x03\x04 this is a zip file ........").unwrap_err(),
             CorruptSnapshot::BadMagic
