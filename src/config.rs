@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,6 +29,16 @@ pub struct Settings {
     /// Where and how often partition state is saved; `None` keeps it in memory only.
     pub snapshot: Option<SnapshotSettings>,
     pub delivery: DeliverySettings,
+    pub http: HttpSettings,
+}
+
+/// The `[http]` section: the metrics and health endpoint of `stagestream run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Where `/metrics`, `/livez` and `/readyz` are served.
+    pub bind: SocketAddr,
+    /// `/readyz` fails while any assigned partition lags by more messages than this.
+    pub ready_max_lag: u64,
 }
 
 /// The `[snapshot]` section, once `snapshot.dir` is set.
@@ -122,6 +133,24 @@ struct FileConfig {
     snapshot: SnapshotSection,
     #[serde(default)]
     delivery: DeliverySection,
+    #[serde(default)]
+    http: HttpSection,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct HttpSection {
+    bind: String,
+    ready_max_lag: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            bind: "0.0.0.0:9464".into(),
+            ready_max_lag: 10_000,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -332,6 +361,20 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
     {
         problems.push(Problem::new("delivery.transactional_id", "must not be empty"));
     }
+    let http_bind = file
+        .http
+        .bind
+        .parse::<SocketAddr>()
+        .map_err(|_| {
+            problems.push(Problem::new(
+                "http.bind",
+                format!(
+                    "{:?} is not an address and port such as 0.0.0.0:9464",
+                    file.http.bind
+                ),
+            ))
+        })
+        .ok();
     if file.output.source.trim().is_empty() {
         problems.push(Problem::new("output.source", "must not be empty"));
     }
@@ -366,6 +409,10 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
         delivery: DeliverySettings {
             mode: file.delivery.mode,
             transactional_id: file.delivery.transactional_id,
+        },
+        http: HttpSettings {
+            bind: http_bind?,
+            ready_max_lag: file.http.ready_max_lag,
         },
     })
 }
@@ -459,5 +506,28 @@ events = ["Go"]
         };
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         assert!(paths.contains(&"delivery.mode"), "{problems:?}");
+    }
+
+    #[test]
+    fn http_keys_have_defaults_and_a_bad_bind_address_is_a_problem() {
+        let settings = load_text(MODEL, &[]).unwrap();
+        assert_eq!(settings.http.bind, "0.0.0.0:9464".parse().unwrap());
+        assert_eq!(settings.http.ready_max_lag, 10_000);
+        let settings = load_text(
+            MODEL,
+            &[
+                ("STAGESTREAM__HTTP__BIND", "127.0.0.1:0"),
+                ("STAGESTREAM__HTTP__READY_MAX_LAG", "50"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.http.bind, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(settings.http.ready_max_lag, 50);
+        let Err(ConfigError::Invalid { problems, .. }) =
+            load_text(&format!("{MODEL}\n[http]\nbind = \"localhost\"\n"), &[])
+        else {
+            panic!("expected problems");
+        };
+        assert_eq!(problems[0].path, "http.bind", "{problems:?}");
     }
 }

@@ -8,7 +8,6 @@
 //! clock has reached. It stops once every event is consumed and every output printed.
 
 use std::io::{self, Write};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -108,8 +107,8 @@ pub fn demo(
     Ok(DemoSummary {
         events,
         printed,
-        dead_lettered: control.dead_lettered.load(Ordering::SeqCst),
-        snapshots: control.snapshots_written.load(Ordering::SeqCst),
+        dead_lettered: control.dead_lettered(),
+        snapshots: control.snapshots_written(),
         elapsed: started.elapsed(),
     })
 }
@@ -195,9 +194,7 @@ fn print_outputs(
             Some(Err(error)) => return Err(error.into()),
             None => {}
         }
-        let done = control.ready.load(Ordering::SeqCst)
-            && control.consumed.load(Ordering::SeqCst) == events
-            && control.delivered.load(Ordering::SeqCst) == printed;
+        let done = control.is_ready() && control.consumed() == events && control.delivered() == printed;
         if done {
             out.flush()?;
             return Ok(printed);

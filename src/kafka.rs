@@ -74,7 +74,7 @@ pub struct KafkaSettings {
 pub struct Properties(BTreeMap<String, String>);
 
 /// Consumer properties stagestream sets unless the configuration overrides them.
-pub const CONSUMER_DEFAULTS: [(&str, &str); 5] = [
+pub const CONSUMER_DEFAULTS: [(&str, &str); 6] = [
     ("bootstrap.servers", "localhost:9092"),
     ("group.id", "stagestream"),
     ("partition.assignment.strategy", "cooperative-sticky"),
@@ -83,15 +83,18 @@ pub const CONSUMER_DEFAULTS: [(&str, &str); 5] = [
     // Brokers answer a fetch early once data is there; this bounds the idle wait, which
     // some Kafka-protocol brokers (tansu) always sit out in full.
     ("fetch.wait.max.ms", "100"),
+    // Feeds the lag gauge, readiness and the Kafka-client metrics.
+    ("statistics.interval.ms", "5000"),
 ];
 
 /// Producer properties stagestream sets unless the configuration overrides them.
-pub const PRODUCER_DEFAULTS: [(&str, &str); 3] = [
+pub const PRODUCER_DEFAULTS: [(&str, &str); 4] = [
     ("bootstrap.servers", "localhost:9092"),
     ("linger.ms", "5"),
     // Retry for as long as it takes: an output is never given up while the process
     // runs (a broker restart only delays it); shutdown bounds the wait instead.
     ("message.timeout.ms", "0"),
+    ("statistics.interval.ms", "5000"),
 ];
 
 /// Properties the at-least-once guarantee depends on, with the value stagestream sets.

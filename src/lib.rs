@@ -12,6 +12,7 @@
 //!   partition, produce CloudEvents, commit what was delivered.
 //! - [`snapshot`]: per-partition state files (format, store, restore).
 //! - [`demo`]: `stagestream demo`, the whole service on an in-process Kafka cluster.
+//! - [`telemetry`]: metrics, the `/metrics` `/livez` `/readyz` endpoint, log setup.
 //!
 //! Data flows one way: input line -> `decode` -> `Engine::on_event` -> `Output`s ->
 //! `output` -> output line; `Engine::advance_to` moves time forward without input.
@@ -26,3 +27,4 @@ pub mod output;
 pub mod pipeline;
 pub mod replay;
 pub mod snapshot;
+pub mod telemetry;

@@ -1,8 +1,9 @@
 //! The `stagestream` command line: parses arguments, loads configuration, runs a command,
 //! and maps failures to sysexits-style exit codes (64 usage/config, 66 no input,
-//! 73 cannot create output, 74 I/O error (snapshot directory unreadable), 75 the service
-//! stopped on a Kafka failure or could not deliver everything within the shutdown grace
-//! period, 78 a snapshot was made under a stage model the configured one cannot take).
+//! 69 cannot listen on `http.bind`, 73 cannot create output, 74 I/O error (snapshot
+//! directory unreadable), 75 the service stopped on a Kafka failure or could not deliver
+//! everything within the shutdown grace period, 78 a snapshot was made under a stage
+//! model the configured one cannot take).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -21,12 +22,14 @@ use stagestream::generate::{generate, GeneratorSettings};
 use stagestream::pipeline::{self, Control};
 use stagestream::replay::{replay, ReplayError};
 use stagestream::snapshot::SnapshotError;
+use stagestream::telemetry::{http, init_logs, LogFormat, LogTarget};
 
 /// The model `demo` uses without `--config`.
 const DEMO_PRESET: &str = include_str!("../config/presets/five-stage.toml");
 
 const EX_USAGE: u8 = 64;
 const EX_NOINPUT: u8 = 66;
+const EX_UNAVAILABLE: u8 = 69;
 const EX_CANTCREAT: u8 = 73;
 const EX_IOERR: u8 = 74;
 const EX_TEMPFAIL: u8 = 75;
@@ -49,6 +52,9 @@ enum Command {
         /// Configuration file (TOML); STAGESTREAM__SECTION__KEY variables override it.
         #[arg(long)]
         config: PathBuf,
+        /// Log lines on stdout as JSON objects (for a collector) or human-readable.
+        #[arg(long, value_enum, default_value = "json")]
+        log_format: LogFormat,
     },
     /// Run the service on an in-process Kafka cluster over a generated stream ending
     /// now, and print the transitions and win-backs it produces.
@@ -159,9 +165,9 @@ impl Failure {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Run { config } => {
+        Command::Run { config, log_format } => {
             let settings = load_settings(&config)?;
-            init_logs("info");
+            init_logs(log_format, LogTarget::Stdout, "info");
             serve(settings)
         }
         Command::Demo {
@@ -175,7 +181,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 None => config::load_embedded("five-stage preset (built in)", DEMO_PRESET)
                     .map_err(|error| Failure::new(EX_USAGE, error))?,
             };
-            init_logs("warn");
+            init_logs(LogFormat::Human, LogTarget::Stderr, "warn");
             let mut out = io::stdout().lock();
             let summary = demo(settings, customers, days, seed, &mut out)
                 .map_err(|error| Failure::new(EX_TEMPFAIL, error))?;
@@ -277,22 +283,29 @@ fn run(command: Command) -> Result<(), Failure> {
     }
 }
 
-/// Logs go to stderr (stdout carries the demo's and replay's output); `RUST_LOG`
-/// filters them, else `default`.
-fn init_logs(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .init();
-}
-
 /// Runs the service on its own thread until it fails or SIGTERM/SIGINT arrives; then
 /// gives it the grace period to deliver and commit.
 fn serve(settings: Settings) -> Result<(), Failure> {
     let grace = settings.live.shutdown_grace.as_duration();
     let control = Arc::new(Control::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(EX_TEMPFAIL, format!("cannot start the runtime: {e}")))?;
+    let bind = settings.http.bind;
+    let listener = runtime
+        .block_on(http::bind(bind))
+        .map_err(|e| Failure::new(EX_UNAVAILABLE, format!("cannot listen on http.bind {bind}: {e}")))?;
+    let address = listener.local_addr().unwrap_or(bind);
+    info!(%address, "serving /metrics, /livez and /readyz");
+    runtime.spawn({
+        let control = control.clone();
+        async move {
+            if let Err(error) = http::serve(listener, control).await {
+                error!(%error, "the HTTP endpoint failed");
+            }
+        }
+    });
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     {
         let control = control.clone();
@@ -303,10 +316,6 @@ fn serve(settings: Settings) -> Result<(), Failure> {
             })
             .map_err(|e| Failure::new(EX_TEMPFAIL, format!("cannot start the service thread: {e}")))?;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(EX_TEMPFAIL, format!("cannot start the runtime: {e}")))?;
     let stopped = |result: Result<(), pipeline::PipelineError>| {
         result.map_err(|error| {
             error!(%error, "service stopped");

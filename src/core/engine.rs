@@ -183,6 +183,11 @@ impl Engine {
         self.newest_event.minus(self.settings.allowed_lateness)
     }
 
+    /// The newest event time seen, if any event was.
+    pub fn newest_event(&self) -> Option<EventTime> {
+        (self.newest_event != EventTime::MIN).then_some(self.newest_event)
+    }
+
     /// Thresholds with a deadline at or before this instant have fired.
     pub fn clock(&self) -> EventTime {
         self.clock

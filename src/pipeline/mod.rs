@@ -34,23 +34,25 @@ pub mod offsets;
 mod snapshots;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus::{Histogram, IntCounter};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{DeliveryMode, Settings};
-use crate::core::{Engine, Event, EventTime, Output, Verdict};
-use crate::decode::decode_with_default_time;
+use crate::core::{Engine, Event, EventTime, Model, Output, Verdict};
+use crate::decode::{decode_with_default_time, RejectReason};
 use crate::kafka::ContentMode;
 use crate::output::{Rendered, Renderer};
 use crate::snapshot::{self, format, DirectoryStore, SnapshotError, SnapshotStore};
+use crate::telemetry::Metrics;
 use offsets::OffsetTracker;
 use snapshots::{Done, Pending, Progress, SnapshotThread, Ticket};
 
@@ -103,25 +105,22 @@ pub enum PipelineError {
     Transaction(#[source] KafkaError),
 }
 
-/// Shared between the service thread and whoever runs it (main, the demo, tests).
+/// Shared between the service thread and whoever runs it (main, the demo, tests):
+/// the stop switch, readiness, and the metrics the service keeps.
 #[derive(Debug, Default)]
 pub struct Control {
     /// Set to stop: the loop stops fetching, delivers, commits and returns.
     pub shutdown: AtomicBool,
-    /// Partitions assigned and every one of them caught up at least once.
+    /// Partitions assigned and restored, every one caught up at least once, and none
+    /// lagging by more than `http.ready_max_lag` (when the lag is known).
     pub ready: AtomicBool,
-    /// Input messages handled, valid or not.
-    pub consumed: AtomicU64,
-    /// Outputs (CloudEvents) delivered to the output topic.
-    pub delivered: AtomicU64,
-    /// Messages delivered to the dead-letter topic.
-    pub dead_lettered: AtomicU64,
-    /// Snapshots written.
-    pub snapshots_written: AtomicU64,
-    /// Snapshot writes that failed (disk full...); retried at the next interval.
-    pub snapshots_failed: AtomicU64,
-    /// Snapshots found corrupt on restore and set aside.
-    pub snapshots_corrupt: AtomicU64,
+    /// Partitions assigned and every one of them caught up at least once.
+    pub caught_up: AtomicBool,
+    /// The largest lag over the assigned partitions in messages, -1 until known.
+    pub max_lag: AtomicI64,
+    /// `http.ready_max_lag`, for the `/readyz` body.
+    pub ready_max_lag: AtomicU64,
+    pub metrics: Metrics,
 }
 
 impl Control {
@@ -132,7 +131,47 @@ impl Control {
     fn stopping(&self) -> bool {
         self.shutdown.load(Ordering::SeqCst)
     }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Input messages handled, valid or not.
+    pub fn consumed(&self) -> u64 {
+        CONSUMED_RESULTS
+            .iter()
+            .map(|result| self.metrics.events_consumed.with_label_values(&[*result]).get())
+            .sum()
+    }
+
+    /// Outputs (CloudEvents) delivered to the output topic.
+    pub fn delivered(&self) -> u64 {
+        [Sent::StageChanged, Sent::CustomerInactive]
+            .iter()
+            .map(|sent| {
+                self.metrics
+                    .produced
+                    .with_label_values(&[sent.label(), "ok"])
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Messages delivered to the dead-letter topic.
+    pub fn dead_lettered(&self) -> u64 {
+        self.metrics.dead_lettered.get()
+    }
+
+    /// Snapshots written.
+    pub fn snapshots_written(&self) -> u64 {
+        self.metrics.snapshots.with_label_values(&["ok"]).get()
+    }
 }
+
+/// The `result` label values of `stagestream_events_consumed_total`.
+const CONSUMED_RESULTS: [&str; 5] = ["ok", "invalid", "duplicate", "ignored", "late"];
+/// The invalid-event reason of an event stamped too far ahead of the wall clock.
+const FUTURE_TIMESTAMP: &str = "future_timestamp";
 
 /// Runs the service until `control.shutdown` is set or a fatal error occurs.
 ///
@@ -141,6 +180,16 @@ impl Control {
 /// the grace period ends with outputs undelivered. Offsets of undelivered outputs are
 /// never committed, so a restart re-reads their events.
 pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineError> {
+    let reasons: Vec<&str> = RejectReason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .chain([FUTURE_TIMESTAMP])
+        .collect();
+    control.metrics.initialise(&settings.model, &reasons);
+    control.max_lag.store(-1, Ordering::SeqCst);
+    control
+        .ready_max_lag
+        .store(settings.http.ready_max_lag, Ordering::SeqCst);
     let (deliveries_tx, deliveries) = mpsc::channel();
     let exactly_once = settings.delivery.mode == DeliveryMode::ExactlyOnce;
     let mut producer_properties = settings.kafka.producer_properties();
@@ -157,7 +206,10 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
     }
     info!(properties = %producer_properties, "creating producer");
     let producer: BaseProducer<ProducerHooks> = ClientConfig::from(&producer_properties)
-        .create_with_context(ProducerHooks { deliveries_tx })
+        .create_with_context(ProducerHooks {
+            deliveries_tx,
+            control: control.clone(),
+        })
         .map_err(|source| PipelineError::Client {
             role: "producer",
             source,
@@ -195,6 +247,7 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
             dead_letter_topic: settings.kafka.dead_letter_topic.clone(),
             content_mode: settings.kafka.content_mode,
             value: Vec::with_capacity(1024),
+            counters: OutputCounters::new(&control.metrics, &settings.model),
         },
         settings: settings.clone(),
         deliveries,
@@ -209,6 +262,7 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
     let consumer: BaseConsumer<ConsumerHooks> = ClientConfig::from(&consumer_properties)
         .create_with_context(ConsumerHooks {
             worker: Mutex::new(worker),
+            control: control.clone(),
         })
         .map_err(|source| PipelineError::Client {
             role: "consumer",
@@ -228,6 +282,7 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
     let finished = consumer.context().lock().finish(&consumer, grace);
     leave_group(consumer);
     control.ready.store(false, Ordering::SeqCst);
+    control.metrics.ready.set(0);
     result.and(finished)
 }
 
@@ -376,13 +431,34 @@ struct DeliveryTag {
     epoch: u64,
     offset: i64,
     sent: Sent,
+    /// When it was enqueued, for `stagestream_produce_latency_seconds`.
+    enqueued_at: Instant,
 }
 
 /// What a produced record was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Sent {
-    Output,
+    StageChanged,
+    CustomerInactive,
     DeadLetter,
+}
+
+impl Sent {
+    fn of(output: &Output) -> Sent {
+        match output {
+            Output::StageChanged { .. } => Sent::StageChanged,
+            Output::Inactive { .. } => Sent::CustomerInactive,
+        }
+    }
+
+    /// The `type` label of `stagestream_produced_messages_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Sent::StageChanged => "stage_changed",
+            Sent::CustomerInactive => "customer_inactive",
+            Sent::DeadLetter => "dead_letter",
+        }
+    }
 }
 
 /// A delivery report, as the producer hook forwards it to the owner.
@@ -392,8 +468,80 @@ struct Delivered {
     error: Option<KafkaError>,
 }
 
+/// The counters every output moves, resolved once per label combination (a lookup by
+/// label values hashes them; this is one index per output).
+struct OutputCounters {
+    stages: usize,
+    /// By `(from + 1) * stages + to`, `from` 0 meaning none.
+    transitions: Vec<IntCounter>,
+    /// By threshold.
+    inactivity: Vec<IntCounter>,
+    /// By stage left.
+    time_in_stage: Vec<Histogram>,
+}
+
+impl OutputCounters {
+    fn new(metrics: &Metrics, model: &Model) -> Self {
+        let names: Vec<&str> = model.stage_names().collect();
+        let froms = std::iter::once("none").chain(names.iter().copied());
+        OutputCounters {
+            stages: names.len(),
+            transitions: froms
+                .flat_map(|from| {
+                    names
+                        .iter()
+                        .map(move |to| metrics.transitions.with_label_values(&[from, to]))
+                })
+                .collect(),
+            inactivity: model
+                .thresholds()
+                .iter()
+                .map(|t| metrics.inactivity_events.with_label_values(&[t.name.as_str()]))
+                .collect(),
+            time_in_stage: names
+                .iter()
+                .map(|stage| metrics.time_in_stage.with_label_values(&[stage]))
+                .collect(),
+        }
+    }
+
+    fn record(&self, output: &Output) {
+        match *output {
+            Output::StageChanged {
+                from,
+                to,
+                time_in_from,
+                ..
+            } => {
+                let from_index = from.map_or(0, |f| usize::from(f.0) + 1);
+                self.transitions[from_index * self.stages + usize::from(to.0)].inc();
+                if let (Some(from), Some(held)) = (from, time_in_from) {
+                    self.time_in_stage[usize::from(from.0)].observe(held.as_millis() as f64 / 1e3);
+                }
+            }
+            Output::Inactive { threshold, .. } => self.inactivity[usize::from(threshold.0)].inc(),
+        }
+    }
+}
+
+/// A partition's `topic` and `partition` label values.
+struct PartitionLabels([String; 2]);
+
+impl PartitionLabels {
+    fn new(topic: &str, partition: i32) -> Self {
+        PartitionLabels([topic.to_owned(), partition.to_string()])
+    }
+
+    fn values(&self) -> [&str; 2] {
+        [&self.0[0], &self.0[1]]
+    }
+}
+
 struct PartitionState {
     engine: Engine,
+    labels: PartitionLabels,
+    /// Messages behind the high watermark (librdkafka statistics), once known.
+    lag: Option<i64>,
     offsets: OffsetTracker,
     epoch: u64,
     catch_up: CatchUp,
@@ -479,6 +627,15 @@ impl Worker {
     }
 
     fn on_message(&mut self, message: &BorrowedMessage<'_>, now: EventTime) {
+        let started = Instant::now();
+        self.handle_message(message, now);
+        self.control
+            .metrics
+            .processing
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn handle_message(&mut self, message: &BorrowedMessage<'_>, now: EventTime) {
         let Some(key) = self.key_of(message.topic(), message.partition()) else {
             return;
         };
@@ -490,14 +647,17 @@ impl Worker {
             );
             return;
         };
-        self.control.consumed.fetch_add(1, Ordering::Relaxed);
         state.catch_up.message();
         state.snapshot.dirty = true;
         if let Some(transaction) = &mut self.transaction {
             transaction.work = true;
         }
+        let metrics = &self.control.metrics;
         let offset = message.offset();
         let suppressed = state.suppress_below.is_some_and(|below| offset < below);
+        if suppressed {
+            metrics.replayed_without_output.inc();
+        }
         let settings = &self.settings;
         let payload = message.payload().unwrap_or_default();
         let record_time = settings
@@ -511,11 +671,17 @@ impl Worker {
             epoch,
             offset,
             sent,
+            enqueued_at: Instant::now(),
+        };
+        let invalid = |reason: &'static str| {
+            metrics.events_consumed.with_label_values(&["invalid"]).inc();
+            metrics.invalid_events.with_label_values(&[reason]).inc();
+            reason
         };
         let (reason, detail) = match decode_with_default_time(payload, &settings.model, record_time) {
-            Err(error) => (error.reason().as_str(), error.to_string()),
+            Err(error) => (invalid(error.reason().as_str()), error.to_string()),
             Ok(event) if event.timestamp > now.plus(settings.live.max_future_skew) => (
-                "future_timestamp",
+                invalid(FUTURE_TIMESTAMP),
                 format!(
                     "timestamp {} is more than time.max_future_skew ahead of the wall clock {now}",
                     event.timestamp
@@ -523,7 +689,19 @@ impl Worker {
             ),
             Ok(event) => {
                 self.outputs.clear();
-                match state.engine.on_event(&event, &mut self.outputs) {
+                let verdict = state.engine.on_event(&event, &mut self.outputs);
+                let result = match verdict {
+                    Verdict::Applied => "ok",
+                    Verdict::Ignored => "ignored",
+                    Verdict::Duplicate => "duplicate",
+                    Verdict::Late => "late",
+                };
+                metrics.events_consumed.with_label_values(&[result]).inc();
+                if verdict == Verdict::Applied {
+                    let delay = now.as_millis().saturating_sub(event.timestamp.as_millis()).max(0);
+                    metrics.event_delay.observe(delay as f64 / 1e3);
+                }
+                match verdict {
                     Verdict::Late => (
                         "late",
                         format!("older than the watermark {}", state.engine.watermark()),
@@ -535,9 +713,9 @@ impl Worker {
                     _ => {
                         let mut sent = 0;
                         for output in &self.outputs {
+                            let tag = tag(Sent::of(output));
                             if let Err(error) =
-                                self.sink
-                                    .send_output(&state.engine, output, Some(&event), tag(Sent::Output))
+                                self.sink.send_output(&state.engine, output, Some(&event), tag)
                             {
                                 self.fatal.get_or_insert(error);
                             }
@@ -597,12 +775,57 @@ impl Worker {
         self.update_readiness();
     }
 
+    /// Readiness: partitions assigned (restoring happens inside the assignment), each
+    /// caught up once, and none lagging by more than `http.ready_max_lag` messages.
     fn update_readiness(&self) {
-        let ready =
+        let control = &self.control;
+        let caught_up =
             !self.partitions.is_empty() && self.partitions.values().all(|s| s.catch_up.ever_caught_up());
-        if self.control.ready.swap(ready, Ordering::SeqCst) != ready {
-            info!(ready, "readiness changed");
+        let max_lag = self.partitions.values().filter_map(|s| s.lag).max();
+        let within_lag = max_lag.is_none_or(|lag| lag <= self.settings.http.ready_max_lag as i64);
+        let ready = caught_up && within_lag;
+        control.caught_up.store(caught_up, Ordering::SeqCst);
+        control.max_lag.store(max_lag.unwrap_or(-1), Ordering::SeqCst);
+        control.metrics.ready.set(i64::from(ready));
+        control
+            .metrics
+            .assigned_partitions
+            .set(self.partitions.len() as i64);
+        if control.ready.swap(ready, Ordering::SeqCst) != ready {
+            info!(ready, caught_up, max_lag, "readiness changed");
         }
+    }
+
+    /// The consumer's statistics: per-partition lag, for the gauge and readiness.
+    fn on_statistics(&mut self, statistics: &Statistics) {
+        let metrics = &self.control.metrics;
+        for (name, topic) in &statistics.topics {
+            for (&number, partition) in &topic.partitions {
+                let Some(state) = self
+                    .key_of(name, number)
+                    .and_then(|key| self.partitions.get_mut(&key))
+                else {
+                    continue;
+                };
+                // Behind the high watermark from the next message the application gets;
+                // before the first one, from the fetch position (a restored or empty
+                // partition), else librdkafka's own lag (from the committed offset).
+                let lag = [partition.app_offset, partition.next_offset]
+                    .into_iter()
+                    .find(|&next| next >= 0)
+                    .filter(|_| partition.hi_offset >= 0)
+                    .map(|next| (partition.hi_offset - next).max(0))
+                    .or((partition.consumer_lag >= 0).then_some(partition.consumer_lag));
+                state.lag = lag;
+                if let Some(lag) = lag {
+                    metrics
+                        .consumer_lag
+                        .with_label_values(&state.labels.values())
+                        .set(lag);
+                }
+            }
+        }
+        self.update_readiness();
     }
 
     /// Fires the inactivity the wall clock reached on each caught-up partition.
@@ -628,7 +851,8 @@ impl Worker {
                     partition: key,
                     epoch: state.epoch,
                     offset,
-                    sent: Sent::Output,
+                    sent: Sent::of(output),
+                    enqueued_at: Instant::now(),
                 };
                 if let Err(error) = self.sink.send_output(&state.engine, output, None, tag) {
                     self.fatal.get_or_insert(error);
@@ -638,6 +862,45 @@ impl Worker {
             state.offsets.charge_to_last(sent);
         }
         self.start_due_snapshots();
+        self.publish_gauges();
+    }
+
+    /// Sets the gauges that describe the partitions' state (once per tick: they are
+    /// sums over every partition, too costly per event).
+    fn publish_gauges(&self) {
+        let metrics = &self.control.metrics;
+        let mut population = vec![0u64; self.settings.model.stage_count()];
+        let mut armed = 0;
+        let seconds = |time: EventTime| time.as_millis().div_euclid(1_000);
+        let wall = seconds(wall_clock());
+        for state in self.partitions.values() {
+            let engine = &state.engine;
+            for (total, count) in population.iter_mut().zip(engine.population()) {
+                *total += count;
+            }
+            armed += engine.armed_count();
+            let labels = state.labels.values();
+            if let Some(newest) = engine.newest_event() {
+                metrics
+                    .last_event_time
+                    .with_label_values(&labels)
+                    .set(seconds(newest));
+                metrics
+                    .watermark
+                    .with_label_values(&labels)
+                    .set(seconds(engine.watermark()));
+            }
+            if self.store.is_some() && !state.snapshot.unsaved() {
+                metrics.last_snapshot_time.with_label_values(&labels).set(wall);
+            }
+        }
+        for (stage, count) in self.settings.model.stage_names().zip(population) {
+            metrics
+                .customers
+                .with_label_values(&[stage])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        metrics.armed_timers.set(i64::try_from(armed).unwrap_or(i64::MAX));
     }
 
     /// Takes an image of every partition whose snapshot is due and hands it to the
@@ -669,6 +932,11 @@ impl Worker {
             let started = Instant::now();
             state.engine.image_into(&mut image);
             let pause = started.elapsed();
+            self.control
+                .metrics
+                .snapshot_duration
+                .with_label_values(&["pause"])
+                .observe(pause.as_secs_f64());
             debug!(
                 topic = %ticket.topic,
                 partition = key.partition,
@@ -709,7 +977,17 @@ impl Worker {
                     state.snapshot.spare = Some(image);
                     state.snapshot.preparing = false;
                 }
-                Done::Encoded { ticket, bytes, image } => {
+                Done::Encoded {
+                    ticket,
+                    bytes,
+                    image,
+                    took,
+                } => {
+                    self.control
+                        .metrics
+                        .snapshot_duration
+                        .with_label_values(&["encode"])
+                        .observe(took.as_secs_f64());
                     state.snapshot.pending = Pending::Encoded {
                         offset: ticket.offset,
                         bytes,
@@ -723,7 +1001,13 @@ impl Worker {
                     result,
                 } => {
                     state.snapshot.pending = Pending::None;
-                    record_snapshot_write(&self.control, &mut state.snapshot, &ticket, size, took, result);
+                    let write = SnapshotWrite {
+                        ticket: &ticket,
+                        size,
+                        took,
+                        result,
+                    };
+                    write.record(&self.control.metrics, &state.labels, &mut state.snapshot);
                 }
             }
         }
@@ -774,14 +1058,13 @@ impl Worker {
         let bytes = format::encode(&header, &state.engine.image());
         let result = store.write(&ticket.topic, key.partition, offset, &bytes);
         state.snapshot.dirty = false;
-        record_snapshot_write(
-            &self.control,
-            &mut state.snapshot,
-            &ticket,
-            bytes.len(),
-            started.elapsed(),
+        let write = SnapshotWrite {
+            ticket: &ticket,
+            size: bytes.len(),
+            took: started.elapsed(),
             result,
-        );
+        };
+        write.record(&self.control.metrics, &state.labels, &mut state.snapshot);
     }
 
     /// Serves delivery reports and stores the offsets they made committable.
@@ -821,6 +1104,7 @@ impl Worker {
         }
         .and_then(|()| producer.commit_transaction(TRANSACTION_TIMEOUT))
         .and_then(|()| producer.begin_transaction());
+        count_commit(&self.control.metrics, &committed);
         match committed {
             Ok(()) => {
                 for state in self.partitions.values_mut() {
@@ -845,7 +1129,19 @@ impl Worker {
     }
 
     fn drain_deliveries(&mut self) {
+        let metrics = &self.control.metrics;
         while let Ok(Delivered { tag, error }) = self.deliveries.try_recv() {
+            let result = if error.is_none() { "ok" } else { "error" };
+            metrics
+                .produced
+                .with_label_values(&[tag.sent.label(), result])
+                .inc();
+            metrics
+                .produce_latency
+                .observe(tag.enqueued_at.elapsed().as_secs_f64());
+            if error.is_none() && tag.sent == Sent::DeadLetter {
+                metrics.dead_lettered.inc();
+            }
             let Some(state) = self
                 .partitions
                 .get_mut(&tag.partition)
@@ -854,18 +1150,11 @@ impl Worker {
                 continue;
             };
             match error {
-                None => {
-                    state.offsets.delivered(tag.offset);
-                    let counter = match tag.sent {
-                        Sent::Output => &self.control.delivered,
-                        Sent::DeadLetter => &self.control.dead_lettered,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
+                None => state.offsets.delivered(tag.offset),
                 Some(source) => {
                     error!(%source, offset = tag.offset, "output delivery failed; stopping without committing it");
                     let topic = match tag.sent {
-                        Sent::Output => self.sink.output_topic.clone(),
+                        Sent::StageChanged | Sent::CustomerInactive => self.sink.output_topic.clone(),
                         Sent::DeadLetter => self.sink.dead_letter_topic.clone().unwrap_or_default(),
                     };
                     self.fatal
@@ -916,6 +1205,11 @@ impl Worker {
     /// Outputs of messages below the committed offset were delivered before; they are
     /// replayed into the state but not sent again.
     fn assign(&mut self, consumer: &BaseConsumer<ConsumerHooks>, list: &TopicPartitionList) {
+        self.control
+            .metrics
+            .rebalances
+            .with_label_values(&["assign"])
+            .inc();
         let committed = match consumer.committed_offsets(list.clone(), Duration::from_secs(30)) {
             Ok(committed) => committed,
             Err(error) => {
@@ -952,8 +1246,9 @@ impl Worker {
                 },
             };
             self.control
+                .metrics
                 .snapshots_corrupt
-                .fetch_add(u64::from(restored.corrupt), Ordering::Relaxed);
+                .inc_by(u64::from(restored.corrupt));
             let start = restored.offset.map_or(Offset::Beginning, Offset::Offset);
             if let Err(error) = element.set_offset(start) {
                 warn!(%error, "cannot set the start offset");
@@ -976,6 +1271,8 @@ impl Worker {
                 key,
                 PartitionState {
                     engine: restored.engine,
+                    labels: PartitionLabels::new(element.topic(), key.partition),
+                    lag: None,
                     offsets: restored.offset.map(OffsetTracker::resume_at).unwrap_or_default(),
                     epoch: self.next_epoch,
                     catch_up: CatchUp::default(),
@@ -1000,6 +1297,11 @@ impl Worker {
         if revoked.is_empty() {
             return;
         }
+        self.control
+            .metrics
+            .rebalances
+            .with_label_values(&["revoke"])
+            .inc();
         match self.transaction {
             Some(_) => self.commit_transaction(consumer),
             None => {
@@ -1029,6 +1331,8 @@ impl Worker {
         }
         for key in revoked {
             let state = self.partitions.remove(&key).expect("collected from the map");
+            let [topic, partition] = state.labels.values();
+            self.control.metrics.forget_partition(topic, partition);
             info!(
                 topic = self.topic_name(key),
                 partition = key.partition,
@@ -1076,9 +1380,9 @@ impl Worker {
             Err(error) => warn!(%error, "final commit failed; uncommitted events will be read again"),
         }
         info!(
-            consumed = self.control.consumed.load(Ordering::Relaxed),
-            delivered = self.control.delivered.load(Ordering::Relaxed),
-            dead_lettered = self.control.dead_lettered.load(Ordering::Relaxed),
+            consumed = self.control.consumed(),
+            delivered = self.control.delivered(),
+            dead_lettered = self.control.dead_lettered(),
             undelivered,
             "stopped"
         );
@@ -1113,40 +1417,70 @@ fn commit_offset(snapshots: bool, state: &PartitionState) -> Option<i64> {
     offset.filter(|&o| state.committed_when_assigned.is_none_or(|floor| o > floor))
 }
 
-/// Accounts for a finished snapshot write: durable on success, retried on failure.
-fn record_snapshot_write(
-    control: &Control,
-    progress: &mut Progress,
-    ticket: &Ticket,
+/// A finished snapshot write, from the snapshot thread or the owner's own.
+struct SnapshotWrite<'a> {
+    ticket: &'a Ticket,
     size: usize,
     took: Duration,
     result: std::io::Result<()>,
-) {
-    match result {
-        Ok(()) => {
-            progress.durable = progress.durable.max(Some(ticket.offset));
-            control.snapshots_written.fetch_add(1, Ordering::Relaxed);
-            info!(
-                topic = %ticket.topic,
-                partition = ticket.partition.partition,
-                offset = ticket.offset,
-                bytes = size,
-                took_ms = took.as_secs_f64() * 1e3,
-                "snapshot written"
-            );
-        }
-        Err(error) => {
-            progress.dirty = true;
-            control.snapshots_failed.fetch_add(1, Ordering::Relaxed);
-            warn!(
-                topic = %ticket.topic,
-                partition = ticket.partition.partition,
-                offset = ticket.offset,
-                %error,
-                "snapshot write failed; offsets stay where the last snapshot put them, retried at the next interval"
-            );
+}
+
+impl SnapshotWrite<'_> {
+    /// Accounts for it: durable on success, retried at the next interval on failure;
+    /// logged and counted either way.
+    fn record(self, metrics: &Metrics, labels: &PartitionLabels, progress: &mut Progress) {
+        let ticket = self.ticket;
+        metrics
+            .snapshot_duration
+            .with_label_values(&["write"])
+            .observe(self.took.as_secs_f64());
+        match self.result {
+            Ok(()) => {
+                progress.durable = progress.durable.max(Some(ticket.offset));
+                metrics.snapshots.with_label_values(&["ok"]).inc();
+                let labels = labels.values();
+                metrics
+                    .snapshot_size
+                    .with_label_values(&labels)
+                    .set(i64::try_from(self.size).unwrap_or(i64::MAX));
+                metrics
+                    .last_snapshot_time
+                    .with_label_values(&labels)
+                    .set(wall_clock().as_millis().div_euclid(1_000));
+                info!(
+                    topic = %ticket.topic,
+                    partition = ticket.partition.partition,
+                    offset = ticket.offset,
+                    bytes = self.size,
+                    took_ms = self.took.as_secs_f64() * 1e3,
+                    "snapshot written"
+                );
+            }
+            Err(error) => {
+                progress.dirty = true;
+                metrics.snapshots.with_label_values(&["error"]).inc();
+                warn!(
+                    topic = %ticket.topic,
+                    partition = ticket.partition.partition,
+                    offset = ticket.offset,
+                    %error,
+                    "snapshot write failed; offsets stay where the last snapshot put them, retried at the next interval"
+                );
+            }
         }
     }
+}
+
+/// Counts a commit in `stagestream_commits_total`; "nothing to commit" is not one.
+/// Consumer commits (automatic or explicit) are counted from the commit callback,
+/// which librdkafka calls for both; transactions where they are committed.
+fn count_commit(metrics: &Metrics, result: &rdkafka::error::KafkaResult<()>) {
+    let result = match result {
+        Ok(()) => "ok",
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => return,
+        Err(_) => "error",
+    };
+    metrics.commits.with_label_values(&[result]).inc();
 }
 
 fn commit_summary(list: &TopicPartitionList) -> Vec<String> {
@@ -1165,6 +1499,7 @@ struct Sink {
     content_mode: ContentMode,
     /// Reused buffer for structured-mode values.
     value: Vec<u8>,
+    counters: OutputCounters,
 }
 
 impl Sink {
@@ -1175,6 +1510,7 @@ impl Sink {
         trigger: Option<&Event<'_>>,
         tag: DeliveryTag,
     ) -> Result<(), PipelineError> {
+        self.counters.record(output);
         let rendered = self.renderer.render(engine, output, trigger);
         let (headers, value) = match self.content_mode {
             ContentMode::Binary => (binary_headers(&rendered), rendered.data),
@@ -1312,9 +1648,11 @@ impl RateLimited {
     }
 }
 
-/// The consumer's callbacks; runs on the owner thread, inside `consumer.poll`.
+/// The consumer's callbacks; runs on the owner thread, inside `consumer.poll` (and,
+/// for commit results, inside the owner's own commit calls: those use only `control`).
 struct ConsumerHooks {
     worker: Mutex<Worker>,
+    control: Arc<Control>,
 }
 
 impl ConsumerHooks {
@@ -1328,6 +1666,11 @@ impl ConsumerHooks {
 impl ClientContext for ConsumerHooks {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
         log_librdkafka("consumer", level, facility, message);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        record_client_statistics(&self.control.metrics, "consumer", &statistics);
+        self.lock().on_statistics(&statistics);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -1349,6 +1692,7 @@ impl ConsumerContext for ConsumerHooks {
     }
 
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        count_commit(&self.control.metrics, &result);
         match result {
             Ok(()) => debug!(offsets = ?commit_summary(offsets), "offsets committed"),
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
@@ -1357,9 +1701,11 @@ impl ConsumerContext for ConsumerHooks {
     }
 }
 
-/// The producer's callbacks; delivery reports become [`Delivered`] messages.
+/// The producer's callbacks; delivery reports become [`Delivered`] messages. They run
+/// inside `producer.poll`, while the owner holds the worker: never lock it here.
 struct ProducerHooks {
     deliveries_tx: mpsc::Sender<Delivered>,
+    control: Arc<Control>,
 }
 
 impl ClientContext for ProducerHooks {
@@ -1367,8 +1713,43 @@ impl ClientContext for ProducerHooks {
         log_librdkafka("producer", level, facility, message);
     }
 
+    fn stats(&self, statistics: Statistics) {
+        record_client_statistics(&self.control.metrics, "producer", &statistics);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         warn!(client = "producer", %error, reason, "librdkafka error");
+    }
+}
+
+/// The Kafka-client gauges of one client's statistics: queue depth and, per broker,
+/// connection state, round-trip time and errors.
+fn record_client_statistics(metrics: &Metrics, client: &str, statistics: &Statistics) {
+    metrics
+        .kafka_queue_messages
+        .with_label_values(&[client])
+        .set(i64::try_from(statistics.msg_cnt).unwrap_or(i64::MAX));
+    // Bootstrap and coordinator handles (node id -1) duplicate the real brokers.
+    for broker in statistics.brokers.values().filter(|b| b.nodeid >= 0) {
+        let labels = [client, broker.name.as_str()];
+        metrics
+            .kafka_broker_up
+            .with_label_values(&labels)
+            .set(i64::from(broker.state == "UP"));
+        if let Some(rtt) = &broker.rtt {
+            metrics
+                .kafka_broker_rtt_p99
+                .with_label_values(&labels)
+                .set(rtt.p99 as f64 / 1e6);
+        }
+        for (direction, total) in [("tx", broker.txerrs), ("rx", broker.rxerrs)] {
+            let counter =
+                metrics
+                    .kafka_broker_errors
+                    .with_label_values(&[client, broker.name.as_str(), direction]);
+            // librdkafka reports running totals; the counter follows them.
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 }
 

@@ -81,6 +81,7 @@ pub(super) enum Done {
         bytes: Vec<u8>,
         /// Handed back so the next image reuses its buffers.
         image: Box<EngineImage>,
+        took: Duration,
     },
     Written {
         ticket: Ticket,
@@ -116,11 +117,16 @@ impl SnapshotThread {
                             ticket,
                             header,
                             image,
-                        } => Done::Encoded {
-                            ticket,
-                            bytes: format::encode(&header, &image),
-                            image,
-                        },
+                        } => {
+                            let started = Instant::now();
+                            let bytes = format::encode(&header, &image);
+                            Done::Encoded {
+                                ticket,
+                                bytes,
+                                image,
+                                took: started.elapsed(),
+                            }
+                        }
                         Job::Write { ticket, bytes } => {
                             let started = Instant::now();
                             let result =
