@@ -78,7 +78,7 @@ fn start_until_delivered(
 ) -> (Arc<Control>, JoinHandle<Result<(), PipelineError>>) {
     let (control, service) = start(settings);
     wait_until("every output", Duration::from_secs(60), || {
-        control.delivered.load(Ordering::SeqCst) >= outputs as u64
+        control.delivered() >= outputs as u64
     });
     (control, service)
 }
@@ -121,10 +121,7 @@ fn caught_up_output_equals_replay_per_partition_and_invalid_input_is_dead_letter
     wait_until(
         "the service to consume everything",
         Duration::from_secs(60),
-        || {
-            control.ready.load(Ordering::SeqCst)
-                && control.consumed.load(Ordering::SeqCst) == lines.len() as u64
-        },
+        || control.is_ready() && control.consumed() == lines.len() as u64,
     );
     // Everything due before the start must come out; nothing not due by the end may.
     let on_time: Vec<Record> = input
@@ -134,10 +131,10 @@ fn caught_up_output_equals_replay_per_partition_and_invalid_input_is_dead_letter
         .collect();
     let at_least = replay_by_partition(&settings, &on_time, before);
     wait_until("the outputs due at the start", Duration::from_secs(60), || {
-        control.delivered.load(Ordering::SeqCst) >= at_least.len() as u64
+        control.delivered() >= at_least.len() as u64
     });
     let output = read_topic(&bootstrap, "journey-stages", Duration::from_secs(30), |r| {
-        r.len() as u64 >= control.delivered.load(Ordering::SeqCst)
+        r.len() as u64 >= control.delivered()
     });
     let at_most = replay_by_partition(&settings, &on_time, now());
     control.stop();
@@ -152,7 +149,7 @@ fn caught_up_output_equals_replay_per_partition_and_invalid_input_is_dead_letter
 
     // Every invalid message, and the future-stamped one, in the dead-letter topic.
     let dead = read_topic(&bootstrap, "dead-letters", Duration::from_secs(30), |r| {
-        r.len() as u64 >= control.dead_lettered.load(Ordering::SeqCst)
+        r.len() as u64 >= control.dead_lettered()
     });
     let invalid: Vec<&Record> = input
         .iter()
@@ -198,7 +195,7 @@ fn inactivity_fires_by_the_wall_clock_within_a_second_on_a_quiet_partition() {
     // while the partition is quiet and at its end, not while it is being assigned.
     let (control, service) = start(&settings);
     wait_until("the service to be caught up", Duration::from_secs(30), || {
-        control.ready.load(Ordering::SeqCst)
+        control.is_ready()
     });
     // The customer's only event puts their 7-day deadline 2 s from now.
     let deadline = now().plus(Span::from_millis(2_000));
@@ -207,7 +204,7 @@ fn inactivity_fires_by_the_wall_clock_within_a_second_on_a_quiet_partition() {
         format!(r#"{{"type":"page","name":"Home","anonymousId":"quiet-1","timestamp":"{last_seen}"}}"#);
     produce_lines(&bootstrap, "events", &settings, &[line.into_bytes()], &[]);
     wait_until("the win-back", Duration::from_secs(30), || {
-        control.delivered.load(Ordering::SeqCst) >= 2
+        control.delivered() >= 2
     });
     let output = read_topic(&bootstrap, "journey-stages", Duration::from_secs(10), |r| {
         r.len() >= 2
@@ -301,8 +298,5 @@ fn exactly_once_commits_outputs_and_offsets_in_transactions() {
             "partition {partition}"
         );
     }
-    assert!(
-        control.snapshots_written.load(Ordering::SeqCst) >= 4,
-        "final snapshots"
-    );
+    assert!(control.snapshots_written() >= 4, "final snapshots");
 }

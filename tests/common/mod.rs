@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod http;
 pub mod kafka;
 pub mod service;
 pub mod tansu;

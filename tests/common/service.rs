@@ -48,8 +48,14 @@ grace_period = "10s"
     (path, settings)
 }
 
-/// Starts the service, its log appended to `log`.
+/// Starts the service, its log (JSON lines on stdout, the exit message on stderr)
+/// appended to `log`, its HTTP endpoint on a port of the system's choosing.
 pub fn start_service(config: &Path, log: &Path) -> Child {
+    start_service_on(config, log, "127.0.0.1:0")
+}
+
+/// [`start_service`] with the HTTP endpoint on `http_bind`.
+pub fn start_service_on(config: &Path, log: &Path, http_bind: &str) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -59,7 +65,8 @@ pub fn start_service(config: &Path, log: &Path) -> Child {
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
+        .env("STAGESTREAM__HTTP__BIND", http_bind)
+        .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .expect("stagestream starts")
