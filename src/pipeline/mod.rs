@@ -168,8 +168,30 @@ impl Control {
     }
 }
 
-/// The `result` label values of `stagestream_events_consumed_total`.
+/// The `result` label values of `stagestream_events_consumed_total`, indexed by
+/// [`Consumed`].
 const CONSUMED_RESULTS: [&str; 5] = ["ok", "invalid", "duplicate", "ignored", "late"];
+
+/// What became of an input message, as counted.
+#[derive(Clone, Copy)]
+enum Consumed {
+    Ok,
+    Invalid,
+    Duplicate,
+    Ignored,
+    Late,
+}
+
+impl From<Verdict> for Consumed {
+    fn from(verdict: Verdict) -> Self {
+        match verdict {
+            Verdict::Applied => Consumed::Ok,
+            Verdict::Ignored => Consumed::Ignored,
+            Verdict::Duplicate => Consumed::Duplicate,
+            Verdict::Late => Consumed::Late,
+        }
+    }
+}
 /// The invalid-event reason of an event stamped too far ahead of the wall clock.
 const FUTURE_TIMESTAMP: &str = "future_timestamp";
 
@@ -256,6 +278,7 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
         fatal: None,
         control: control.clone(),
         invalid_warnings: RateLimited::new(Duration::from_secs(10)),
+        consumed: CONSUMED_RESULTS.map(|result| control.metrics.events_consumed.with_label_values(&[result])),
         deadline: None,
     };
     info!(properties = %consumer_properties, "creating consumer");
@@ -324,6 +347,8 @@ fn owner_loop(consumer: &BaseConsumer<ConsumerHooks>, control: &Control) -> Resu
                 true
             }
             Some(Err(error)) => {
+                // Transport errors also reach the error callback (logged twice), but
+                // some, such as a missing topic, arrive only here.
                 warn!(%error, "consumer error (librdkafka retries on its own)");
                 true
             }
@@ -606,6 +631,9 @@ struct Worker {
     fatal: Option<PipelineError>,
     control: Arc<Control>,
     invalid_warnings: RateLimited,
+    /// `stagestream_events_consumed_total` by [`Consumed`], resolved once: a lookup by
+    /// label value per message would hash it.
+    consumed: [IntCounter; 5],
     /// Set once shutdown began: flushes in callbacks must end by then.
     deadline: Option<Instant>,
     /// Exactly-once mode: the open transaction; `None` in at-least-once mode.
@@ -653,6 +681,7 @@ impl Worker {
             transaction.work = true;
         }
         let metrics = &self.control.metrics;
+        let consumed = &self.consumed;
         let offset = message.offset();
         let suppressed = state.suppress_below.is_some_and(|below| offset < below);
         if suppressed {
@@ -674,7 +703,7 @@ impl Worker {
             enqueued_at: Instant::now(),
         };
         let invalid = |reason: &'static str| {
-            metrics.events_consumed.with_label_values(&["invalid"]).inc();
+            consumed[Consumed::Invalid as usize].inc();
             metrics.invalid_events.with_label_values(&[reason]).inc();
             reason
         };
@@ -690,13 +719,7 @@ impl Worker {
             Ok(event) => {
                 self.outputs.clear();
                 let verdict = state.engine.on_event(&event, &mut self.outputs);
-                let result = match verdict {
-                    Verdict::Applied => "ok",
-                    Verdict::Ignored => "ignored",
-                    Verdict::Duplicate => "duplicate",
-                    Verdict::Late => "late",
-                };
-                metrics.events_consumed.with_label_values(&[result]).inc();
+                consumed[Consumed::from(verdict) as usize].inc();
                 if verdict == Verdict::Applied {
                     let delay = now.as_millis().saturating_sub(event.timestamp.as_millis()).max(0);
                     metrics.event_delay.observe(delay as f64 / 1e3);

@@ -2,7 +2,7 @@
 //! SIGTERM, and waiting for conditions.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use stagestream::config::{self, Settings};
