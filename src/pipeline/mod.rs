@@ -29,7 +29,12 @@
 //!
 //! Outputs carry content-derived ids, so anything emitted again is recognisable
 //! downstream.
+//!
+//! Telemetry: the loop counts what it does into `Control::metrics` ([`instruments`]
+//! holds the mapping), refreshes the partition gauges every tick, and publishes
+//! readiness in [`Control`]; the HTTP endpoint (`crate::telemetry::http`) reads both.
 
+mod instruments;
 pub mod offsets;
 mod snapshots;
 
@@ -38,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use prometheus::{Histogram, IntCounter};
+use prometheus::IntCounter;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
@@ -47,12 +52,15 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, Statistics, TopicPar
 use tracing::{debug, error, info, warn};
 
 use crate::config::{DeliveryMode, Settings};
-use crate::core::{Engine, Event, EventTime, Model, Output, Verdict};
+use crate::core::{Engine, Event, EventTime, Output, Verdict};
 use crate::decode::{decode_with_default_time, RejectReason};
 use crate::kafka::ContentMode;
 use crate::output::{Rendered, Renderer};
 use crate::snapshot::{self, format, DirectoryStore, SnapshotError, SnapshotStore};
 use crate::telemetry::Metrics;
+use instruments::{
+    count_commit, record_client_statistics, Consumed, OutputCounters, PartitionLabels, CONSUMED_RESULTS,
+};
 use offsets::OffsetTracker;
 use snapshots::{Done, Pending, Progress, SnapshotThread, Ticket};
 
@@ -168,30 +176,6 @@ impl Control {
     }
 }
 
-/// The `result` label values of `stagestream_events_consumed_total`, indexed by
-/// [`Consumed`].
-const CONSUMED_RESULTS: [&str; 5] = ["ok", "invalid", "duplicate", "ignored", "late"];
-
-/// What became of an input message, as counted.
-#[derive(Clone, Copy)]
-enum Consumed {
-    Ok,
-    Invalid,
-    Duplicate,
-    Ignored,
-    Late,
-}
-
-impl From<Verdict> for Consumed {
-    fn from(verdict: Verdict) -> Self {
-        match verdict {
-            Verdict::Applied => Consumed::Ok,
-            Verdict::Ignored => Consumed::Ignored,
-            Verdict::Duplicate => Consumed::Duplicate,
-            Verdict::Late => Consumed::Late,
-        }
-    }
-}
 /// The invalid-event reason of an event stamped too far ahead of the wall clock.
 const FUTURE_TIMESTAMP: &str = "future_timestamp";
 
@@ -491,75 +475,6 @@ impl Sent {
 struct Delivered {
     tag: DeliveryTag,
     error: Option<KafkaError>,
-}
-
-/// The counters every output moves, resolved once per label combination (a lookup by
-/// label values hashes them; this is one index per output).
-struct OutputCounters {
-    stages: usize,
-    /// By `(from + 1) * stages + to`, `from` 0 meaning none.
-    transitions: Vec<IntCounter>,
-    /// By threshold.
-    inactivity: Vec<IntCounter>,
-    /// By stage left.
-    time_in_stage: Vec<Histogram>,
-}
-
-impl OutputCounters {
-    fn new(metrics: &Metrics, model: &Model) -> Self {
-        let names: Vec<&str> = model.stage_names().collect();
-        let froms = std::iter::once("none").chain(names.iter().copied());
-        OutputCounters {
-            stages: names.len(),
-            transitions: froms
-                .flat_map(|from| {
-                    names
-                        .iter()
-                        .map(move |to| metrics.transitions.with_label_values(&[from, to]))
-                })
-                .collect(),
-            inactivity: model
-                .thresholds()
-                .iter()
-                .map(|t| metrics.inactivity_events.with_label_values(&[t.name.as_str()]))
-                .collect(),
-            time_in_stage: names
-                .iter()
-                .map(|stage| metrics.time_in_stage.with_label_values(&[stage]))
-                .collect(),
-        }
-    }
-
-    fn record(&self, output: &Output) {
-        match *output {
-            Output::StageChanged {
-                from,
-                to,
-                time_in_from,
-                ..
-            } => {
-                let from_index = from.map_or(0, |f| usize::from(f.0) + 1);
-                self.transitions[from_index * self.stages + usize::from(to.0)].inc();
-                if let (Some(from), Some(held)) = (from, time_in_from) {
-                    self.time_in_stage[usize::from(from.0)].observe(held.as_millis() as f64 / 1e3);
-                }
-            }
-            Output::Inactive { threshold, .. } => self.inactivity[usize::from(threshold.0)].inc(),
-        }
-    }
-}
-
-/// A partition's `topic` and `partition` label values.
-struct PartitionLabels([String; 2]);
-
-impl PartitionLabels {
-    fn new(topic: &str, partition: i32) -> Self {
-        PartitionLabels([topic.to_owned(), partition.to_string()])
-    }
-
-    fn values(&self) -> [&str; 2] {
-        [&self.0[0], &self.0[1]]
-    }
 }
 
 struct PartitionState {
@@ -1494,18 +1409,6 @@ impl SnapshotWrite<'_> {
     }
 }
 
-/// Counts a commit in `stagestream_commits_total`; "nothing to commit" is not one.
-/// Consumer commits (automatic or explicit) are counted from the commit callback,
-/// which librdkafka calls for both; transactions where they are committed.
-fn count_commit(metrics: &Metrics, result: &rdkafka::error::KafkaResult<()>) {
-    let result = match result {
-        Ok(()) => "ok",
-        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => return,
-        Err(_) => "error",
-    };
-    metrics.commits.with_label_values(&[result]).inc();
-}
-
 fn commit_summary(list: &TopicPartitionList) -> Vec<String> {
     list.elements()
         .iter()
@@ -1742,37 +1645,6 @@ impl ClientContext for ProducerHooks {
 
     fn error(&self, error: KafkaError, reason: &str) {
         warn!(client = "producer", %error, reason, "librdkafka error");
-    }
-}
-
-/// The Kafka-client gauges of one client's statistics: queue depth and, per broker,
-/// connection state, round-trip time and errors.
-fn record_client_statistics(metrics: &Metrics, client: &str, statistics: &Statistics) {
-    metrics
-        .kafka_queue_messages
-        .with_label_values(&[client])
-        .set(i64::try_from(statistics.msg_cnt).unwrap_or(i64::MAX));
-    // Bootstrap and coordinator handles (node id -1) duplicate the real brokers.
-    for broker in statistics.brokers.values().filter(|b| b.nodeid >= 0) {
-        let labels = [client, broker.name.as_str()];
-        metrics
-            .kafka_broker_up
-            .with_label_values(&labels)
-            .set(i64::from(broker.state == "UP"));
-        if let Some(rtt) = &broker.rtt {
-            metrics
-                .kafka_broker_rtt_p99
-                .with_label_values(&labels)
-                .set(rtt.p99 as f64 / 1e6);
-        }
-        for (direction, total) in [("tx", broker.txerrs), ("rx", broker.rxerrs)] {
-            let counter =
-                metrics
-                    .kafka_broker_errors
-                    .with_label_values(&[client, broker.name.as_str(), direction]);
-            // librdkafka reports running totals; the counter follows them.
-            counter.inc_by(total.saturating_sub(counter.get()));
-        }
     }
 }
 

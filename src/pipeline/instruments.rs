@@ -1,0 +1,149 @@
+//! The service's instruments: what the owner loop and the client callbacks count, and
+//! the label lookups resolved once so the per-message path only increments.
+//!
+//! Metrics are declared in `crate::telemetry::metrics`; this module maps the pipeline's
+//! events onto them (outputs, consumed messages, commits, librdkafka statistics).
+
+use prometheus::{Histogram, IntCounter};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::Statistics;
+
+use crate::core::{Model, Output, Verdict};
+use crate::telemetry::Metrics;
+
+/// The `result` label values of `stagestream_events_consumed_total`, indexed by
+/// [`Consumed`].
+pub(super) const CONSUMED_RESULTS: [&str; 5] = ["ok", "invalid", "duplicate", "ignored", "late"];
+
+/// What became of an input message, as counted.
+#[derive(Clone, Copy)]
+pub(super) enum Consumed {
+    Ok,
+    Invalid,
+    Duplicate,
+    Ignored,
+    Late,
+}
+
+impl From<Verdict> for Consumed {
+    fn from(verdict: Verdict) -> Self {
+        match verdict {
+            Verdict::Applied => Consumed::Ok,
+            Verdict::Ignored => Consumed::Ignored,
+            Verdict::Duplicate => Consumed::Duplicate,
+            Verdict::Late => Consumed::Late,
+        }
+    }
+}
+
+/// The counters every output moves, resolved once per label combination (a lookup by
+/// label values hashes them; this is one index per output).
+pub(super) struct OutputCounters {
+    stages: usize,
+    /// By `(from + 1) * stages + to`, `from` 0 meaning none.
+    transitions: Vec<IntCounter>,
+    /// By threshold.
+    inactivity: Vec<IntCounter>,
+    /// By stage left.
+    time_in_stage: Vec<Histogram>,
+}
+
+impl OutputCounters {
+    pub fn new(metrics: &Metrics, model: &Model) -> Self {
+        let names: Vec<&str> = model.stage_names().collect();
+        let froms = std::iter::once("none").chain(names.iter().copied());
+        OutputCounters {
+            stages: names.len(),
+            transitions: froms
+                .flat_map(|from| {
+                    names
+                        .iter()
+                        .map(move |to| metrics.transitions.with_label_values(&[from, to]))
+                })
+                .collect(),
+            inactivity: model
+                .thresholds()
+                .iter()
+                .map(|t| metrics.inactivity_events.with_label_values(&[t.name.as_str()]))
+                .collect(),
+            time_in_stage: names
+                .iter()
+                .map(|stage| metrics.time_in_stage.with_label_values(&[stage]))
+                .collect(),
+        }
+    }
+
+    pub fn record(&self, output: &Output) {
+        match *output {
+            Output::StageChanged {
+                from,
+                to,
+                time_in_from,
+                ..
+            } => {
+                let from_index = from.map_or(0, |f| usize::from(f.0) + 1);
+                self.transitions[from_index * self.stages + usize::from(to.0)].inc();
+                if let (Some(from), Some(held)) = (from, time_in_from) {
+                    self.time_in_stage[usize::from(from.0)].observe(held.as_millis() as f64 / 1e3);
+                }
+            }
+            Output::Inactive { threshold, .. } => self.inactivity[usize::from(threshold.0)].inc(),
+        }
+    }
+}
+
+/// A partition's `topic` and `partition` label values.
+pub(super) struct PartitionLabels([String; 2]);
+
+impl PartitionLabels {
+    pub fn new(topic: &str, partition: i32) -> Self {
+        PartitionLabels([topic.to_owned(), partition.to_string()])
+    }
+
+    pub fn values(&self) -> [&str; 2] {
+        [&self.0[0], &self.0[1]]
+    }
+}
+
+/// Counts a commit in `stagestream_commits_total`; "nothing to commit" is not one.
+/// Consumer commits (automatic or explicit) are counted from the commit callback,
+/// which librdkafka calls for both; transactions where they are committed.
+pub(super) fn count_commit(metrics: &Metrics, result: &KafkaResult<()>) {
+    let result = match result {
+        Ok(()) => "ok",
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => return,
+        Err(_) => "error",
+    };
+    metrics.commits.with_label_values(&[result]).inc();
+}
+
+/// The Kafka-client gauges of one client's statistics: queue depth and, per broker,
+/// connection state, round-trip time and errors.
+pub(super) fn record_client_statistics(metrics: &Metrics, client: &str, statistics: &Statistics) {
+    metrics
+        .kafka_queue_messages
+        .with_label_values(&[client])
+        .set(i64::try_from(statistics.msg_cnt).unwrap_or(i64::MAX));
+    // Bootstrap and coordinator handles (node id -1) duplicate the real brokers.
+    for broker in statistics.brokers.values().filter(|b| b.nodeid >= 0) {
+        let labels = [client, broker.name.as_str()];
+        metrics
+            .kafka_broker_up
+            .with_label_values(&labels)
+            .set(i64::from(broker.state == "UP"));
+        if let Some(rtt) = &broker.rtt {
+            metrics
+                .kafka_broker_rtt_p99
+                .with_label_values(&labels)
+                .set(rtt.p99 as f64 / 1e6);
+        }
+        for (direction, total) in [("tx", broker.txerrs), ("rx", broker.rxerrs)] {
+            let counter =
+                metrics
+                    .kafka_broker_errors
+                    .with_label_values(&[client, broker.name.as_str(), direction]);
+            // librdkafka reports running totals; the counter follows them.
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+}
