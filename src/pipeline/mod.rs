@@ -669,10 +669,11 @@ impl Worker {
             state.offsets.processed(offset, 0);
             return;
         }
+        // The detail may quote the payload (a JSON parser shows where it failed), so it
+        // is logged at debug only; the dead letter carries it in its headers.
         self.invalid_warnings.warn(|suppressed| {
             warn!(
                 reason,
-                detail = %detail,
                 topic = message.topic(),
                 partition = message.partition(),
                 offset,
@@ -680,6 +681,7 @@ impl Worker {
                 "invalid input"
             );
         });
+        debug!(reason, detail = %detail, offset, "invalid input detail");
         let sent = match self
             .sink
             .send_dead_letter(message, reason, &detail, tag(Sent::DeadLetter))
