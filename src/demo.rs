@@ -168,7 +168,7 @@ fn produce_stream(
     Ok(count)
 }
 
-/// Prints outputs until every event is consumed and every delivered output printed.
+/// Prints outputs until every event is consumed and every output sent is delivered and printed.
 fn print_outputs(
     bootstrap: &str,
     control: &Control,
@@ -194,7 +194,11 @@ fn print_outputs(
             Some(Err(error)) => return Err(error.into()),
             None => {}
         }
-        let done = control.is_ready() && control.consumed() == events && control.delivered() == printed;
+        let delivered = control.delivered();
+        let done = control.is_ready()
+            && control.consumed() == events
+            && delivered == control.outputs_sent()
+            && printed == delivered;
         if done {
             out.flush()?;
             return Ok(printed);

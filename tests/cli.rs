@@ -239,3 +239,26 @@ fn replay_output_is_byte_identical_across_runs() {
     assert!(first.len() > 100_000, "a real workload, {} bytes", first.len());
     assert_eq!(first, replay());
 }
+
+/// The README's first command: the whole service on the in-process cluster prints every
+/// output it delivers, and its summary counts them.
+#[test]
+fn the_demo_prints_every_output_it_delivers() {
+    let output = run(stagestream().args(["demo", "--customers", "40", "--days", "20"]));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let printed = stdout.lines().filter(|l| !l.trim().is_empty()).count();
+    assert!(
+        printed > 40,
+        "every customer enters a stage: {printed} lines\n{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(", {printed} CloudEvents printed,")),
+        "the summary counts what was printed ({printed}): {stderr}"
+    );
+}

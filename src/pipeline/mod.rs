@@ -165,6 +165,19 @@ impl Control {
             .sum()
     }
 
+    /// Outputs (CloudEvents) handed to the producer: once every one is delivered,
+    /// [`Control::delivered`] equals this.
+    pub fn outputs_sent(&self) -> u64 {
+        fn total(counter: &prometheus::IntCounterVec) -> u64 {
+            prometheus::core::Collector::collect(counter)
+                .iter()
+                .flat_map(|family| family.get_metric())
+                .map(|metric| metric.get_counter().get_value() as u64)
+                .sum()
+        }
+        total(&self.metrics.transitions) + total(&self.metrics.inactivity_events)
+    }
+
     /// Messages delivered to the dead-letter topic.
     pub fn dead_lettered(&self) -> u64 {
         self.metrics.dead_lettered.get()
