@@ -447,6 +447,72 @@ fn health_endpoints_answer_without_a_broker() {
     assert!(terminate(service).success());
 }
 
+/// Caught up once, then a burst the consumer drains slowly (a few one-record batches
+/// per fetch, each fetch held 500 ms by tansu): `/readyz` turns 503 while the lag from librdkafka's statistics is
+/// above `http.ready_max_lag`.
+#[test]
+fn readiness_fails_while_the_lag_is_above_the_bound() {
+    let Some(binary) = tansu::binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(binary, "memory://tansu/", dir.path());
+    broker.create_topics(&[("events", 1), ("journey-stages", 1), ("dead-letters", 1)]);
+    let (config, settings) = write_config(
+        dir.path(),
+        "stagestream",
+        &broker.bootstrap,
+        "lag",
+        &[
+            ("statistics.interval.ms", "200"),
+            // tansu holds each fetch for the whole wait; librdkafka's smallest fetch
+            // returns a few one-record batches: about 10 messages a second.
+            ("fetch.wait.max.ms", "500"),
+            ("message.max.bytes", "1000"),
+            ("fetch.max.bytes", "1000"),
+            ("max.partition.fetch.bytes", "1"),
+        ],
+        "[http]\nready_max_lag = 50\n",
+    );
+    let http = format!("127.0.0.1:{}", free_port());
+    let service = start_service_on(&config, &dir.path().join("stagestream.log"), &http);
+    wait_for("/readyz 200", Duration::from_secs(60), || {
+        get(&http, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+    let start = now().minus(Span::from_millis(DAY));
+    let lines: Vec<Vec<u8>> = (0..1_000)
+        .map(|i| {
+            track(
+                &format!("c{i}"),
+                "Page Viewed",
+                start.plus(Span::from_millis(i)),
+                &format!("m{i}"),
+            )
+        })
+        .collect();
+    let producer = common::kafka::one_record_per_batch_producer(&broker.bootstrap);
+    common::kafka::produce_lines_with(&producer, "events", &settings, &lines, &[]);
+    let mut seen = None;
+    wait_for("/readyz 503 for the lag", Duration::from_secs(20), || {
+        let (status, body) = get(&http, "/readyz").unwrap();
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let lagging = status == 503 && body["caught_up"] == true && body["max_lag"].as_i64() > Some(50);
+        if lagging {
+            seen = Some(body);
+        }
+        lagging
+    });
+    let body = seen.unwrap();
+    assert_eq!(body["ready_max_lag"], 50, "{body}");
+    let (_, metrics) = scrape(&http);
+    assert_eq!(value(&metrics, "stagestream_ready"), 0.0);
+    assert!(
+        value(
+            &metrics,
+            "stagestream_consumer_lag_messages{partition=\"0\",topic=\"events\"}"
+        ) > 50.0
+    );
+    assert!(terminate(service).success());
+}
+
 #[test]
 fn a_taken_port_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use stagestream::config::{self, Settings};
 
 /// The five-stage preset plus a `[kafka]` section for `bootstrap` and consumer group
-/// `group` with the `consumer` properties added, then `extra` TOML, written to
-/// `dir/<name>.toml`.
+/// `group` with the `consumer` properties added (`fetch.wait.max.ms` is 5 unless they
+/// set it), then `extra` TOML, written to `dir/<name>.toml`.
 pub fn write_config(
     dir: &Path,
     name: &str,
@@ -19,6 +19,10 @@ pub fn write_config(
     extra: &str,
 ) -> (PathBuf, Settings) {
     let preset = std::fs::read_to_string(super::repo("config/presets/five-stage.toml")).unwrap();
+    let fetch_wait = match consumer.iter().any(|(k, _)| *k == "fetch.wait.max.ms") {
+        true => "",
+        false => "\"fetch.wait.max.ms\" = \"5\"",
+    };
     let consumer: String = consumer
         .iter()
         .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
@@ -35,7 +39,7 @@ dead_letter_topic = "dead-letters"
 
 [kafka.consumer]
 "group.id" = "{group}"
-"fetch.wait.max.ms" = "5"
+{fetch_wait}
 {consumer}
 [shutdown]
 grace_period = "10s"
