@@ -276,6 +276,24 @@ impl KafkaSettings {
     }
 }
 
+impl KafkaSettings {
+    /// Creates (and drops) both clients, so librdkafka's cross-property checks
+    /// (`fetch.max.bytes` >= `message.max.bytes`, ...) run now rather than at start.
+    /// librdkafka starts connecting in the background; nothing is sent.
+    ///
+    /// # Errors
+    /// The first client librdkafka refuses, with its reason.
+    pub fn check_clients(&self) -> Result<(), String> {
+        ClientConfig::from(&self.consumer_properties())
+            .create::<rdkafka::consumer::BaseConsumer>()
+            .map_err(|error| format!("kafka.consumer: {error}"))?;
+        ClientConfig::from(&self.producer_properties())
+            .create::<rdkafka::producer::BaseProducer>()
+            .map_err(|error| format!("kafka.producer: {error}"))?;
+        Ok(())
+    }
+}
+
 impl From<&Properties> for ClientConfig {
     fn from(properties: &Properties) -> ClientConfig {
         let mut config = ClientConfig::new();

@@ -91,7 +91,8 @@ enum Command {
         #[arg(long)]
         rejects: Option<PathBuf>,
     },
-    /// Validate a configuration and describe its model.
+    /// Validate a configuration (librdkafka's own rules for both clients included) and
+    /// describe its model.
     Check {
         #[arg(long)]
         config: PathBuf,
@@ -222,6 +223,10 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Check { config } => {
             let settings = load_settings(&config)?;
+            settings
+                .kafka
+                .check_clients()
+                .map_err(|error| Failure::new(EX_USAGE, format!("{}: {error}", config.display())))?;
             let model = &settings.model;
             let stages: Vec<&str> = model.stage_names().collect();
             let ladder: Vec<String> = model
@@ -322,6 +327,8 @@ fn serve(settings: Settings) -> Result<(), Failure> {
             let code = match &error {
                 pipeline::PipelineError::Snapshot(SnapshotError::IncompatibleModel { .. }) => EX_CONFIG,
                 pipeline::PipelineError::Snapshot(SnapshotError::Unlistable { .. }) => EX_IOERR,
+                // librdkafka refused the properties (a cross-property rule `check` also runs).
+                pipeline::PipelineError::Client { .. } => EX_USAGE,
                 _ => EX_TEMPFAIL,
             };
             Failure::new(code, error)

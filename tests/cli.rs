@@ -262,3 +262,29 @@ fn the_demo_prints_every_output_it_delivers() {
         "the summary counts what was printed ({printed}): {stderr}"
     );
 }
+
+/// librdkafka's cross-property rules run when a client is created: `check` creates both,
+/// so such a configuration fails there (and `run` exits 64 too, not as a Kafka failure).
+#[test]
+fn check_runs_librdkafkas_own_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fetch.toml");
+    let preset = std::fs::read_to_string(repo(FIVE_STAGE)).unwrap();
+    std::fs::write(
+        &path,
+        format!("{preset}\n[kafka.consumer]\n\"fetch.max.bytes\" = \"1\"\n"),
+    )
+    .unwrap();
+    for command in ["check", "run"] {
+        let output = run(stagestream()
+            .args([command, "--config"])
+            .arg(&path)
+            .env("STAGESTREAM__HTTP__BIND", "127.0.0.1:0"));
+        assert_eq!(output.status.code(), Some(64), "{command}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("`fetch.max.bytes` must be >= `message.max.bytes`"),
+            "{command}: {stderr}"
+        );
+    }
+}
