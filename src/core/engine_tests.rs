@@ -791,3 +791,11 @@ fn an_inactivity_move_reports_the_time_in_stage_up_to_its_detection() {
         assert_eq!(times_in_from(&out), [Some(30 * DAY)]);
     }
 }
+
+#[test]
+fn the_stage_entry_time_costs_no_memory() {
+    // Last activity, index key, stage, armed, ladder, entry seconds: 8 + 8 + 1 + 1 + 1 + 4
+    // bytes in 24 (the entry time fills what was padding). Issue 6 budgets memory per
+    // customer; a field that grows this shows up here first.
+    assert_eq!(std::mem::size_of::<CustomerState>(), 24);
+}
