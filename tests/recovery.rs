@@ -69,10 +69,12 @@ fn union_by_id(records: &[Record]) -> (Vec<Fingerprint>, usize) {
     (by_id.into_values().map(|(f, _)| f).collect(), records.len())
 }
 
-fn snapshot_write_in_progress(dir: &Path) -> bool {
+/// The snapshot files (`snap`) or temporary files of writes (`tmp`) under `dir`.
+fn snapshot_files(dir: &Path, extension: &str) -> std::collections::BTreeSet<std::path::PathBuf> {
     walk(dir)
-        .iter()
-        .any(|path| path.extension().is_some_and(|e| e == "tmp"))
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == extension))
+        .collect()
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -142,7 +144,7 @@ fn kill_9_at_random_moments_loses_nothing_and_re_emits_identically() {
     let log = dir.path().join("stagestream.log");
     let snapshots = dir.path().join("snapshots");
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let (mut kills, mut during_write) = (0, 0);
+    let (mut kills, mut during_write, mut after_write) = (0, 0, 0);
     let started = Instant::now();
     let assignments = || {
         std::fs::read_to_string(&log)
@@ -156,13 +158,22 @@ fn kill_9_at_random_moments_loses_nothing_and_re_emits_identically() {
         wait_for("an assignment", Duration::from_secs(60), || {
             assignments() > assigned_before
         });
-        if round % 3 == 2 {
-            // Aim at a snapshot write: kill the moment a temporary file appears.
+        if round % 3 != 0 {
+            // Aim at a snapshot: kill the moment a new temporary file appears (a write in
+            // progress; a killed write leaves its file behind, so only new ones count), or
+            // the moment a new snapshot is complete (so later rounds restore from one).
+            let extension = if round % 3 == 2 { "tmp" } else { "snap" };
+            let before = snapshot_files(&snapshots, extension);
+            let appeared = || !snapshot_files(&snapshots, extension).is_subset(&before);
             let until = Instant::now() + Duration::from_secs(4);
-            while Instant::now() < until && !snapshot_write_in_progress(&snapshots) {
+            while Instant::now() < until && !appeared() {
                 std::thread::sleep(Duration::from_micros(200));
             }
-            during_write += usize::from(snapshot_write_in_progress(&snapshots));
+            match (appeared(), extension) {
+                (true, "tmp") => during_write += 1,
+                (true, _) => after_write += 1,
+                (false, _) => {}
+            }
         } else {
             // The whole backlog takes about a second: kill somewhere inside it.
             std::thread::sleep(Duration::from_millis(rng.random_range(0..800)));
@@ -183,7 +194,8 @@ fn kill_9_at_random_moments_loses_nothing_and_re_emits_identically() {
     let output = read_all();
     let (union, total) = union_by_id(&output);
     eprintln!(
-        "{kills} kills in {killing:?} ({during_write} while a snapshot was being written); \
+        "{kills} kills in {killing:?} ({during_write} while a snapshot was being written, \
+         {after_write} just after one was written); \
          {total} outputs emitted for {} distinct ({} re-emissions)",
         union.len(),
         total - union.len()
