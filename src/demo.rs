@@ -1,7 +1,7 @@
 //! `stagestream demo`: the whole service on an in-process Kafka cluster.
 //!
 //! Starts librdkafka's mock cluster (no broker to install), produces a generated
-//! realistic stream to its `events` topic keyed by customer id, runs the real service
+//! realistic stream to its `events` topic keyed by customer id ([`crate::loadgen`]), runs the real service
 //! loop ([`crate::pipeline::run`]) against it, and prints the CloudEvents it produces
 //! to the `journey-stages` topic as they arrive, read back by a second consumer. The
 //! events end at the current time, so catching up also fires the win-backs the wall
@@ -9,20 +9,18 @@
 
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Message};
 use serde::Deserialize;
 
 use crate::config::{Settings, SnapshotSettings};
-use crate::core::{EventTime, Span};
-use crate::decode::decode;
-use crate::generate::{generate, GeneratorSettings};
+use crate::core::Span;
+use crate::loadgen::{self, demo_stream, LoadError, LoadSettings};
 use crate::pipeline::{self, Control, PipelineError};
 
 pub const INPUT_TOPIC: &str = "events";
@@ -36,6 +34,8 @@ const DEADLINE: Duration = Duration::from_secs(300);
 pub enum DemoError {
     #[error("mock Kafka cluster: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error("cannot write to stdout: {0}")]
@@ -91,7 +91,14 @@ pub fn demo(
         keep: 2,
     });
 
-    let events = produce_stream(&settings, &bootstrap, customers, days, seed)?;
+    let load = LoadSettings {
+        topic: INPUT_TOPIC.into(),
+        generator: demo_stream(customers, days, None, seed),
+        rate: None,
+        duration: None,
+        max_events: None,
+    };
+    let events = loadgen::load(&settings.kafka.producer_properties(), &load)?.events;
     let control = Arc::new(Control::default());
     let service = {
         let control = control.clone();
@@ -111,61 +118,6 @@ pub fn demo(
         snapshots: control.snapshots_written(),
         elapsed: started.elapsed(),
     })
-}
-
-/// Produces the generated stream, ending now, keyed by customer id; returns its length.
-fn produce_stream(
-    settings: &Settings,
-    bootstrap: &str,
-    customers: u32,
-    days: u32,
-    seed: u64,
-) -> Result<u64, DemoError> {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
-        .create()?;
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let generator = GeneratorSettings {
-        customers,
-        days,
-        start: EventTime::from_millis(now - i64::from(days) * 86_400_000),
-        seed,
-        invalid_ratio: 0.002,
-        duplicate_ratio: 0.005,
-    };
-    let mut count = 0u64;
-    let mut failure = None;
-    generate(&generator, |line| {
-        // The key is what a well-behaved upstream uses: the customer id. Invalid lines
-        // have none and land on any partition.
-        let customer = decode(line, &settings.model)
-            .ok()
-            .map(|e| e.customer.into_owned());
-        let mut record = BaseRecord::to(INPUT_TOPIC).payload(line);
-        if let Some(customer) = customer.as_deref() {
-            record = record.key(customer);
-        }
-        while let Err((error, returned)) = producer.send(record) {
-            if !matches!(
-                error,
-                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
-            ) {
-                failure.get_or_insert(error);
-                return;
-            }
-            record = returned;
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        count += 1;
-    });
-    if let Some(error) = failure {
-        return Err(error.into());
-    }
-    producer.flush(Duration::from_secs(30))?;
-    Ok(count)
 }
 
 /// Prints outputs until every event is consumed and every output sent is delivered and printed.

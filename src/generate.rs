@@ -10,6 +10,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::ops::ControlFlow;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -40,6 +41,19 @@ const QUERIES: [&str; 5] = ["lego", "tent", "cast iron pan", "chess", "hammock"]
 
 /// Calls `emit` with each line (without its newline), in time order.
 pub fn generate(settings: &GeneratorSettings, mut emit: impl FnMut(&[u8])) {
+    let _ends_with_the_stream = generate_keyed(settings, |line, _| {
+        emit(line);
+        ControlFlow::Continue(())
+    });
+}
+
+/// Calls `emit` with each line (without its newline) and the customer it belongs to
+/// (`None` for a deliberately invalid line), in time order, until `emit` breaks (then
+/// returns `Break`).
+pub fn generate_keyed(
+    settings: &GeneratorSettings,
+    mut emit: impl FnMut(&[u8], Option<&str>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     let end = settings.start.as_millis() + i64::from(settings.days) * DAY;
     let mut master = StdRng::seed_from_u64(settings.seed);
     let mut shoppers: Vec<Shopper> = Vec::with_capacity(settings.customers as usize);
@@ -59,17 +73,18 @@ pub fn generate(settings: &GeneratorSettings, mut emit: impl FnMut(&[u8])) {
         };
         line.clear();
         shopper.write(&action, at, &mut line);
-        emit(&line);
+        emit(&line, Some(&shopper.id))?;
         if shopper.rng.random_bool(settings.duplicate_ratio) {
-            emit(&line);
+            emit(&line, Some(&shopper.id))?;
         }
         if shopper.rng.random_bool(settings.invalid_ratio) {
-            emit(&corrupt(&line, &mut shopper.rng));
+            emit(&corrupt(&line, &mut shopper.rng), None)?;
         }
         if let Some(next) = shopper.schedule_next(at).filter(|&next| next < end) {
             queue.push(Reverse((next, index)));
         }
     }
+    ControlFlow::Continue(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -11,6 +11,7 @@
 //! - [`pipeline`]: the live service (`stagestream run`): consume, classify per
 //!   partition, produce CloudEvents, commit what was delivered.
 //! - [`snapshot`]: per-partition state files (format, store, restore).
+//! - [`loadgen`]: `stagestream loadgen`, the generated stream produced to a topic.
 //! - [`demo`]: `stagestream demo`, the whole service on an in-process Kafka cluster.
 //! - [`telemetry`]: metrics, the `/metrics` `/livez` `/readyz` endpoint, log setup.
 //!
@@ -23,6 +24,7 @@ pub mod decode;
 pub mod demo;
 pub mod generate;
 pub mod kafka;
+pub mod loadgen;
 pub mod output;
 pub mod pipeline;
 pub mod replay;

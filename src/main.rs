@@ -19,6 +19,7 @@ use stagestream::config::{self, Settings};
 use stagestream::core::EventTime;
 use stagestream::demo::demo;
 use stagestream::generate::{generate, GeneratorSettings};
+use stagestream::loadgen::{self, demo_stream, LoadError, LoadSettings};
 use stagestream::pipeline::{self, Control};
 use stagestream::replay::{replay, ReplayError};
 use stagestream::snapshot::SnapshotError;
@@ -97,6 +98,39 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Produce the demo's generated stream to a Kafka topic, keyed by customer id, at a
+    /// target rate or as fast as the broker takes it.
+    Loadgen {
+        /// Configuration file: its Kafka section gives the brokers and producer
+        /// properties, its first input topic the default topic.
+        #[arg(long)]
+        config: PathBuf,
+        /// Topic to produce to (default: the configuration's first input topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// How many customers to simulate.
+        #[arg(long, default_value_t = 10_000)]
+        customers: u32,
+        /// How many days of activity (event time).
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// The first instant of the stream (default: `--days` before now).
+        #[arg(long, value_parser = parse_instant)]
+        start: Option<EventTime>,
+        /// Events offered per second (default: as fast as the broker takes them).
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<f64>,
+        /// Stop after this long (wall clock), e.g. `30s` or `5m` (default: when the
+        /// generated stream ends).
+        #[arg(long, value_parser = parse_wall_duration)]
+        duration: Option<Duration>,
+        /// Stop after this many events.
+        #[arg(long)]
+        events: Option<u64>,
+        /// Seed of the generated stream.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Write a realistic, deterministic stream of e-commerce events as JSON lines.
     Generate {
         /// How many customers to simulate.
@@ -126,6 +160,18 @@ enum Command {
 fn parse_instant(text: &str) -> Result<EventTime, String> {
     EventTime::parse_rfc3339(text)
         .ok_or_else(|| format!("{text:?} is not an RFC 3339 date-time with an offset"))
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a positive number of events per second")),
+    }
+}
+
+fn parse_wall_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{text:?} is not a duration like 30s or 5m: {error}"))
 }
 
 fn main() -> ExitCode {
@@ -195,6 +241,50 @@ fn run(command: Command) -> Result<(), Failure> {
                 summary.snapshots,
                 summary.elapsed.as_secs_f64()
             );
+            Ok(())
+        }
+        Command::Loadgen {
+            config,
+            topic,
+            customers,
+            days,
+            start,
+            rate,
+            duration,
+            events,
+            seed,
+        } => {
+            let settings = load_settings(&config)?;
+            init_logs(LogFormat::Human, LogTarget::Stderr, "warn");
+            let load = LoadSettings {
+                topic: topic.unwrap_or_else(|| settings.kafka.input_topics[0].clone()),
+                generator: demo_stream(customers, days, start, seed),
+                rate,
+                duration,
+                max_events: events,
+            };
+            let summary = loadgen::load(&settings.kafka.producer_properties(), &load).map_err(|error| {
+                let code = match error {
+                    LoadError::Client(_) => EX_USAGE,
+                    LoadError::Produce { .. } | LoadError::Undelivered { .. } => EX_TEMPFAIL,
+                };
+                Failure::new(code, error)
+            })?;
+            let seconds = summary.elapsed.as_secs_f64();
+            eprintln!(
+                "stagestream loadgen: {} events ({} invalid, unkeyed) delivered to {} in {seconds:.2} s: \
+                 {:.0} events/s",
+                summary.events,
+                summary.unkeyed,
+                load.topic,
+                summary.events as f64 / seconds.max(1e-9)
+            );
+            if summary.stream_ended {
+                eprintln!(
+                    "stagestream loadgen: the generated stream ended first; raise --customers or --days \
+                     for more events"
+                );
+            }
             Ok(())
         }
         Command::Replay {
