@@ -12,17 +12,26 @@ pub fn five_stage() -> Settings {
     config::load_with_env(&path, Some(Default::default())).unwrap()
 }
 
+/// The `i`th customer's id: 36 characters, like a UUID.
+pub fn customer_id(i: u32) -> String {
+    format!("{:08x}-0000-4000-8000-{:012x}", i, u64::from(i) * 31)
+}
+
+/// The instant the filled history starts; each customer's last activity is within two
+/// hours after it.
+pub fn fill_start() -> EventTime {
+    EventTime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap()
+}
+
 /// Feeds `engine` two events for each of `customers` customers ("Product Viewed", then
 /// "Order Completed" an hour later), with messageIds when `with_message_ids`.
 pub fn fill(engine: &mut Engine, customers: u32, with_message_ids: bool) {
     let mut outputs = Vec::new();
-    let start = EventTime::parse_rfc3339("2026-01-01T00:00:00Z")
-        .unwrap()
-        .as_millis();
+    let start = fill_start().as_millis();
     for step in 0..2u32 {
         for i in 0..customers {
             let id = format!("{:08x}-{:04x}-4000-8000-{:012x}", i, step, u64::from(i) * 7919);
-            let customer = format!("{:08x}-0000-4000-8000-{:012x}", i, u64::from(i) * 31);
+            let customer = customer_id(i);
             let event = Event {
                 kind: EventType::Track,
                 customer: Cow::Owned(customer),
