@@ -1,0 +1,317 @@
+//! The measuring side of `scripts/bench-e2e.sh`: three probes against a running broker.
+//!
+//! - `drain`: a bare rdkafka consumer reading a topic from the beginning and doing
+//!   nothing with the records, the ceiling any consumer of that broker can reach;
+//! - `run-rate`: watches a running `stagestream run` through its `/metrics` until it has
+//!   consumed N events and every output it sent is delivered;
+//! - `latency`: reads the input and output topics and, for every stage transition
+//!   triggered by an event produced after it started, takes the time from the event's
+//!   Kafka timestamp (set by `stagestream loadgen` when it produced it) to the moment
+//!   the transition is read from the output topic.
+//!
+//! Each prints one `key=value` line on stdout for the script, and a sentence on stderr.
+//! Build: `cargo build --release --example e2e_probe`.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::{Parser, Subcommand};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+#[derive(Parser)]
+struct Cli {
+    /// Broker bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// The consumer's fetch.wait.max.ms (the service's, for a fair comparison).
+    #[arg(long, default_value_t = 5)]
+    fetch_wait_ms: u32,
+    #[command(subcommand)]
+    probe: Probe,
+}
+
+#[derive(Subcommand)]
+enum Probe {
+    /// Drain TOPIC (PARTITIONS partitions) from the beginning until EXPECT records.
+    Drain {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partitions: i32,
+        #[arg(long)]
+        expect: u64,
+    },
+    /// Watch stagestream's /metrics at ADDRESS until it has consumed EXPECT events and
+    /// delivered every output it sent.
+    RunRate {
+        #[arg(long)]
+        metrics: String,
+        #[arg(long)]
+        expect: u64,
+    },
+    /// Event-to-output latency of stage transitions, until no output arrived for
+    /// QUIET after at least DURATION.
+    Latency {
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        output: String,
+        #[arg(long)]
+        partitions: i32,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+        quiet: Duration,
+    },
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cli = Cli::parse();
+    match cli.probe {
+        Probe::Drain {
+            topic,
+            partitions,
+            expect,
+        } => {
+            let consumer = consumer(&cli.bootstrap, cli.fetch_wait_ms, &[(&topic, partitions)])?;
+            let (mut count, mut first, mut last) = (0u64, None, Instant::now());
+            while count < expect {
+                match consumer.poll(Duration::from_secs(10)) {
+                    Some(Ok(message)) => {
+                        std::hint::black_box(message.payload());
+                        first.get_or_insert_with(Instant::now);
+                        count += 1;
+                        last = Instant::now();
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) => {}
+                    Some(Err(error)) => return Err(error.into()),
+                    None => return Err(format!("no record for 10 s after {count} of {expect}").into()),
+                }
+            }
+            let seconds = (last - first.unwrap_or(last)).as_secs_f64();
+            eprintln!(
+                "bare consumer: {count} records in {seconds:.3} s: {:.0} records/s",
+                count as f64 / seconds
+            );
+            println!("rate={:.0}", count as f64 / seconds);
+        }
+        Probe::RunRate { metrics, expect } => {
+            // A poll every 5 ms; the start and end are each placed between the last poll
+            // before and the first poll after, so the error is at most one poll each.
+            let mut previous = (Instant::now(), Totals::default());
+            let (mut started, mut finished) = (None, None);
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while finished.is_none() {
+                if Instant::now() > deadline {
+                    return Err(format!("not done after 600 s: {:?}", previous.1).into());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+                let now = Instant::now();
+                let totals = Totals::scrape(&metrics)?;
+                let midpoint = previous.0 + (now - previous.0) / 2;
+                if started.is_none() && totals.consumed > 0 {
+                    started = Some(midpoint);
+                }
+                if totals.consumed >= expect && totals.delivered == totals.sent {
+                    finished = Some(midpoint);
+                }
+                previous = (now, totals);
+            }
+            let seconds = (finished.unwrap() - started.unwrap()).as_secs_f64();
+            let totals = previous.1;
+            eprintln!(
+                "stagestream run: {} events consumed, {} outputs delivered in {seconds:.3} s: {:.0} events/s",
+                totals.consumed,
+                totals.delivered,
+                totals.consumed as f64 / seconds
+            );
+            println!("rate={:.0}", totals.consumed as f64 / seconds);
+        }
+        Probe::Latency {
+            input,
+            output,
+            partitions,
+            duration,
+            quiet,
+        } => latency(
+            &cli.bootstrap,
+            cli.fetch_wait_ms,
+            &input,
+            &output,
+            partitions,
+            duration,
+            quiet,
+        )?,
+    }
+    Ok(())
+}
+
+fn consumer(bootstrap: &str, fetch_wait_ms: u32, topics: &[(&str, i32)]) -> Result<BaseConsumer, KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "e2e-probe")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for (topic, partitions) in topics {
+        for partition in 0..*partitions {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    consumed: u64,
+    sent: u64,
+    delivered: u64,
+}
+
+impl Totals {
+    fn scrape(address: &str) -> Result<Totals, Box<dyn std::error::Error>> {
+        let mut stream = TcpStream::connect(address)?;
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        let mut totals = Totals::default();
+        for line in body.lines().filter(|line| !line.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            let name = series.split('{').next().unwrap_or(series);
+            match name {
+                "stagestream_events_consumed_total" => totals.consumed += value as u64,
+                "stagestream_stage_transitions_total" | "stagestream_inactivity_events_total" => {
+                    totals.sent += value as u64;
+                }
+                "stagestream_produced_messages_total"
+                    if series.contains("result=\"ok\"") && !series.contains("type=\"dead_letter\"") =>
+                {
+                    totals.delivered += value as u64;
+                }
+                _ => {}
+            }
+        }
+        Ok(totals)
+    }
+}
+
+fn latency(
+    bootstrap: &str,
+    fetch_wait_ms: u32,
+    input: &str,
+    output: &str,
+    partitions: i32,
+    duration: Duration,
+    quiet: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let consumer = consumer(
+        bootstrap,
+        fetch_wait_ms,
+        &[(input, partitions), (output, partitions)],
+    )?;
+    // Caught up on what was there before: the script starts the load once this says so.
+    let mut at_end = 0;
+    while at_end < 2 * partitions {
+        match consumer.poll(Duration::from_secs(30)) {
+            Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(error.into()),
+            None => return Err("no answer from the broker for 30 s".into()),
+        }
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+
+    let started = Instant::now();
+    let mut last_output = Instant::now();
+    // messageId -> when it was produced; (trigger messageId, when the output was read).
+    let mut produced_at: HashMap<String, i64> = HashMap::new();
+    let mut transitions: Vec<(String, i64)> = Vec::new();
+    while started.elapsed() < duration || last_output.elapsed() < quiet {
+        let message = match consumer.poll(Duration::from_millis(100)) {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => continue,
+            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition))) => continue,
+            Some(Err(error)) => return Err(error.into()),
+            Some(Ok(message)) => message,
+        };
+        let read_at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)?
+            .as_millis() as i64;
+        let Some(created) = message.timestamp().to_millis().filter(|&t| t >= since) else {
+            continue;
+        };
+        let Some(payload) = message.payload() else {
+            continue;
+        };
+        if message.topic() == input {
+            if let Ok(event) = serde_json::from_slice::<Input>(payload) {
+                produced_at.entry(event.message_id).or_insert(created);
+            }
+        } else {
+            last_output = Instant::now();
+            if let Some(trigger) = serde_json::from_slice::<Output>(payload)
+                .ok()
+                .and_then(|output| output.trigger.or(output.data.and_then(|data| data.trigger)))
+            {
+                transitions.push((trigger.message_id, read_at));
+            }
+        }
+    }
+    let mut latencies: Vec<i64> = transitions
+        .iter()
+        .filter_map(|(id, read_at)| produced_at.get(id).map(|created| read_at - created))
+        .collect();
+    latencies.sort_unstable();
+    if latencies.is_empty() {
+        return Err("no stage transition matched an event produced during the run".into());
+    }
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "event-to-output latency over {} transitions: p50 {} ms, p99 {} ms, max {} ms",
+        latencies.len(),
+        at(0.5),
+        at(0.99),
+        latencies[latencies.len() - 1]
+    );
+    println!(
+        "transitions={} p50_ms={} p99_ms={} max_ms={}",
+        latencies.len(),
+        at(0.5),
+        at(0.99),
+        latencies[latencies.len() - 1]
+    );
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct Input {
+    #[serde(rename = "messageId")]
+    message_id: String,
+}
+
+/// A transition's `data` (binary content mode) or the whole CloudEvent (structured).
+#[derive(serde::Deserialize)]
+struct Output {
+    trigger: Option<Trigger>,
+    data: Option<Box<Output>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Trigger {
+    message_id: String,
+}

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# End to end through a local Kafka-protocol broker (tansu), in one run:
+#
+#   scripts/bench-e2e.sh [EVENTS]        (default 1000000)
+#
+# 1. starts tansu (in-memory storage) on a free port and creates the topics
+#    (PARTITIONS partitions, default 4);
+# 2. loads EVENTS generated events (`stagestream loadgen`, the demo's stream);
+# 3. measures (a) a bare rdkafka consumer draining the topic (the ceiling) and
+#    (b) `stagestream run` (five-stage preset, snapshots on) draining it to its output
+#    topic, both from first record to last, and prints both rates and their ratio;
+# 4. offers half of (b)'s rate for LATENCY_SECONDS (default 20) while the service runs
+#    and prints p50/p99 event-to-output latency of the stage transitions: from the Kafka
+#    timestamp `loadgen` gives each event to the moment a consumer reads the transition.
+#
+# Both consumers use fetch.wait.max.ms=5: tansu holds every fetch for the full wait
+# even when data is ready. Results go to stdout; docs/performance.md has figures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+events="${1:-1000000}"
+partitions="${PARTITIONS:-4}"
+latency_seconds="${LATENCY_SECONDS:-20}"
+fetch_wait_ms=5
+
+cargo build --release --quiet --bin stagestream --example e2e_probe
+stagestream=target/release/stagestream
+probe=target/release/examples/e2e_probe
+tansu="$(scripts/tansu.sh install)"
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+port="$(free_port)"
+http="127.0.0.1:$(free_port)"
+bootstrap="127.0.0.1:$port"
+
+"$tansu" broker --listener-url "tcp://$bootstrap" --advertised-listener-url "tcp://$bootstrap" \
+    --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+    if "$tansu" topic create events --broker "tcp://$bootstrap" --partitions "$partitions" \
+        >/dev/null 2>&1; then
+        break
+    fi
+    sleep 0.1
+done
+"$tansu" topic create journey-stages --broker "tcp://$bootstrap" --partitions "$partitions" >/dev/null
+"$tansu" topic create dead-letters --broker "tcp://$bootstrap" --partitions 1 >/dev/null
+
+config="$work/stagestream.toml"
+cat config/presets/five-stage.toml - >"$config" <<EOF
+
+[kafka]
+input_topics = ["events"]
+output_topic = "journey-stages"
+dead_letter_topic = "dead-letters"
+
+[kafka.common]
+"bootstrap.servers" = "$bootstrap"
+
+[kafka.consumer]
+"group.id" = "bench-e2e"
+"fetch.wait.max.ms" = "$fetch_wait_ms"
+
+[snapshot]
+dir = "$work/snapshots"
+
+[http]
+bind = "$http"
+EOF
+
+echo "== loading $events events into events ($partitions partitions)"
+# Enough shoppers that the stream does not end first (~31 events per shopper in 60 days).
+customers=$(((events / 25) + 1000))
+# History from 120 to 60 days ago, so the latency load below (the last 60 days) is on time.
+"$stagestream" loadgen --config "$config" --customers "$customers" --days 60 --events "$events" \
+    --start "$(date -u -d '120 days ago' +%Y-%m-%dT%H:%M:%SZ)" --seed 1
+
+echo "== (a) bare rdkafka consumer"
+bare=$("$probe" --bootstrap "$bootstrap" --fetch-wait-ms "$fetch_wait_ms" \
+    drain --topic events --partitions "$partitions" --expect "$events")
+bare=${bare#rate=}
+
+echo "== (b) stagestream run"
+"$stagestream" run --config "$config" >"$work/stagestream.log" 2>&1 &
+service=$!
+pids+=("$service")
+run=$("$probe" run-rate --metrics "$http" --expect "$events")
+run=${run#rate=}
+
+offered=$((run / 2))
+echo "== latency at $offered events/s (half of (b)) for ${latency_seconds}s"
+coproc LATENCY { "$probe" --bootstrap "$bootstrap" --fetch-wait-ms "$fetch_wait_ms" \
+    latency --input events --output journey-stages --partitions "$partitions" \
+    --duration "$((latency_seconds + 2))s"; }
+pids+=("$LATENCY_PID")
+read -r ready <&"${LATENCY[0]}"
+[[ "$ready" == ready ]] || { echo "latency probe did not start: $ready" >&2; exit 1; }
+"$stagestream" loadgen --config "$config" --customers "$((offered * latency_seconds / 25 + 1000))" \
+    --days 60 --rate "$offered" --duration "${latency_seconds}s" --seed 2
+read -r latency <&"${LATENCY[0]}"
+
+kill -TERM "$service"
+wait "$service" || { echo "stagestream run did not stop cleanly; log:" >&2; tail "$work/stagestream.log" >&2; exit 1; }
+
+echo
+echo "events=$events partitions=$partitions"
+echo "bare_consumer_rate=$bare"
+echo "stagestream_run_rate=$run"
+awk -v run="$run" -v bare="$bare" 'BEGIN { printf "ratio=%.2f\n", run / bare }'
+echo "offered_rate=$offered $latency"
