@@ -34,6 +34,11 @@ fn measure(customers: u32, with_message_ids: bool) {
         grown as f64 / f64::from(customers),
         engine.armed_count()
     );
+    assert_eq!(
+        engine.customer_count(),
+        customers as usize,
+        "every customer tracked"
+    );
     std::hint::black_box(&engine);
 }
 

@@ -17,14 +17,15 @@ pub fn customer_id(i: u32) -> String {
     format!("{:08x}-0000-4000-8000-{:012x}", i, u64::from(i) * 31)
 }
 
-/// The instant the filled history starts; each customer's last activity is within two
-/// hours after it.
+/// The instant the filled history starts; each customer's last activity is within a day
+/// after it (12 hours plus one millisecond per customer: 10M customers take 2.8 hours).
 pub fn fill_start() -> EventTime {
     EventTime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap()
 }
 
 /// Feeds `engine` two events for each of `customers` customers ("Product Viewed", then
-/// "Order Completed" an hour later), with messageIds when `with_message_ids`.
+/// "Order Completed" 12 hours later), in time order, with messageIds when
+/// `with_message_ids`.
 pub fn fill(engine: &mut Engine, customers: u32, with_message_ids: bool) {
     let mut outputs = Vec::new();
     let start = fill_start().as_millis();
@@ -41,9 +42,8 @@ pub fn fill(engine: &mut Engine, customers: u32, with_message_ids: bool) {
                 } else {
                     "Order Completed"
                 })),
-                timestamp: EventTime::from_millis(
-                    start + i64::from(step) * 3_600_000 + i64::from(i % 3_600_000),
-                ),
+                // In time order: an event older than the watermark would be late.
+                timestamp: EventTime::from_millis(start + i64::from(step) * 12 * 3_600_000 + i64::from(i)),
                 properties: Vec::new(),
             };
             outputs.clear();
