@@ -20,7 +20,11 @@ fn filled_engine(customers: u32) -> (Engine, config::Settings) {
     let settings = support::five_stage();
     let mut engine = Engine::new(Arc::clone(&settings.model), settings.engine);
     support::fill(&mut engine, customers, true);
-    assert_eq!(engine.customer_count(), customers as usize, "every customer tracked");
+    assert_eq!(
+        engine.customer_count(),
+        customers as usize,
+        "every customer tracked"
+    );
     (engine, settings)
 }
 
