@@ -24,8 +24,9 @@ latency_seconds="${LATENCY_SECONDS:-20}"
 fetch_wait_ms=5
 
 cargo build --release --quiet --bin stagestream --example e2e_probe
-stagestream=target/release/stagestream
-probe=target/release/examples/e2e_probe
+target="${CARGO_TARGET_DIR:-target}"
+stagestream="$target/release/stagestream"
+probe="$target/release/examples/e2e_probe"
 tansu="$(scripts/tansu.sh install)"
 
 work="$(mktemp -d)"
