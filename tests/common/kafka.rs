@@ -14,7 +14,8 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use stagestream::config::Settings;
 use stagestream::core::{EventTime, Span};
 use stagestream::decode::decode;
-use stagestream::generate::{generate, GeneratorSettings};
+use stagestream::generate::generate;
+use stagestream::loadgen::demo_stream;
 use stagestream::replay::replay;
 
 /// One record read back, with what the tests look at.
@@ -41,17 +42,10 @@ impl Record {
 /// An output CloudEvent as the comparison sees it: id, type and the data bytes.
 pub type Fingerprint = (String, String, String);
 
-/// Generated lines from `start` on; invalid lines included.
+/// The demo's (and loadgen's) generated lines from `start` on; invalid lines included.
 pub fn generated_lines(customers: u32, days: u32, start: EventTime, seed: u64) -> Vec<Vec<u8>> {
     let mut lines = Vec::new();
-    let settings = GeneratorSettings {
-        customers,
-        days,
-        start,
-        seed,
-        invalid_ratio: 0.002,
-        duplicate_ratio: 0.005,
-    };
+    let settings = demo_stream(customers, days, Some(start), seed);
     generate(&settings, |line| lines.push(line.to_vec()));
     lines
 }
