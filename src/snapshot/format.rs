@@ -9,14 +9,20 @@
 //! partition    i32
 //! offset       i64      the next input offset: every message before it is in the state
 //! topic        u16 length + UTF-8
-//! body         u64 length + LZ4 block (uncompressed size prepended)
+//! body         u64 length of what follows:
+//!                u64 raw length, u32 chunk size, u32 chunk count, a u32 compressed
+//!                length per chunk, then the chunks: the raw body cut every chunk size
+//!                bytes, each an independent LZ4 block
 //! crc32c       u32      over every byte before it
 //! ```
 //!
-//! Version 2 added when each customer entered its stage; version 1 files are not read
-//! (the partition is rebuilt from the log). All integers little-endian. The body holds the model shape, then the state column by
-//! column (ids, then each field for every customer), which compresses well and decodes
-//! with sequential reads. Decoding never trusts a length it has not checked: a file that
+//! Version 3 cut the body into chunks so that encoding and decoding use every core (the
+//! bytes do not depend on how many there are); version 2 (one LZ4 block with its size
+//! prepended) is still read. Version 2 added when each customer entered its stage;
+//! version 1 files are not read (the partition is rebuilt from the log). All integers
+//! little-endian. The raw body holds the model shape, then the state column by column
+//! (ids, then each field for every customer), which compresses well and decodes with
+//! sequential reads. Decoding never trusts a length it has not checked: a file that
 //! passes the checksum but contradicts itself is still refused, here or by
 //! [`Engine::restore`](crate::core::Engine::restore).
 
@@ -25,7 +31,15 @@ use crate::core::{
 };
 
 pub const MAGIC: [u8; 8] = *b"STGSNAP\0";
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
+/// The oldest version still read: its body is one LZ4 block, its size prepended.
+const ONE_BLOCK_VERSION: u16 = 2;
+/// How much raw body each LZ4 block of a version 3 body holds (the last holds the rest):
+/// small enough to share out among cores, big enough that LZ4's 64 KiB window loses
+/// nothing at the cuts.
+const BODY_CHUNK: usize = 4 << 20;
+/// LZ4 expands nothing more than 255-fold, so a raw length beyond this is corrupt.
+const MAX_LZ4_RATIO: usize = 255;
 const NOT_ARMED: u8 = u8::MAX;
 
 /// Where a snapshot belongs and what it covers.
@@ -45,7 +59,9 @@ pub enum CorruptSnapshot {
     Truncated(usize),
     #[error("not a snapshot (bad magic)")]
     BadMagic,
-    #[error("format version {found} is not supported (this build reads {FORMAT_VERSION})")]
+    #[error(
+        "format version {found} is not supported (this build reads {ONE_BLOCK_VERSION} and {FORMAT_VERSION})"
+    )]
     UnsupportedVersion { found: u16 },
     #[error("checksum mismatch: stored {stored:08x}, computed {computed:08x}")]
     Checksum { stored: u32, computed: u32 },
@@ -53,9 +69,25 @@ pub enum CorruptSnapshot {
     Body(String),
 }
 
-/// Serialises `image` under `header`.
+/// Serialises `image` under `header`, compressing on every core.
 pub fn encode(header: &Header, image: &EngineImage) -> Vec<u8> {
-    let body = lz4_flex::block::compress_prepend_size(&encode_body(image));
+    encode_in_chunks(header, image, BODY_CHUNK)
+}
+
+fn encode_in_chunks(header: &Header, image: &EngineImage, chunk_size: usize) -> Vec<u8> {
+    let raw = encode_body(image);
+    let chunks = on_every_core(raw.chunks(chunk_size).collect(), lz4_flex::block::compress);
+    let mut body = Vec::with_capacity(16 + 4 * chunks.len() + chunks.iter().map(Vec::len).sum::<usize>());
+    body.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    body.extend_from_slice(&(chunk_size as u32).to_le_bytes());
+    body.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    for chunk in &chunks {
+        body.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+    }
+    drop(raw);
+    for chunk in chunks {
+        body.extend_from_slice(&chunk);
+    }
     let mut out = Vec::with_capacity(body.len() + header.topic.len() + 64);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -84,7 +116,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, EngineImage), CorruptSnapshot> {
         return Err(CorruptSnapshot::Truncated(bytes.len()));
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != ONE_BLOCK_VERSION {
         return Err(CorruptSnapshot::UnsupportedVersion { found: version });
     }
     let (covered, stored) = bytes.split_at(bytes.len() - 4);
@@ -108,8 +140,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, EngineImage), CorruptSnapshot> {
             reader.bytes.len()
         )));
     }
-    let raw =
-        lz4_flex::block::decompress_size_prepended(body).map_err(|e| CorruptSnapshot::Body(e.to_string()))?;
+    let raw = if version == ONE_BLOCK_VERSION {
+        lz4_flex::block::decompress_size_prepended(body).map_err(|e| CorruptSnapshot::Body(e.to_string()))?
+    } else {
+        decompress_chunks(body)?
+    };
     let image = decode_body(&raw)?;
     if image.shape.fingerprint != fingerprint {
         return Err(CorruptSnapshot::Body(
@@ -123,6 +158,84 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, EngineImage), CorruptSnapshot> {
         offset,
     };
     Ok((header, image))
+}
+
+/// The raw body of a version 3 body, each chunk decompressed on whichever core is free.
+fn decompress_chunks(body: &[u8]) -> Result<Vec<u8>, CorruptSnapshot> {
+    let mut reader = Reader { bytes: body };
+    let raw_len = reader.len64()?;
+    let chunk_size = reader.u32()? as usize;
+    let count = reader.u32()? as usize;
+    if chunk_size == 0 || count != raw_len.div_ceil(chunk_size) {
+        return Err(CorruptSnapshot::Body(format!(
+            "{count} chunks of {chunk_size} bytes for {raw_len} raw bytes"
+        )));
+    }
+    let lengths: Vec<usize> = reader
+        .array::<4>(count)?
+        .map(|l| u32::from_le_bytes(l) as usize)
+        .collect();
+    let mut compressed = Vec::with_capacity(count);
+    for &len in &lengths {
+        compressed.push(reader.take(len)?);
+    }
+    if !reader.bytes.is_empty() {
+        return Err(CorruptSnapshot::Body(format!(
+            "{} bytes after the chunks",
+            reader.bytes.len()
+        )));
+    }
+    let compressed_len = body.len().saturating_mul(MAX_LZ4_RATIO);
+    if raw_len > compressed_len {
+        return Err(CorruptSnapshot::Body(format!(
+            "{raw_len} raw bytes cannot come from {} compressed",
+            body.len()
+        )));
+    }
+    let mut raw = vec![0u8; raw_len];
+    let work: Vec<(&[u8], &mut [u8])> = compressed.into_iter().zip(raw.chunks_mut(chunk_size)).collect();
+    let results = on_every_core(work, |(compressed, out)| {
+        match lz4_flex::block::decompress_into(compressed, out) {
+            Ok(written) if written == out.len() => Ok(()),
+            Ok(written) => Err(format!("a chunk holds {written} bytes, not {}", out.len())),
+            Err(error) => Err(error.to_string()),
+        }
+    });
+    results
+        .into_iter()
+        .collect::<Result<(), String>>()
+        .map_err(CorruptSnapshot::Body)?;
+    Ok(raw)
+}
+
+/// `task` over every item, the items split into one contiguous run per available core;
+/// results in item order.
+fn on_every_core<T: Send, R: Send>(items: Vec<T>, task: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if cores == 1 || items.len() < 2 {
+        return items.into_iter().map(task).collect();
+    }
+    let per_core = items.len().div_ceil(cores);
+    let mut runs = Vec::new();
+    let mut items = items.into_iter();
+    loop {
+        let run: Vec<T> = items.by_ref().take(per_core).collect();
+        if run.is_empty() {
+            break;
+        }
+        runs.push(run);
+    }
+    let task = &task;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = runs
+            .into_iter()
+            .map(|run| scope.spawn(move || run.into_iter().map(task).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().expect("a snapshot worker panicked"))
+            .collect()
+    })
 }
 
 fn encode_body(image: &EngineImage) -> Vec<u8> {
@@ -373,31 +486,108 @@ mod tests {
         image
     }
 
+    /// `bytes` with its checksum recomputed, as a writer that meant them would seal them.
+    fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
+        let end = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..end]);
+        bytes[end..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    /// Where the body section starts: after the fixed fields, the topic and its length.
+    fn body_at(header: &Header) -> usize {
+        8 + 2 + 2 + 8 + 4 + 8 + 2 + header.topic.len()
+    }
+
     #[test]
-    fn round_trips() {
-        let bytes = encode(&header(), &image());
-        let (decoded_header, decoded) = decode(&bytes).unwrap();
+    fn round_trips_in_one_chunk_or_many() {
+        for chunk_size in [BODY_CHUNK, 64, 1] {
+            let bytes = encode_in_chunks(&header(), &image(), chunk_size);
+            let (decoded_header, decoded) = decode(&bytes).unwrap();
+            assert_eq!(decoded_header, header());
+            assert_eq!(sorted(decoded), sorted(image()), "chunks of {chunk_size} bytes");
+        }
+    }
+
+    #[test]
+    fn the_bytes_do_not_depend_on_the_cores() {
+        // Compression runs on every core; chunks are cut by size alone.
+        let image = image();
+        let raw = encode_body(&image);
+        let chunks: Vec<Vec<u8>> = raw.chunks(64).map(lz4_flex::block::compress).collect();
+        let at = body_at(&header()) + 8 + 8 + 4 + 4 + 4 * chunks.len();
+        let bytes = encode_in_chunks(&header(), &image, 64);
+        assert_eq!(&bytes[at..bytes.len() - 4], chunks.concat().as_slice());
+    }
+
+    #[test]
+    fn version_2_files_are_still_read() {
+        let current = encode(&header(), &image());
+        let at = body_at(&header());
+        let mut old = current[..at].to_vec();
+        old[8..10].copy_from_slice(&ONE_BLOCK_VERSION.to_le_bytes());
+        let body = lz4_flex::block::compress_prepend_size(&encode_body(&image()));
+        old.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        old.extend_from_slice(&body);
+        old.extend_from_slice(&[0; 4]);
+        let (decoded_header, decoded) = decode(&resealed(old)).unwrap();
         assert_eq!(decoded_header, header());
         assert_eq!(sorted(decoded), sorted(image()));
-        assert_eq!(decoded_header.offset, 42);
     }
 
     #[test]
     fn every_truncation_and_every_flipped_byte_is_detected() {
-        let bytes = encode(&header(), &image());
-        for len in 0..bytes.len() {
-            assert!(decode(&bytes[..len]).is_err(), "truncated to {len} bytes");
+        for chunk_size in [BODY_CHUNK, 64] {
+            let bytes = encode_in_chunks(&header(), &image(), chunk_size);
+            for len in 0..bytes.len() {
+                assert!(decode(&bytes[..len]).is_err(), "truncated to {len} bytes");
+            }
+            for at in 0..bytes.len() {
+                let mut flipped = bytes.clone();
+                flipped[at] ^= 0x10;
+                assert!(decode(&flipped).is_err(), "byte {at} flipped");
+            }
         }
-        for at in 0..bytes.len() {
-            let mut flipped = bytes.clone();
-            flipped[at] ^= 0x10;
-            assert!(decode(&flipped).is_err(), "byte {at} flipped");
+    }
+
+    #[test]
+    fn a_sealed_but_inconsistent_chunk_table_is_refused() {
+        let bytes = encode_in_chunks(&header(), &image(), 64);
+        // Body section: u64 section length, u64 raw length, u32 chunk size, u32 count.
+        let raw_len_at = body_at(&header()) + 8;
+        let chunk_size_at = raw_len_at + 8;
+        let count_at = chunk_size_at + 4;
+        let refused = |at: usize, value: &[u8]| {
+            let mut edited = bytes.clone();
+            edited[at..at + value.len()].copy_from_slice(value);
+            match decode(&resealed(edited)) {
+                Err(CorruptSnapshot::Body(reason)) => reason,
+                other => panic!("expected a malformed body, got {other:?}"),
+            }
+        };
+        assert!(refused(chunk_size_at, &0u32.to_le_bytes()).contains("chunks of 0 bytes"));
+        assert!(refused(chunk_size_at, &32u32.to_le_bytes()).contains("chunks of 32 bytes"));
+        assert!(refused(count_at, &1u32.to_le_bytes()).contains("1 chunks"));
+        assert!(refused(raw_len_at, &(1u64 << 40).to_le_bytes()).contains("chunks"));
+        // A raw length and chunk size that agree with the table but promise more than
+        // LZ4 can expand the chunks to: refused before anything is allocated.
+        let count = u64::from(u32::from_le_bytes(
+            bytes[count_at..count_at + 4].try_into().unwrap(),
+        ));
+        assert!(count > 1);
+        let mut huge = bytes.clone();
+        let raw_len = (count - 1) * u64::from(u32::MAX) + 1;
+        huge[raw_len_at..raw_len_at + 8].copy_from_slice(&raw_len.to_le_bytes());
+        huge[chunk_size_at..chunk_size_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        match decode(&resealed(huge)) {
+            Err(CorruptSnapshot::Body(reason)) => assert!(reason.contains("cannot come from"), "{reason}"),
+            other => panic!("expected a malformed body, got {other:?}"),
         }
     }
 
     #[test]
     fn another_version_is_refused_by_name() {
-        for version in [FORMAT_VERSION - 1, FORMAT_VERSION + 1] {
+        for version in [ONE_BLOCK_VERSION - 1, FORMAT_VERSION + 1] {
             let mut bytes = encode(&header(), &image());
             bytes[8..10].copy_from_slice(&version.to_le_bytes());
             assert_eq!(
