@@ -719,6 +719,47 @@ fn an_image_into_prepared_buffers_reallocates_nothing() {
     );
 }
 
+#[test]
+fn a_restored_dedup_window_makes_the_same_decisions() {
+    // Engine::restore rebuilds the window on its own thread; a messageId sent before
+    // the image is still a duplicate after it, for its own customer only.
+    let mut run = Run::five_stage();
+    for i in 0..20_000 {
+        let verdict = run.track(
+            &format!("customer-{}", i % 5000),
+            "Product Viewed",
+            t(0, i / 1000),
+        );
+        assert_eq!(verdict, Verdict::Applied);
+    }
+    let image = run.engine.image();
+    assert_eq!(image.dedup.len(), 20_000, "every messageId is in the image");
+    let model = Arc::new(test_model(FIVE_STAGE));
+    let mut restored = Engine::restore(model, EngineSettings::default(), image).unwrap();
+    let mut out = Vec::new();
+    // The ith track call (from 0) sent messageId m{i+1} as customer-{i % 5000}.
+    for (customer, message, expected) in [
+        ("customer-0", "m1", Verdict::Duplicate),
+        ("customer-999", "m16000", Verdict::Duplicate),
+        ("customer-998", "m16000", Verdict::Applied),
+        ("customer-0", "fresh", Verdict::Applied),
+    ] {
+        let event = Event {
+            kind: EventType::Track,
+            customer: Cow::Borrowed(customer),
+            message_id: Some(Cow::Borrowed(message)),
+            name: Some(Cow::Borrowed("Product Viewed")),
+            timestamp: t(0, 30),
+            properties: Vec::new(),
+        };
+        assert_eq!(
+            restored.on_event(&event, &mut out),
+            expected,
+            "{customer} {message}"
+        );
+    }
+}
+
 /// Each transition's `time_in_from`, in order.
 fn times_in_from(outputs: &[Output]) -> Vec<Option<i64>> {
     outputs
