@@ -160,7 +160,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, EngineImage), CorruptSnapshot> {
     Ok((header, image))
 }
 
-/// The raw body of a version 3 body, each chunk decompressed on whichever core is free.
+/// The raw body of a version 3 body, its chunks shared out among the cores.
 fn decompress_chunks(body: &[u8]) -> Result<Vec<u8>, CorruptSnapshot> {
     let mut reader = Reader { bytes: body };
     let raw_len = reader.len64()?;
