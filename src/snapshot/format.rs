@@ -76,19 +76,12 @@ pub fn encode(header: &Header, image: &EngineImage) -> Vec<u8> {
 
 fn encode_in_chunks(header: &Header, image: &EngineImage, chunk_size: usize) -> Vec<u8> {
     let raw = encode_body(image);
+    let raw_len = raw.len();
     let chunks = on_every_core(raw.chunks(chunk_size).collect(), lz4_flex::block::compress);
-    let mut body = Vec::with_capacity(16 + 4 * chunks.len() + chunks.iter().map(Vec::len).sum::<usize>());
-    body.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-    body.extend_from_slice(&(chunk_size as u32).to_le_bytes());
-    body.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
-    for chunk in &chunks {
-        body.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
-    }
     drop(raw);
-    for chunk in chunks {
-        body.extend_from_slice(&chunk);
-    }
-    let mut out = Vec::with_capacity(body.len() + header.topic.len() + 64);
+    // Written straight into the file bytes: the compressed chunks are copied once.
+    let body_len = 8 + 4 + 4 + 4 * chunks.len() + chunks.iter().map(Vec::len).sum::<usize>();
+    let mut out = Vec::with_capacity(body_len + header.topic.len() + 64);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
@@ -96,8 +89,16 @@ fn encode_in_chunks(header: &Header, image: &EngineImage, chunk_size: usize) -> 
     out.extend_from_slice(&header.partition.to_le_bytes());
     out.extend_from_slice(&header.offset.to_le_bytes());
     put_str16(&mut out, &header.topic);
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&(body_len as u64).to_le_bytes());
+    out.extend_from_slice(&(raw_len as u64).to_le_bytes());
+    out.extend_from_slice(&(chunk_size as u32).to_le_bytes());
+    out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    for chunk in &chunks {
+        out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+    }
+    for chunk in chunks {
+        out.extend_from_slice(&chunk);
+    }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
