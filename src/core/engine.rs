@@ -357,12 +357,11 @@ impl Engine {
                 entry.customer.0
             )));
         }
-        let saved_dedup = image.dedup;
         let (customers, deadlines, dedup) = std::thread::scope(|scope| {
             let dedup = scope.spawn(|| {
                 DedupWindow::from_entries(
                     settings.dedup_window,
-                    saved_dedup.iter().map(|e| (e.customer, e.digest, e.seen_at)),
+                    image.dedup.iter().map(|e| (e.customer, e.digest, e.seen_at)),
                     image.dedup_next_sweep,
                 )
             });
