@@ -274,9 +274,7 @@ impl KafkaSettings {
         }
         merged
     }
-}
 
-impl KafkaSettings {
     /// Creates (and drops) both clients, so librdkafka's cross-property checks
     /// (`fetch.max.bytes` >= `message.max.bytes`, ...) run now rather than at start.
     /// librdkafka starts connecting in the background; nothing is sent.

@@ -19,9 +19,10 @@ pub fn write_config(
     extra: &str,
 ) -> (PathBuf, Settings) {
     let preset = std::fs::read_to_string(super::repo("config/presets/five-stage.toml")).unwrap();
-    let fetch_wait = match consumer.iter().any(|(k, _)| *k == "fetch.wait.max.ms") {
-        true => "",
-        false => "\"fetch.wait.max.ms\" = \"5\"",
+    let fetch_wait = if consumer.iter().any(|(k, _)| *k == "fetch.wait.max.ms") {
+        ""
+    } else {
+        "\"fetch.wait.max.ms\" = \"5\""
     };
     let consumer: String = consumer
         .iter()
