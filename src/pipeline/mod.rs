@@ -1042,8 +1042,18 @@ impl Worker {
 
     /// Serves delivery reports and stores the offsets they made committable.
     fn service(&mut self, consumer: &BaseConsumer<ConsumerHooks>) {
-        self.sink.producer.poll(Duration::ZERO);
-        self.drain_deliveries();
+        // A zero-timeout `BaseProducer::poll` serves one queued event, and one
+        // delivery-report event holds one produce batch (thousands of records). Every
+        // record keeps its place in `queue.buffering.max.messages` until its report is
+        // served, so serving one event per call capped delivery at one batch per call
+        // (~36K records/s when idle) and, under load, filled the queue and stalled
+        // consumption. Serve until a poll brings no report.
+        loop {
+            self.sink.producer.poll(Duration::ZERO);
+            if self.drain_deliveries() == 0 {
+                break;
+            }
+        }
         self.advance_snapshots();
         match &self.transaction {
             Some(t) if t.work && t.committed_at.elapsed() >= TRANSACTION_EVERY => {
