@@ -9,9 +9,11 @@
 # 3. measures (a) a bare rdkafka consumer draining the topic (the ceiling) and
 #    (b) `stagestream run` (five-stage preset, snapshots on) draining it to its output
 #    topic, both from first record to last, and prints both rates and their ratio;
-# 4. offers half of (b)'s rate for LATENCY_SECONDS (default 20) while the service runs
-#    and prints p50/p99 event-to-output latency of the stage transitions: from the Kafka
-#    timestamp `loadgen` gives each event to the moment a consumer reads the transition.
+# 4. offers half of (b)'s rate (or LATENCY_RATE events/s) for LATENCY_SECONDS (default
+#    20) while the service runs and prints p50/p99 event-to-output latency of the stage
+#    transitions: from the Kafka timestamp `loadgen` gives each event to the moment a
+#    consumer reads the transition; and, as the floor, the same for the input events
+#    themselves (produced -> read by that consumer, without stagestream in the path).
 #
 # Both consumers use fetch.wait.max.ms=5: tansu holds every fetch for the full wait
 # even when data is ready. Results go to stdout; docs/performance.md has figures.
@@ -99,8 +101,8 @@ pids+=("$service")
 run=$("$probe" run-rate --metrics "$http" --expect "$events")
 run=${run#rate=}
 
-offered=$((run / 2))
-echo "== latency at $offered events/s (half of (b)) for ${latency_seconds}s"
+offered="${LATENCY_RATE:-$((run / 2))}"
+echo "== latency at $offered events/s (half of (b) unless LATENCY_RATE) for ${latency_seconds}s"
 coproc LATENCY { "$probe" --bootstrap "$bootstrap" --fetch-wait-ms "$fetch_wait_ms" \
     latency --input events --output journey-stages --partitions "$partitions" \
     --duration "$((latency_seconds + 2))s"; }
