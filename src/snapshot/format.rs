@@ -186,8 +186,8 @@ fn decompress_chunks(body: &[u8]) -> Result<Vec<u8>, CorruptSnapshot> {
             reader.bytes.len()
         )));
     }
-    let compressed_len = body.len().saturating_mul(MAX_LZ4_RATIO);
-    if raw_len > compressed_len {
+    let most_raw_len = body.len().saturating_mul(MAX_LZ4_RATIO);
+    if raw_len > most_raw_len {
         return Err(CorruptSnapshot::Body(format!(
             "{raw_len} raw bytes cannot come from {} compressed",
             body.len()
