@@ -225,6 +225,7 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
     }
     info!(properties = %producer_properties, "creating producer");
     let producer: BaseProducer<ProducerHooks> = ClientConfig::from(&producer_properties)
+        .set_log_level(librdkafka_log_level())
         .create_with_context(ProducerHooks {
             deliveries_tx,
             control: control.clone(),
@@ -288,6 +289,7 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
     };
     info!(properties = %consumer_properties, "creating consumer");
     let consumer: BaseConsumer<ConsumerHooks> = ClientConfig::from(&consumer_properties)
+        .set_log_level(librdkafka_log_level())
         .create_with_context(ConsumerHooks {
             worker: Mutex::new(worker),
             control: control.clone(),
@@ -1704,6 +1706,23 @@ impl ProducerContext for ProducerHooks {
         let error = result.as_ref().err().map(|(error, _)| error.clone());
         // The receiver lives as long as the worker that owns this producer.
         let _ = self.deliveries_tx.send(Delivered { tag: *tag, error });
+    }
+}
+
+/// The most detailed level librdkafka should log at: what [`log_librdkafka`] would let
+/// through. rdkafka takes it from the `log` crate by default, which nothing here
+/// initialises (logs go through `tracing`), and then passes errors only: librdkafka's
+/// warnings were dropped, and the `debug` property printed nothing.
+fn librdkafka_log_level() -> rdkafka::config::RDKafkaLogLevel {
+    use rdkafka::config::RDKafkaLogLevel as Level;
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        Level::Debug
+    } else if tracing::enabled!(tracing::Level::INFO) {
+        Level::Info
+    } else if tracing::enabled!(tracing::Level::WARN) {
+        Level::Warning
+    } else {
+        Level::Error
     }
 }
 
