@@ -71,6 +71,8 @@ const TICK: Duration = Duration::from_millis(100);
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
 /// Messages handled between services of the producer and the offset store.
 const SERVICE_EVERY: u32 = 256;
+/// The longest the start waits for the producer's first metadata answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long stopping waits for the consumer to leave its group.
 const LEAVE_GROUP_WAIT: Duration = Duration::from_secs(5);
 /// Exactly-once: how often the open transaction (outputs + input offsets) is committed.
@@ -299,6 +301,7 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
             source,
         })?;
     wait_for_broker(&consumer, &control);
+    consumer.context().lock().sink.connect();
     let topics: Vec<&str> = settings.kafka.input_topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
@@ -1479,6 +1482,31 @@ struct Sink {
 }
 
 impl Sink {
+    /// Connects the producer by asking for the output topic's metadata. Left to
+    /// itself, the idempotent producer asks for its producer id while only the bootstrap
+    /// connection exists, finds no broker up once that connection is replaced, and tries
+    /// again after a 500 ms timer plus a connection: catching up on a backlog, nothing
+    /// was delivered for the first ~0.8 s (up to ~80K outputs queued). Also says early
+    /// when the output topic does not exist.
+    fn connect(&self) {
+        let topic = self.output_topic.as_str();
+        match self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), CONNECT_TIMEOUT)
+        {
+            Ok(metadata) => match metadata.topics().first().and_then(|t| t.error()) {
+                None => debug!(topic, "producer connected"),
+                Some(error) => warn!(
+                    topic,
+                    error = %RDKafkaErrorCode::from(error),
+                    "the output topic is not available (yet); outputs wait in the producer"
+                ),
+            },
+            Err(error) => warn!(%error, topic, "the producer cannot reach the cluster yet; it keeps trying"),
+        }
+    }
+
     fn send_output(
         &mut self,
         engine: &Engine,
