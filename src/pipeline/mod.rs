@@ -301,7 +301,9 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
             source,
         })?;
     wait_for_broker(&consumer, &control);
-    consumer.context().lock().sink.connect();
+    if !control.stopping() {
+        consumer.context().lock().sink.connect();
+    }
     let topics: Vec<&str> = settings.kafka.input_topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
