@@ -1756,15 +1756,18 @@ fn librdkafka_log_level() -> rdkafka::config::RDKafkaLogLevel {
     }
 }
 
+/// One log line per librdkafka log message. Its text goes in `text`: a field named
+/// `message` would repeat the JSON line's own `message` key (the event's, `librdkafka`),
+/// and log pipelines keep only one of the two.
 fn log_librdkafka(client: &str, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
     use rdkafka::config::RDKafkaLogLevel as Level;
     match level {
         Level::Emerg | Level::Alert | Level::Critical | Level::Error => {
-            error!(client, facility, message, "librdkafka")
+            error!(client, facility, text = message, "librdkafka")
         }
-        Level::Warning => warn!(client, facility, message, "librdkafka"),
-        Level::Notice | Level::Info => info!(client, facility, message, "librdkafka"),
-        Level::Debug => debug!(client, facility, message, "librdkafka"),
+        Level::Warning => warn!(client, facility, text = message, "librdkafka"),
+        Level::Notice | Level::Info => info!(client, facility, text = message, "librdkafka"),
+        Level::Debug => debug!(client, facility, text = message, "librdkafka"),
     }
 }
 
