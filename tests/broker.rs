@@ -1,7 +1,8 @@
 //! `stagestream run`, the real binary, against a real Kafka-protocol broker process
 //! (tansu) on loopback: the output equals replay, the dead-letter topic gets every
 //! invalid message, SIGTERM stops cleanly with offsets committed, and a broker killed
-//! and restarted mid-run loses nothing and re-orders nothing.
+//! and restarted mid-run loses nothing and re-orders nothing; librdkafka's own log lines
+//! and a missing output topic reach the service's log.
 //!
 //! Skipped with a message when tansu is not installed; under CI that is a failure.
 
@@ -15,7 +16,7 @@ use common::kafka::{
     assert_between, binary_outputs, committed, difference, generated_lines, now, produce_lines, read_output,
     read_topic, recent_journeys, replay_by_partition, Fingerprint, Record,
 };
-use common::service::{start_service, terminate, wait_for, write_config};
+use common::service::{start_service, start_service_with, terminate, wait_for, write_config};
 use common::tansu::{self, Tansu};
 use stagestream::config::Settings;
 use stagestream::core::{EventTime, Span};
@@ -211,4 +212,56 @@ fn a_broker_down_at_start_is_retried_until_it_comes_up() {
     let Stopped { actual, .. } =
         stop_after_outputs(&broker, service, expected.len(), Duration::from_secs(120));
     assert!(actual == expected, "{}", difference(&actual, &expected));
+}
+
+#[test]
+fn librdkafka_debug_lines_and_a_missing_output_topic_reach_the_log() {
+    let Some(binary) = tansu::binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(binary, "memory://tansu/", dir.path());
+    // No output topic: the service says so at start, before any output is due.
+    broker.create_topics(&[("events", 1)]);
+    let (config, _) = write_config(
+        dir.path(),
+        "stagestream",
+        &broker.bootstrap,
+        GROUP,
+        &[("debug", "cgrp")],
+        "",
+    );
+    let log = dir.path().join("stagestream.log");
+    let service = start_service_with(&config, &log, "127.0.0.1:0", "info,stagestream::pipeline=debug");
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    };
+    let librdkafka_debug = |line: &serde_json::Value| {
+        line["level"] == "DEBUG"
+            && line["fields"]["message"] == "librdkafka"
+            && line["fields"]["client"] == "consumer"
+            && line["fields"]["facility"].is_string()
+            && line["fields"]["text"].is_string()
+    };
+    let missing_output = |line: &serde_json::Value| {
+        line["level"] == "WARN"
+            && line["fields"]["topic"] == "journey-stages"
+            && line["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("output topic is not available"))
+    };
+    wait_for(
+        "librdkafka's consumer-group debug lines",
+        Duration::from_secs(60),
+        || lines().iter().any(librdkafka_debug),
+    );
+    wait_for(
+        "the missing output topic warning",
+        Duration::from_secs(30),
+        || lines().iter().any(missing_output),
+    );
+    let status = terminate(service);
+    assert!(status.success(), "exit status after SIGTERM: {status}");
 }

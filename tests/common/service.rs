@@ -61,6 +61,11 @@ pub fn start_service(config: &Path, log: &Path) -> Child {
 
 /// [`start_service`] with the HTTP endpoint on `http_bind`.
 pub fn start_service_on(config: &Path, log: &Path, http_bind: &str) -> Child {
+    start_service_with(config, log, http_bind, "info")
+}
+
+/// [`start_service`] with the HTTP endpoint on `http_bind` and `RUST_LOG=rust_log`.
+pub fn start_service_with(config: &Path, log: &Path, http_bind: &str, rust_log: &str) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -69,7 +74,7 @@ pub fn start_service_on(config: &Path, log: &Path, http_bind: &str) -> Child {
     super::stagestream()
         .args(["run", "--config"])
         .arg(config)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .env("STAGESTREAM__HTTP__BIND", http_bind)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
