@@ -14,8 +14,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use rdkafka::client::Client;
+use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
+use rdkafka::{ClientConfig, ClientContext};
 use serde::Deserialize;
 
 use crate::core::Problem;
@@ -294,6 +297,32 @@ impl KafkaSettings {
             .map_err(|error| format!("kafka.producer: {error}"))?;
         Ok(())
     }
+}
+
+/// How long [`connect_producer`] waits for the cluster's answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects a producer before its first record by asking for `topic`'s metadata. Left
+/// to itself, an idempotent producer asks for its producer id while only the bootstrap
+/// connection exists, finds no broker up once that connection is replaced, and tries
+/// again after librdkafka's 500 ms timer plus a connection: records sent meanwhile
+/// wait (catching up on a backlog, the service delivered nothing for ~0.8 s, and
+/// `loadgen`'s first records arrived that late after their timestamps).
+///
+/// Returns the error the broker gave for `topic` (it does not exist, ...), if any.
+///
+/// # Errors
+/// The cluster did not answer within 5 s; the producer keeps trying on its own.
+pub fn connect_producer<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+) -> KafkaResult<Option<RDKafkaErrorCode>> {
+    let metadata = client.fetch_metadata(Some(topic), CONNECT_TIMEOUT)?;
+    Ok(metadata
+        .topics()
+        .first()
+        .and_then(|t| t.error())
+        .map(RDKafkaErrorCode::from))
 }
 
 impl From<&Properties> for ClientConfig {

@@ -21,13 +21,11 @@ use rdkafka::{ClientConfig, ClientContext};
 
 use crate::core::EventTime;
 use crate::generate::{generate_keyed, GeneratorSettings};
-use crate::kafka::Properties;
+use crate::kafka::{connect_producer, Properties};
 
 /// How long a record may wait for delivery before it counts as failed, and how long
 /// the end of a run waits for the last ones.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest the start waits for the broker's first metadata answer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct LoadSettings {
@@ -99,15 +97,10 @@ pub fn load(properties: &Properties, settings: &LoadSettings) -> Result<LoadSumm
     let producer: ThreadedProducer<Deliveries> = config
         .create_with_context(Deliveries::default())
         .map_err(LoadError::Client)?;
-    // Connect before the first record. Otherwise the idempotent producer gets its
-    // producer id only after librdkafka's 500 ms retry timer (see `pipeline::Sink`), and
-    // the records of the first ~0.8 s carry timestamps that old on arrival: latency
-    // measured from them (`scripts/bench-e2e.sh`) included the wait. Errors surface as
-    // undelivered records, as before.
-    if let Err(error) = producer
-        .client()
-        .fetch_metadata(Some(&settings.topic), CONNECT_TIMEOUT)
-    {
+    // Connected before the first record, so records do not wait for the producer id
+    // (latency is measured from their timestamps). A missing topic or an unreachable
+    // cluster surfaces as undelivered records, as before.
+    if let Err(error) = connect_producer(producer.client(), &settings.topic) {
         tracing::warn!(%error, topic = %settings.topic, "cannot reach the cluster yet; producing anyway");
     }
 

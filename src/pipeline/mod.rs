@@ -54,7 +54,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{DeliveryMode, Settings};
 use crate::core::{Engine, Event, EventTime, Output, Verdict};
 use crate::decode::{decode_with_default_time, RejectReason};
-use crate::kafka::ContentMode;
+use crate::kafka::{self, ContentMode};
 use crate::output::{Rendered, Renderer};
 use crate::snapshot::{self, format, DirectoryStore, SnapshotError, SnapshotStore};
 use crate::telemetry::Metrics;
@@ -71,8 +71,6 @@ const TICK: Duration = Duration::from_millis(100);
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
 /// Messages handled between services of the producer and the offset store.
 const SERVICE_EVERY: u32 = 256;
-/// The longest the start waits for the producer's first metadata answer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long stopping waits for the consumer to leave its group.
 const LEAVE_GROUP_WAIT: Duration = Duration::from_secs(5);
 /// Exactly-once: how often the open transaction (outputs + input offsets) is committed.
@@ -1484,27 +1482,17 @@ struct Sink {
 }
 
 impl Sink {
-    /// Connects the producer by asking for the output topic's metadata. Left to
-    /// itself, the idempotent producer asks for its producer id while only the bootstrap
-    /// connection exists, finds no broker up once that connection is replaced, and tries
-    /// again after a 500 ms timer plus a connection: catching up on a backlog, nothing
-    /// was delivered for the first ~0.8 s (up to ~80K outputs queued). Also says early
-    /// when the output topic does not exist.
+    /// Connects the producer ([`kafka::connect_producer`]); says early when the output
+    /// topic does not exist.
     fn connect(&self) {
         let topic = self.output_topic.as_str();
-        match self
-            .producer
-            .client()
-            .fetch_metadata(Some(topic), CONNECT_TIMEOUT)
-        {
-            Ok(metadata) => match metadata.topics().first().and_then(|t| t.error()) {
-                None => debug!(topic, "producer connected"),
-                Some(error) => warn!(
-                    topic,
-                    error = %RDKafkaErrorCode::from(error),
-                    "the output topic is not available (yet); outputs wait in the producer"
-                ),
-            },
+        match kafka::connect_producer(self.producer.client(), topic) {
+            Ok(None) => debug!(topic, "producer connected"),
+            Ok(Some(error)) => warn!(
+                topic,
+                %error,
+                "the output topic is not available (yet); outputs wait in the producer"
+            ),
             Err(error) => warn!(%error, topic, "the producer cannot reach the cluster yet; it keeps trying"),
         }
     }
