@@ -2,7 +2,8 @@
 //!
 //! Fills one engine with N customers (36-character ids, two activity events each, so
 //! every customer is armed), once without messageIds and once with both events' ids in
-//! the dedup window, and reports the growth of resident memory divided by N. Run: `cargo bench --bench memory`
+//! the dedup window, each in a process of its own, and reports the growth of resident
+//! memory divided by N. Run: `cargo bench --bench memory`
 //! (optionally `-- 1000000 10000000`). Figures: README and docs/performance.md.
 
 mod support;
@@ -43,14 +44,30 @@ fn measure(customers: u32, with_message_ids: bool) {
 }
 
 fn main() {
+    // Each case runs in a fresh process: memory a previous engine left to the
+    // allocator would otherwise be reused and go uncounted.
+    if let Ok(case) = std::env::var(CASE) {
+        let (count, ids) = case.split_once(':').expect("N:ids or N:none");
+        measure(count.parse().expect("a customer count"), ids == "ids");
+        return;
+    }
     let counts: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let counts = if counts.is_empty() {
         vec![100_000, 1_000_000]
     } else {
         counts
     };
+    let me = std::env::current_exe().expect("the bench binary");
     for count in counts {
-        measure(count, false);
-        measure(count, true);
+        for ids in ["none", "ids"] {
+            let status = std::process::Command::new(&me)
+                .env(CASE, format!("{count}:{ids}"))
+                .status()
+                .expect("run one case");
+            assert!(status.success(), "case {count}:{ids} failed");
+        }
     }
 }
+
+/// Set to `N:ids` or `N:none` to measure one case in this process.
+const CASE: &str = "MEMORY_BENCH_CASE";
