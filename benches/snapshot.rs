@@ -1,8 +1,8 @@
 //! Snapshot costs at 1M customers (36-character ids, two events each with messageIds
-//! in the dedup window, every customer armed): the processing pause (`Engine::image`,
-//! the only part on the consumer's path; the service copies into buffers prepared
-//! beforehand on the snapshot thread), encoding a file, and restoring one
-//! (checksum, decompress, parse, `Engine::restore`).
+//! in the dedup window, every customer armed): copying the state out (the only part on
+//! the consumer's path: all at once with `Engine::image`, or block by block as the
+//! service does, with the longest single step printed first), encoding a file, and
+//! restoring one (checksum, decompress, parse, `Engine::restore`).
 //!
 //! Run: `cargo bench --bench snapshot` (`SNAPSHOT_BENCH_CUSTOMERS=10000000` for 10M).
 //! Figures and the machine: docs/performance.md.
@@ -10,10 +10,11 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion};
 use stagestream::config;
-use stagestream::core::{Engine, EngineImage};
+use stagestream::core::Engine;
 use stagestream::snapshot::format::{decode, encode, Header};
 
 fn filled_engine(customers: u32) -> (Engine, config::Settings) {
@@ -32,7 +33,7 @@ fn main() {
     // An environment variable, since criterion refuses arguments it does not know.
     let customers = std::env::var("SNAPSHOT_BENCH_CUSTOMERS")
         .map_or(1_000_000, |n| n.parse().expect("SNAPSHOT_BENCH_CUSTOMERS=N"));
-    let (engine, settings) = filled_engine(customers);
+    let (mut engine, settings) = filled_engine(customers);
     let header = Header {
         fingerprint: settings.model.shape().fingerprint,
         topic: "events".into(),
@@ -46,15 +47,22 @@ fn main() {
         bytes.len() as f64 / 1e6,
         bytes.len() as f64 / f64::from(customers)
     );
+    print_capture_steps(&mut engine);
     let mut c = Criterion::default().sample_size(10).configure_from_args();
     let mut group = c.benchmark_group(format!("snapshot/{customers}"));
-    group.bench_function("pause (image, fresh buffers)", |b| b.iter(|| engine.image()));
-    // What the service does: buffers allocated and touched on the snapshot thread
-    // beforehand (then reused), so the pause is a copy into mapped memory.
-    group.bench_function("pause (image into prepared buffers)", |b| {
-        b.iter_batched_ref(
-            || EngineImage::with_capacity(engine.image_size().with_headroom()),
-            |image| engine.image_into(image),
+    group.bench_function("image (all at once, fresh buffers)", |b| {
+        b.iter(|| engine.image())
+    });
+    // What the service does: the previous image's buffers reused, the copy made a
+    // block at a time between messages; here every block back to back.
+    let spare = engine.image();
+    group.bench_function("capture (every block, reused buffers)", |b| {
+        b.iter_batched(
+            || Box::new(spare.clone()),
+            |image| {
+                engine.begin_image(image);
+                engine.continue_image(usize::MAX).expect("complete")
+            },
             BatchSize::LargeInput,
         )
     });
@@ -73,4 +81,33 @@ fn main() {
     });
     group.finish();
     c.final_summary();
+}
+
+/// The pause a snapshot can cause: each block's copy, timed one by one (into the
+/// buffers of a previous image, as in the service).
+fn print_capture_steps(engine: &mut Engine) {
+    let mut steps: Vec<Duration> = Vec::new();
+    for round in 0..3 {
+        steps.clear();
+        engine.begin_image(Box::new(engine.image()));
+        loop {
+            let started = Instant::now();
+            let image = engine.continue_image(1);
+            steps.push(started.elapsed());
+            if let Some(image) = image {
+                assert_eq!(*image, engine.image(), "the capture is the state");
+                break;
+            }
+        }
+        steps.sort_unstable();
+        let total: Duration = steps.iter().sum();
+        println!(
+            "capture round {round}: {} blocks, total {:.1} ms, per block median {:.1} us, p99 {:.1} us, longest {:.1} us",
+            steps.len(),
+            total.as_secs_f64() * 1e3,
+            steps[steps.len() / 2].as_secs_f64() * 1e6,
+            steps[steps.len() * 99 / 100].as_secs_f64() * 1e6,
+            steps[steps.len() - 1].as_secs_f64() * 1e6,
+        );
+    }
 }

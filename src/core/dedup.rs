@@ -8,6 +8,10 @@
 //! pass each time the watermark moves a quarter window, rather than one random-access
 //! removal per event: pruning bounds memory (to about 1.25 windows of ids), it never
 //! changes a decision, since a lookup already ignores entries outside the window.
+//!
+//! The entries are sharded by [customer block](super::customers::BLOCK_SHIFT), one
+//! hash table per block, so a snapshot can copy one block's entries without scanning
+//! the others ([`super::Engine::begin_image`]).
 
 use ahash::RandomState;
 use hashbrown::HashMap;
@@ -15,10 +19,15 @@ use hashbrown::HashMap;
 use super::customers::CustomerRef;
 use super::time::{EventTime, Span};
 
+type Shard = HashMap<(CustomerRef, u64), EventTime, RandomState>;
+
 #[derive(Clone, Debug)]
 pub struct DedupWindow {
     window: Span,
-    seen: HashMap<(CustomerRef, u64), EventTime, RandomState>,
+    hasher: RandomState,
+    /// By customer block.
+    shards: Vec<Shard>,
+    len: usize,
     /// The next sweep runs once the watermark reaches this.
     next_sweep: EventTime,
 }
@@ -27,7 +36,9 @@ impl DedupWindow {
     pub fn new(window: Span) -> Self {
         DedupWindow {
             window,
-            seen: HashMap::default(),
+            hasher: RandomState::new(),
+            shards: Vec::new(),
+            len: 0,
             next_sweep: EventTime::MIN,
         }
     }
@@ -37,62 +48,105 @@ impl DedupWindow {
     }
 
     pub fn is_duplicate(&self, customer: CustomerRef, digest: u64, at: EventTime) -> bool {
-        self.seen.get(&(customer, digest)).is_some_and(|&previous| {
-            at.as_millis().abs_diff(previous.as_millis()) <= self.window.as_millis() as u64
-        })
+        self.shards
+            .get(customer.block())
+            .and_then(|shard| shard.get(&(customer, digest)))
+            .is_some_and(|&previous| {
+                at.as_millis().abs_diff(previous.as_millis()) <= self.window.as_millis() as u64
+            })
     }
 
-    /// Remembers an applied event; now and then forgets what `watermark` has made
-    /// unmatchable.
-    pub fn record(&mut self, customer: CustomerRef, digest: u64, at: EventTime, watermark: EventTime) {
-        let seen = self.seen.entry((customer, digest)).or_insert(at);
-        *seen = (*seen).max(at);
-        if watermark >= self.next_sweep {
-            let horizon = watermark.minus(self.window);
-            self.seen.retain(|_, &mut time| time >= horizon);
-            self.next_sweep = watermark.plus(Span::from_millis(self.window.as_millis() / 4));
+    /// Remembers an applied event.
+    pub fn record(&mut self, customer: CustomerRef, digest: u64, at: EventTime) {
+        let block = customer.block();
+        if block >= self.shards.len() {
+            let hasher = &self.hasher;
+            self.shards
+                .resize_with(block + 1, || HashMap::with_hasher(hasher.clone()));
         }
+        let shard = &mut self.shards[block];
+        let before = shard.len();
+        let seen = shard.entry((customer, digest)).or_insert(at);
+        *seen = (*seen).max(at);
+        self.len += shard.len() - before;
     }
 
-    /// Every remembered `(customer, digest, time)`, in no particular order, and the
-    /// watermark at which the next sweep runs.
-    pub fn entries(
-        &self,
-    ) -> (
-        impl Iterator<Item = (CustomerRef, u64, EventTime)> + '_,
-        EventTime,
-    ) {
-        let entries = self
-            .seen
-            .iter()
-            .map(|(&(customer, digest), &at)| (customer, digest, at));
-        (entries, self.next_sweep)
+    /// Whether [`DedupWindow::sweep`] has anything to do at `watermark`.
+    pub fn sweep_due(&self, watermark: EventTime) -> bool {
+        watermark >= self.next_sweep
+    }
+
+    /// Forgets what `watermark` has made unmatchable, if a quarter window passed since
+    /// the last sweep. Postponing it changes no decision, only memory.
+    pub fn sweep(&mut self, watermark: EventTime) {
+        if !self.sweep_due(watermark) {
+            return;
+        }
+        let horizon = watermark.minus(self.window);
+        for shard in &mut self.shards {
+            shard.retain(|_, &mut time| time >= horizon);
+            // A shard keeps the table of its busiest time; once the window holds far
+            // fewer of its customers' ids, give the memory back (with room to double).
+            if shard.len() < shard.capacity() / 4 {
+                shard.shrink_to(shard.len() * 2);
+            }
+        }
+        self.len = self.shards.iter().map(HashMap::len).sum();
+        self.next_sweep = watermark.plus(Span::from_millis(self.window.as_millis() / 4));
+    }
+
+    /// The watermark at which the next sweep runs.
+    pub fn next_sweep(&self) -> EventTime {
+        self.next_sweep
+    }
+
+    /// Every remembered `(customer, digest, time)`, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = (CustomerRef, u64, EventTime)> + '_ {
+        (0..self.shards.len()).flat_map(|block| self.entries_of(block))
+    }
+
+    /// The remembered `(customer, digest, time)` of the customers in block `block`.
+    pub fn entries_of(&self, block: usize) -> impl Iterator<Item = (CustomerRef, u64, EventTime)> + '_ {
+        self.shards
+            .get(block)
+            .into_iter()
+            .flatten()
+            .map(|(&(customer, digest), &at)| (customer, digest, at))
     }
 
     /// A window holding `entries` (as [`DedupWindow::entries`] gave them).
     pub fn from_entries(
         window: Span,
-        entries: impl ExactSizeIterator<Item = (CustomerRef, u64, EventTime)>,
+        entries: impl Iterator<Item = (CustomerRef, u64, EventTime)> + Clone,
         next_sweep: EventTime,
     ) -> Self {
-        let mut seen = HashMap::with_capacity_and_hasher(entries.len(), RandomState::default());
+        let mut dedup = DedupWindow::new(window);
+        // Sized first, so no shard rehashes while it fills.
+        let mut per_block = Vec::new();
+        for (customer, _, _) in entries.clone() {
+            let block = customer.block();
+            if block >= per_block.len() {
+                per_block.resize(block + 1, 0);
+            }
+            per_block[block] += 1;
+        }
+        dedup.shards = per_block
+            .into_iter()
+            .map(|len| HashMap::with_capacity_and_hasher(len, dedup.hasher.clone()))
+            .collect();
         for (customer, digest, at) in entries {
-            let time = seen.entry((customer, digest)).or_insert(at);
-            *time = (*time).max(at);
+            dedup.record(customer, digest, at);
         }
-        DedupWindow {
-            window,
-            seen,
-            next_sweep,
-        }
+        dedup.next_sweep = next_sweep;
+        dedup
     }
 
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.len == 0
     }
 }
 
@@ -110,7 +164,7 @@ mod tests {
     fn matches_within_the_window_for_the_same_customer_only() {
         let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
         let id = DedupWindow::digest("m-1");
-        dedup.record(CustomerRef(0), id, t(100), EventTime::MIN);
+        dedup.record(CustomerRef(0), id, t(100));
         assert!(dedup.is_duplicate(CustomerRef(0), id, t(100)));
         assert!(dedup.is_duplicate(CustomerRef(0), id, t(124)));
         assert!(dedup.is_duplicate(CustomerRef(0), id, t(76)));
@@ -122,21 +176,31 @@ mod tests {
     #[test]
     fn prunes_what_the_watermark_left_behind() {
         let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
-        dedup.record(CustomerRef(0), 1, t(0), t(0));
-        dedup.record(CustomerRef(1), 2, t(10), t(10));
-        assert_eq!(dedup.len(), 2);
-        dedup.record(CustomerRef(2), 3, t(30), t(30));
+        // Customers 0 and 9 are in different shards.
+        dedup.record(CustomerRef(0), 1, t(0));
+        dedup.sweep(t(0));
+        dedup.record(CustomerRef(9), 2, t(10));
+        dedup.sweep(t(10));
+        assert_eq!(dedup.len(), 2, "nothing was old enough yet");
+        dedup.record(CustomerRef(2), 3, t(30));
+        assert!(dedup.sweep_due(t(30)));
+        assert_eq!(dedup.len(), 3, "recording never sweeps");
+        dedup.sweep(t(30));
         assert_eq!(dedup.len(), 2, "t(0) is older than watermark - window");
         assert!(!dedup.is_duplicate(CustomerRef(0), 1, t(0)));
-        assert!(dedup.is_duplicate(CustomerRef(1), 2, t(10)));
+        assert!(dedup.is_duplicate(CustomerRef(9), 2, t(10)));
+        assert_eq!(dedup.entries_of(2).count(), 1, "customer 9's block");
+        assert_eq!(dedup.entries().count(), 2);
     }
 
     #[test]
     fn a_resighting_keeps_the_id_alive() {
         let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
-        dedup.record(CustomerRef(0), 1, t(0), t(0));
-        dedup.record(CustomerRef(0), 1, t(30), t(30));
-        dedup.record(CustomerRef(0), 9, t(40), t(40));
+        dedup.record(CustomerRef(0), 1, t(0));
+        dedup.record(CustomerRef(0), 1, t(30));
+        dedup.sweep(t(30));
+        dedup.record(CustomerRef(0), 9, t(40));
+        dedup.sweep(t(40));
         assert!(dedup.is_duplicate(CustomerRef(0), 1, t(31)));
     }
 }

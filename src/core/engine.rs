@@ -18,10 +18,11 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use super::capture::{Capture, Live};
 use super::customers::{CustomerRef, CustomerTable, Interned};
 use super::dedup::DedupWindow;
 use super::event::Event;
-use super::image::{CustomerImage, DedupEntry, EngineImage, ImageSize, Migration, RestoreError};
+use super::image::{CustomerImage, DedupEntry, EngineImage, Migration, RestoreError};
 use super::model::{Model, RuleId, StageId, ThresholdId};
 use super::time::{EventTime, Span};
 
@@ -99,7 +100,7 @@ const UNARMED: u8 = u8::MAX;
 const NOT_INDEXED: EventTime = EventTime::MIN;
 
 #[derive(Clone, Copy, Debug)]
-struct CustomerState {
+pub(super) struct CustomerState {
     /// The newest activity time seen for the customer.
     last_activity: EventTime,
     /// The key of the customer's entry in the deadline index, or [`NOT_INDEXED`];
@@ -115,6 +116,19 @@ struct CustomerState {
     /// When the customer entered `stage`, as [`StageEntered`]: it fits in the padding
     /// after the bytes above, so reporting time in stage costs no memory.
     stage_entered: StageEntered,
+}
+
+impl CustomerState {
+    /// The state as an image holds it.
+    pub(super) fn image(&self) -> CustomerImage {
+        CustomerImage {
+            last_activity: self.last_activity,
+            stage: self.stage,
+            armed: (self.armed != UNARMED).then_some(ThresholdId(self.armed)),
+            ladder: self.ladder,
+            stage_entered: self.stage_entered.0,
+        }
+    }
 }
 
 /// An instant at whole-second resolution, in seconds since the Unix epoch clamped to
@@ -154,6 +168,8 @@ pub struct Engine {
     /// The firing clock: the watermark, or further when time was advanced explicitly.
     clock: EventTime,
     population: Vec<u64>,
+    /// An image being copied out between events ([`Engine::begin_image`]).
+    capture: Option<Capture>,
 }
 
 impl Engine {
@@ -171,6 +187,7 @@ impl Engine {
             newest_event: EventTime::MIN,
             clock: EventTime::MIN,
             population: vec![0; stages],
+            capture: None,
         }
     }
 
@@ -217,56 +234,84 @@ impl Engine {
         self.armed_customers
     }
 
-    /// Copies the state out as plain data, for a snapshot. Flat copies only (no index
-    /// is cloned), so it is cheap enough to take between two events.
+    /// Copies the whole state out as plain data, at once: for a snapshot taken when
+    /// nothing waits (revoke, shutdown) and for tests. The live service copies it a
+    /// block at a time instead ([`Engine::begin_image`]).
     pub fn image(&self) -> EngineImage {
-        let mut image = EngineImage::default();
-        self.image_into(&mut image);
-        image
-    }
-
-    /// What an image of the engine holds now.
-    pub fn image_size(&self) -> ImageSize {
-        ImageSize {
-            customers: self.customers.len(),
-            id_bytes: self.customers.parts().0.len(),
-            counters: self.counters.len(),
-            dedup: self.dedup.len(),
+        let (arena, ends) = self.customers.parts();
+        EngineImage {
+            shape: self.model.shape().clone(),
+            newest_event: self.newest_event,
+            clock: self.clock,
+            dedup_next_sweep: self.dedup.next_sweep(),
+            id_arena: arena.to_owned(),
+            id_ends: ends.to_vec(),
+            customers: self.states.iter().map(CustomerState::image).collect(),
+            counters: self.counters.clone(),
+            dedup: self
+                .dedup
+                .entries()
+                .map(|(customer, digest, seen_at)| DedupEntry {
+                    customer,
+                    digest,
+                    seen_at,
+                })
+                .collect(),
         }
     }
 
-    /// [`Engine::image`] into the buffers of an earlier image (or of
-    /// [`EngineImage::with_capacity`]): the copy then writes memory that is already
-    /// mapped, about 4x faster at 1M customers (docs/performance.md).
-    pub fn image_into(&self, image: &mut EngineImage) {
-        let (arena, ends) = self.customers.parts();
-        let (dedup, dedup_next_sweep) = self.dedup.entries();
+    /// Starts copying the state, as it is now, into `image` (whose buffers are reused):
+    /// [`Engine::continue_image`] copies it a block of customers at a time between
+    /// events, and a block about to change is copied first, so the finished image is
+    /// exactly the state now, while no single step stops processing for longer than a
+    /// few blocks' copy (docs/performance.md, "Snapshots"). A capture already running
+    /// is dropped.
+    pub fn begin_image(&mut self, mut image: Box<EngineImage>) {
         image.shape.clone_from(self.model.shape());
         image.newest_event = self.newest_event;
         image.clock = self.clock;
-        image.dedup_next_sweep = dedup_next_sweep;
-        image.id_arena.clear();
-        image.id_arena.push_str(arena);
-        image.id_ends.clear();
-        image.id_ends.extend_from_slice(ends);
-        image.customers.clear();
-        image.customers.extend(self.states.iter().map(|s| CustomerImage {
-            last_activity: s.last_activity,
-            stage: s.stage,
-            armed: (s.armed != UNARMED).then_some(ThresholdId(s.armed)),
-            ladder: s.ladder,
-            stage_entered: s.stage_entered.0,
-        }));
-        image.counters.clear();
-        image.counters.extend_from_slice(&self.counters);
-        image.dedup.clear();
-        image
-            .dedup
-            .extend(dedup.map(|(customer, digest, seen_at)| DedupEntry {
-                customer,
-                digest,
-                seen_at,
-            }));
+        image.dedup_next_sweep = self.dedup.next_sweep();
+        self.capture = Some(Capture::begin(
+            image,
+            self.customers.len(),
+            self.model.counter_count(),
+        ));
+    }
+
+    /// Copies up to `blocks` more blocks of the image [`Engine::begin_image`] started,
+    /// and returns it once complete. `None` also when no capture runs.
+    pub fn continue_image(&mut self, blocks: usize) -> Option<Box<EngineImage>> {
+        let capture = self.capture.as_mut()?;
+        let live = Live {
+            customers: &self.customers,
+            states: &self.states,
+            counters: &self.counters,
+            dedup: &self.dedup,
+        };
+        for _ in 0..blocks {
+            if capture.step(&live) {
+                return self.capture.take().map(Capture::finish);
+            }
+        }
+        None
+    }
+
+    /// Whether an image is being copied ([`Engine::begin_image`]).
+    pub fn is_imaging(&self) -> bool {
+        self.capture.is_some()
+    }
+
+    /// Keeps a running capture exact: copies the customer's block before it changes.
+    fn before_write(&mut self, customer: CustomerRef) {
+        if let Some(capture) = &mut self.capture {
+            let live = Live {
+                customers: &self.customers,
+                states: &self.states,
+                counters: &self.counters,
+                dedup: &self.dedup,
+            };
+            capture.before_write(customer.block(), &live);
+        }
     }
 
     /// Rebuilds an engine from an image, carrying it into `model` when it was made
@@ -386,6 +431,7 @@ impl Engine {
             newest_event: image.newest_event,
             clock: image.clock,
             population,
+            capture: None,
         })
     }
 
@@ -412,6 +458,7 @@ impl Engine {
         self.observe(at, out);
         let customer = match known {
             Some(customer) => {
+                self.before_write(customer);
                 self.fire_gap(customer, at, out);
                 self.classify(customer, Interned::Existing, event, out);
                 customer
@@ -441,8 +488,11 @@ impl Engine {
         let ladder = state.ladder;
         self.arm(customer, ladder);
         if let Some(digest) = digest {
-            let watermark = self.watermark();
-            self.dedup.record(customer, digest, at, watermark);
+            self.dedup.record(customer, digest, at);
+            // A sweep changes every block at once: it waits for a running capture.
+            if self.capture.is_none() {
+                self.dedup.sweep(self.watermark());
+            }
         }
         Verdict::Applied
     }
@@ -469,6 +519,7 @@ impl Engine {
                 break;
             }
             self.deadlines.pop_first();
+            self.before_write(customer);
             self.states[customer.index()].indexed = NOT_INDEXED;
             match self.deadline(customer) {
                 // Disarmed since it was indexed: the entry was stale.

@@ -699,24 +699,144 @@ fn an_image_that_contradicts_itself_is_refused() {
     ));
 }
 
+/// An image with its messageIds in one order: their order carries no meaning.
+fn normalised(mut image: EngineImage) -> EngineImage {
+    image
+        .dedup
+        .sort_unstable_by_key(|e| (e.customer, e.digest, e.seen_at));
+    image
+}
+
 #[test]
-fn an_image_into_prepared_buffers_reallocates_nothing() {
+fn a_capture_without_writes_is_the_image_and_reuses_the_buffers() {
     let mut run = Run::five_stage();
-    for i in 0..100 {
+    for i in 0..10 {
         run.track(&format!("customer-{i}"), "Order Completed", t(0, i));
     }
-    let size = run.engine.image_size();
-    let mut image = EngineImage::with_capacity(size);
-    assert!(image.fits(size));
-    assert!(!EngineImage::default().fits(size));
-    let arena = image.id_arena.as_ptr();
-    let customers = image.customers.as_ptr();
-    run.engine.image_into(&mut image);
-    assert_eq!(image, run.engine.image());
-    assert_eq!(
-        (image.id_arena.as_ptr(), image.customers.as_ptr()),
-        (arena, customers)
+    assert!(run.engine.continue_image(1).is_none(), "nothing to continue");
+    let buffers = Box::new(run.engine.image());
+    let customers = buffers.customers.as_ptr();
+    run.engine.begin_image(buffers);
+    assert!(run.engine.is_imaging());
+    // Ten customers in blocks of four: three steps.
+    assert!(run.engine.continue_image(2).is_none());
+    let image = run
+        .engine
+        .continue_image(1)
+        .expect("the third block completes it");
+    assert!(!run.engine.is_imaging());
+    assert_eq!(image.customers.as_ptr(), customers, "no reallocation");
+    assert_eq!(*image, run.engine.image());
+}
+
+#[test]
+fn a_capture_is_the_state_when_it_began_whatever_changes_after() {
+    let mut run = Run::five_stage();
+    for i in 0..10 {
+        run.track(&format!("customer-{i}"), "Product Viewed", t(0, i));
+    }
+    let before = run.engine.image();
+    run.engine.begin_image(Box::default());
+    assert!(run.engine.continue_image(1).is_none());
+    // Block 0 was copied by the cursor; block 1 is copied ahead of this write; block 2
+    // gains a new customer, who is not in the image; a firing changes everyone.
+    run.track("customer-1", "Order Completed", t(1, 0));
+    run.track("customer-5", "Order Completed", t(1, 1));
+    run.track("customer-new", "Order Completed", t(1, 2));
+    run.advance(t(30, 0));
+    let image = run.engine.continue_image(usize::MAX).expect("complete");
+    assert_ne!(
+        normalised(run.engine.image()),
+        normalised(before.clone()),
+        "the state moved on"
     );
+    assert_eq!(normalised(*image), normalised(before));
+}
+
+/// One step of a generated run: an event, the clock moved on, or a capture step.
+#[derive(Clone, Debug)]
+enum Op {
+    Event {
+        customer: u8,
+        name: usize,
+        minutes_later: i64,
+        message: u8,
+    },
+    Advance {
+        hours: i64,
+    },
+    Step {
+        blocks: usize,
+    },
+}
+
+fn ops(count: usize) -> impl proptest::strategy::Strategy<Value = Vec<Op>> {
+    use proptest::prelude::*;
+    let op = prop_oneof![
+        6 => (0u8..24, 0usize..4, -4i64..90, 0u8..40).prop_map(|(customer, name, minutes_later, message)| Op::Event {
+            customer,
+            name,
+            minutes_later,
+            message,
+        }),
+        1 => (0i64..400).prop_map(|hours| Op::Advance { hours }),
+        2 => (0usize..3).prop_map(|blocks| Op::Step { blocks }),
+    ];
+    proptest::collection::vec(op, 0..count)
+}
+
+proptest::proptest! {
+    /// Whatever happens while a capture runs (events, firings, new customers, the
+    /// dedup window's sweeps postponed), the image is the state when it began, and
+    /// the engine's outputs are those of an engine that never captured.
+    #[test]
+    fn a_capture_is_exact_and_changes_no_output(before in ops(60), during in ops(120)) {
+        const NAMES: [&str; 4] = ["Product Viewed", "Order Completed", "Product Reviewed", "Signed Up"];
+        // A short dedup window, so that sweeps fall due during the capture.
+        let settings = EngineSettings {
+            dedup_window: Span::from_millis(3 * 60 * MINUTE),
+            ..EngineSettings::default()
+        };
+        let mut engine = Engine::new(Arc::new(test_model(FIVE_STAGE)), settings);
+        let apply = |engine: &mut Engine, op: &Op, now: &mut EventTime, out: &mut Vec<Output>| match *op {
+            Op::Event { customer, name, minutes_later, message } => {
+                *now = EventTime::from_millis(now.as_millis() + minutes_later.max(0) * MINUTE);
+                let event = Event {
+                    kind: EventType::Track,
+                    customer: Cow::Owned(format!("c{customer}")),
+                    message_id: Some(Cow::Owned(format!("m{message}"))),
+                    name: Some(Cow::Borrowed(NAMES[name])),
+                    timestamp: EventTime::from_millis(now.as_millis() + minutes_later.min(0) * MINUTE),
+                    properties: Vec::new(),
+                };
+                engine.on_event(&event, out);
+            }
+            Op::Advance { hours } => {
+                engine.advance_to(EventTime::from_millis(now.as_millis() + hours * 60 * MINUTE), out)
+            }
+            Op::Step { .. } => {}
+        };
+        let (mut now, mut out) = (t(0, 0), Vec::new());
+        for op in &before {
+            apply(&mut engine, op, &mut now, &mut out);
+        }
+        let expected_image = engine.image();
+        let mut uncaptured = engine.clone();
+        let mut uncaptured_now = now;
+        engine.begin_image(Box::default());
+        let mut image = None;
+        let (mut captured_out, mut uncaptured_out) = (Vec::new(), Vec::new());
+        for op in &during {
+            if let Op::Step { blocks } = *op {
+                image = image.or_else(|| engine.continue_image(blocks));
+            }
+            apply(&mut engine, op, &mut now, &mut captured_out);
+            apply(&mut uncaptured, op, &mut uncaptured_now, &mut uncaptured_out);
+        }
+        let image = image.or_else(|| engine.continue_image(usize::MAX)).expect("complete");
+        proptest::prop_assert_eq!(normalised(*image), normalised(expected_image));
+        proptest::prop_assert_eq!(captured_out, uncaptured_out);
+    }
 }
 
 #[test]

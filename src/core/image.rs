@@ -1,10 +1,11 @@
 //! A plain copy of an engine's state ([`EngineImage`]), and the policy for carrying
 //! state saved under one stage model into another.
 //!
-//! [`Engine::image`](super::Engine::image) copies the state out (flat vectors, a few
-//! memcpys: cheap enough to take between two events); the snapshot module serialises it
-//! on another thread; [`Engine::restore`](super::Engine::restore) rebuilds an engine
-//! from one, validating every index, since an image may come from a file.
+//! [`Engine::begin_image`](super::Engine::begin_image) copies the state out a block of
+//! customers at a time between events (or [`Engine::image`](super::Engine::image) all
+//! at once); the snapshot module serialises it on another thread;
+//! [`Engine::restore`](super::Engine::restore) rebuilds an engine from one, validating
+//! every index, since an image may come from a file.
 //!
 //! Model changes (docs/semantics.md, "Snapshots and model changes"): an image made under
 //! the same fingerprint loads as is. Otherwise it is *migrated* when
@@ -60,71 +61,6 @@ pub struct EngineImage {
     /// `shape.counters.len()` occurrence counters per customer, by ref.
     pub counters: Vec<u32>,
     pub dedup: Vec<DedupEntry>,
-}
-
-/// How much an [`EngineImage`] of an engine holds, to size buffers before copying.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ImageSize {
-    pub customers: usize,
-    pub id_bytes: usize,
-    pub counters: usize,
-    pub dedup: usize,
-}
-
-impl ImageSize {
-    /// This size grown by a quarter, so buffers keep fitting a growing engine.
-    #[must_use]
-    pub fn with_headroom(self) -> ImageSize {
-        let grow = |n: usize| n + n / 4 + 16;
-        ImageSize {
-            customers: grow(self.customers),
-            id_bytes: grow(self.id_bytes),
-            counters: grow(self.counters),
-            dedup: grow(self.dedup),
-        }
-    }
-}
-
-impl EngineImage {
-    /// An empty image whose buffers hold `size` without growing, every page already
-    /// written: copying an engine into it then never faults in fresh memory, which is
-    /// most of the cost of a copy into new buffers.
-    pub fn with_capacity(size: ImageSize) -> EngineImage {
-        fn touched<T: Clone>(len: usize, value: T) -> Vec<T> {
-            let mut buffer = vec![value; len];
-            buffer.clear();
-            buffer
-        }
-        let customer = CustomerImage {
-            last_activity: EventTime::MIN,
-            stage: StageId(0),
-            armed: None,
-            ladder: 0,
-            stage_entered: 0,
-        };
-        let entry = DedupEntry {
-            customer: CustomerRef(0),
-            digest: 0,
-            seen_at: EventTime::MIN,
-        };
-        EngineImage {
-            id_arena: String::from_utf8(touched(size.id_bytes, 0u8)).expect("empty is UTF-8"),
-            id_ends: touched(size.customers, 0),
-            customers: touched(size.customers, customer),
-            counters: touched(size.counters, 0),
-            dedup: touched(size.dedup, entry),
-            ..EngineImage::default()
-        }
-    }
-
-    /// Whether `size` fits the buffers without growing them.
-    pub fn fits(&self, size: ImageSize) -> bool {
-        self.id_arena.capacity() >= size.id_bytes
-            && self.id_ends.capacity() >= size.customers
-            && self.customers.capacity() >= size.customers
-            && self.counters.capacity() >= size.counters
-            && self.dedup.capacity() >= size.dedup
-    }
 }
 
 impl Default for EngineImage {

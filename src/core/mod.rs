@@ -13,7 +13,9 @@
 //! - [`engine`]: the state machine itself.
 //! - [`image`]: the engine's state as plain data (for snapshots) and the policy for
 //!   carrying it into a changed model.
+//! - `capture`: an image copied out of a live engine a block of customers at a time.
 
+mod capture;
 pub mod customers;
 pub mod dedup;
 pub mod engine;
@@ -25,6 +27,6 @@ pub mod time;
 pub use customers::CustomerRef;
 pub use engine::{Cause, Engine, EngineSettings, Output, Verdict};
 pub use event::{Event, EventType, PropertyKey, PropertyValue};
-pub use image::{CustomerImage, DedupEntry, EngineImage, ImageSize, RestoreError};
+pub use image::{CustomerImage, DedupEntry, EngineImage, RestoreError};
 pub use model::{Model, ModelShape, ModelSpec, Problem, RuleId, StageId, ThresholdId};
 pub use time::{EventTime, Span};

@@ -71,6 +71,9 @@ const TICK: Duration = Duration::from_millis(100);
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
 /// Messages handled between services of the producer and the offset store.
 const SERVICE_EVERY: u32 = 256;
+/// How long one service may spend copying snapshot images: the longest a snapshot
+/// stops consumption (plus one block of customers, well under a millisecond).
+const CAPTURE_STEP: Duration = Duration::from_millis(2);
 /// How long stopping waits for the consumer to leave its group.
 const LEAVE_GROUP_WAIT: Duration = Duration::from_secs(5);
 /// Exactly-once: how often the open transaction (outputs + input offsets) is committed.
@@ -344,8 +347,9 @@ fn leave_group(consumer: BaseConsumer<ConsumerHooks>) {
 fn owner_loop(consumer: &BaseConsumer<ConsumerHooks>, control: &Control) -> Result<(), PipelineError> {
     let mut last_tick = Instant::now();
     let mut since_service = 0u32;
+    let mut poll_timeout = POLL_TIMEOUT;
     while !control.stopping() {
-        let polled = consumer.poll(POLL_TIMEOUT);
+        let polled = consumer.poll(poll_timeout);
         // One monotonic reading per message serves the tick, the processing time and
         // the produce latency: clock reads cost ~85 ns each on this VM, and librdkafka's
         // poll already makes three.
@@ -377,6 +381,11 @@ fn owner_loop(consumer: &BaseConsumer<ConsumerHooks>, control: &Control) -> Resu
                 last_tick = polled_at;
                 worker.tick(wall_clock());
             }
+            poll_timeout = if worker.capturing() {
+                Duration::ZERO
+            } else {
+                POLL_TIMEOUT
+            };
         }
         if let Some(fatal) = worker.fatal.take() {
             return Err(fatal);
@@ -881,10 +890,10 @@ impl Worker {
         metrics.armed_timers.set(i64::try_from(armed).unwrap_or(i64::MAX));
     }
 
-    /// Takes an image of every partition whose snapshot is due and hands it to the
-    /// snapshot thread. Taking the image is the only pause consumption sees.
+    /// Starts copying an image of every partition whose snapshot is due; the copy
+    /// proceeds in [`Worker::capture_images`].
     fn start_due_snapshots(&mut self) {
-        let (Some(thread), Some(snapshot)) = (&self.snapshot_thread, &self.settings.snapshot) else {
+        let (Some(_), Some(snapshot)) = (&self.snapshot_thread, &self.settings.snapshot) else {
             return;
         };
         let interval = snapshot.interval.as_duration();
@@ -897,37 +906,77 @@ impl Worker {
                 continue;
             };
             let ticket = Ticket::new(&self.settings.kafka.input_topics, key, state.epoch, offset);
-            let size = state.engine.image_size();
-            let Some(mut image) = state.snapshot.spare.take().filter(|spare| spare.fits(size)) else {
-                // Copying into fresh memory would fault in every page during the pause:
-                // have mapped buffers made first; the snapshot is taken when they arrive.
-                if !state.snapshot.preparing {
-                    state.snapshot.preparing = true;
-                    thread.prepare(ticket, size.with_headroom());
-                }
+            state
+                .engine
+                .begin_image(state.snapshot.spare.take().unwrap_or_default());
+            state.snapshot.dirty = false;
+            state.snapshot.taken_at = Instant::now();
+            state.snapshot.pending = Pending::Capturing {
+                ticket,
+                started: Instant::now(),
+                longest_step: Duration::ZERO,
+            };
+        }
+    }
+
+    /// Whether an image is being copied: the loop then polls without waiting, so the
+    /// copy goes on while no message comes.
+    fn capturing(&self) -> bool {
+        self.partitions
+            .values()
+            .any(|state| matches!(state.snapshot.pending, Pending::Capturing { .. }))
+    }
+
+    /// Copies images for at most [`CAPTURE_STEP`] (plus one block), the only time a
+    /// snapshot stops consumption, and hands complete ones to the snapshot thread.
+    fn capture_images(&mut self) {
+        let Some(thread) = &self.snapshot_thread else {
+            return;
+        };
+        let started = Instant::now();
+        for state in self.partitions.values_mut() {
+            let Pending::Capturing {
+                ticket,
+                started: capture_started,
+                longest_step,
+            } = &mut state.snapshot.pending
+            else {
                 continue;
             };
-            let started = Instant::now();
-            state.engine.image_into(&mut image);
-            let pause = started.elapsed();
+            let step_started = Instant::now();
+            let image = loop {
+                if let Some(image) = state.engine.continue_image(1) {
+                    break Some(image);
+                }
+                if started.elapsed() >= CAPTURE_STEP {
+                    break None;
+                }
+            };
+            let step = step_started.elapsed();
+            *longest_step = (*longest_step).max(step);
             self.control
                 .metrics
                 .snapshot_duration
                 .with_label_values(&["pause"])
-                .observe(pause.as_secs_f64());
-            debug!(
-                topic = %ticket.topic,
-                partition = key.partition,
-                offset,
-                customers = image.customers.len(),
-                pause_ms = pause.as_secs_f64() * 1e3,
-                "snapshot image taken"
-            );
-            let header = ticket.header(image.shape.fingerprint);
-            thread.encode(ticket, header, image);
-            state.snapshot.dirty = false;
-            state.snapshot.taken_at = Instant::now();
-            state.snapshot.pending = Pending::Encoding;
+                .observe(step.as_secs_f64());
+            if let Some(image) = image {
+                debug!(
+                    topic = %ticket.topic,
+                    partition = ticket.partition.partition,
+                    offset = ticket.offset,
+                    customers = image.customers.len(),
+                    capture_ms = capture_started.elapsed().as_secs_f64() * 1e3,
+                    longest_step_ms = longest_step.as_secs_f64() * 1e3,
+                    "snapshot image taken"
+                );
+                let ticket = ticket.clone();
+                let header = ticket.header(image.shape.fingerprint);
+                thread.encode(ticket, header, image);
+                state.snapshot.pending = Pending::Encoding;
+            }
+            if started.elapsed() >= CAPTURE_STEP {
+                break;
+            }
         }
     }
 
@@ -938,11 +987,7 @@ impl Worker {
             return;
         };
         while let Ok(done) = thread.done.try_recv() {
-            let ticket = match &done {
-                Done::Prepared { ticket, .. }
-                | Done::Encoded { ticket, .. }
-                | Done::Written { ticket, .. } => ticket,
-            };
+            let (Done::Encoded { ticket, .. } | Done::Written { ticket, .. }) = &done;
             let Some(state) = self
                 .partitions
                 .get_mut(&ticket.partition)
@@ -951,10 +996,6 @@ impl Worker {
                 continue;
             };
             match done {
-                Done::Prepared { image, .. } => {
-                    state.snapshot.spare = Some(image);
-                    state.snapshot.preparing = false;
-                }
                 Done::Encoded {
                     ticket,
                     bytes,
@@ -1060,6 +1101,7 @@ impl Worker {
             }
         }
         self.advance_snapshots();
+        self.capture_images();
         match &self.transaction {
             Some(t) if t.work && t.committed_at.elapsed() >= TRANSACTION_EVERY => {
                 self.commit_transaction(consumer)

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! tick: partition changed and `snapshot.interval` passed
-//!     -> buffers too small? [snapshot thread] allocate and touch bigger ones -> Prepared
-//!     -> Engine::image_into the buffers (the pause) -> [snapshot thread] encode -> Encoded
+//!     -> Engine::begin_image (the previous image's buffers) -> Capturing
+//! service: Engine::continue_image for at most CAPTURE_STEP (the only pauses)
+//!     -> complete -> [snapshot thread] encode -> Encoded
 //! service: Encoded and every output before its offset delivered -> [snapshot thread] write
 //!     -> Written -> the offset is durable -> stored for commit
 //! revoke / shutdown: after the flush, encode and write on the owner thread
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::PartitionKey;
-use crate::core::{EngineImage, ImageSize};
+use crate::core::EngineImage;
 use crate::snapshot::{format, Header, SnapshotStore};
 
 /// Identifies one snapshot through the background thread.
@@ -57,10 +58,6 @@ impl Ticket {
 }
 
 enum Job {
-    Prepare {
-        ticket: Ticket,
-        size: ImageSize,
-    },
     Encode {
         ticket: Ticket,
         header: Header,
@@ -74,8 +71,6 @@ enum Job {
 
 /// A result from the snapshot thread.
 pub(super) enum Done {
-    /// Buffers for the partition's next image.
-    Prepared { ticket: Ticket, image: Box<EngineImage> },
     Encoded {
         ticket: Ticket,
         bytes: Vec<u8>,
@@ -109,10 +104,6 @@ impl SnapshotThread {
             .spawn(move || {
                 for job in inbox {
                     let result = match job {
-                        Job::Prepare { ticket, size } => Done::Prepared {
-                            ticket,
-                            image: Box::new(EngineImage::with_capacity(size)),
-                        },
                         Job::Encode {
                             ticket,
                             header,
@@ -159,10 +150,6 @@ impl SnapshotThread {
         });
     }
 
-    pub fn prepare(&self, ticket: Ticket, size: ImageSize) {
-        self.send(Job::Prepare { ticket, size });
-    }
-
     pub fn write(&self, ticket: Ticket, bytes: Vec<u8>) {
         self.send(Job::Write { ticket, bytes });
     }
@@ -193,17 +180,22 @@ pub(super) struct Progress {
     pub pending: Pending,
     /// The offset of the newest snapshot known to be written, to be committed.
     pub durable: Option<i64>,
-    /// Buffers for the next image (the previous image, or prepared ones): copying into
-    /// memory that is already mapped makes the pause about 4x shorter
+    /// The previous image, whose buffers the next one reuses: copying into memory
+    /// that is already mapped costs about a quarter of faulting in fresh pages
     /// (docs/performance.md), at the cost of keeping one copy of the state.
     pub spare: Option<Box<EngineImage>>,
-    /// Bigger buffers were asked for; the snapshot waits for them.
-    pub preparing: bool,
 }
 
 #[derive(Debug)]
 pub(super) enum Pending {
     None,
+    /// The engine is copying an image for `ticket` between messages.
+    Capturing {
+        ticket: Ticket,
+        started: Instant,
+        /// The longest step so far.
+        longest_step: Duration,
+    },
     Encoding,
     /// Encoded; written once everything before `offset` is delivered.
     Encoded {
@@ -221,7 +213,6 @@ impl Progress {
             pending: Pending::None,
             durable,
             spare: None,
-            preparing: false,
         }
     }
 

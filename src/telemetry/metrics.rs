@@ -120,7 +120,8 @@ pub struct Metrics {
     pub event_delay: Histogram,
     /// From enqueueing a record to its delivery report.
     pub produce_latency: Histogram,
-    /// Snapshot steps by `step`: pause (copy on the consumer thread), encode, write.
+    /// Snapshot steps by `step`: pause (one step of the copy on the consumer thread),
+    /// encode, write.
     pub snapshot_duration: HistogramVec,
     /// Event time a customer spent in `stage` before leaving it.
     pub time_in_stage: HistogramVec,
@@ -300,7 +301,7 @@ impl Metrics {
             .with_label_values::<&str>(&[]),
             snapshot_duration: histogram(
                 "stagestream_snapshot_duration_seconds",
-                "Snapshot steps: pause (copy on the consumer thread), encode, write.",
+                "Snapshot steps: pause (one step of the copy on the consumer thread), encode, write.",
                 &["step"],
                 LATENCY_BUCKETS.to_vec(),
             ),
