@@ -3,7 +3,10 @@
 //! Fills one engine with N customers (36-character ids, two activity events each, so
 //! every customer is armed), once without messageIds and once with both events' ids in
 //! the dedup window, each in a process of its own, and reports the growth of resident
-//! memory divided by N. Run: `cargo bench --bench memory`
+//! memory divided by N. The allocator is the service's (jemalloc), told to return freed
+//! pages at once (`MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`), so that tables a
+//! growing engine left behind do not count: the service returns them within
+//! jemalloc's decay time (10 s by default). Run: `cargo bench --bench memory`
 //! (optionally `-- 1000000 10000000`). Figures: README and docs/performance.md.
 
 mod support;
@@ -11,6 +14,9 @@ mod support;
 use std::sync::Arc;
 
 use stagestream::core::Engine;
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
@@ -62,6 +68,7 @@ fn main() {
         for ids in ["none", "ids"] {
             let status = std::process::Command::new(&me)
                 .env(CASE, format!("{count}:{ids}"))
+                .env("MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
                 .status()
                 .expect("run one case");
             assert!(status.success(), "case {count}:{ids} failed");
