@@ -1,8 +1,10 @@
 //! A snapshot image copied out of a live engine one block of customers at a time, so
-//! that taking it never stops processing for longer than a block's copy.
+//! that taking it never stops processing for longer than the caller's steps (a block
+//! is well under a millisecond). The finished image goes to the snapshot encoder.
 //!
 //! ```text
-//! Engine::begin_image   the scalars (clock, watermark, model), and which customers count
+//! Engine::begin_image     the scalars (newest event time, clock, next sweep, model)
+//!                         and how many customers the image holds
 //! Engine::continue_image  the cursor copies the next blocks: ids, state, counters, messageIds
 //! any write to a customer in a block the cursor has not reached
 //!     -> that block's state, counters and messageIds are copied first ("ahead"),
