@@ -296,11 +296,6 @@ impl Engine {
         None
     }
 
-    /// Whether an image is being copied ([`Engine::begin_image`]).
-    pub fn is_imaging(&self) -> bool {
-        self.capture.is_some()
-    }
-
     /// Keeps a running capture exact: copies the customer's block before it changes.
     fn before_write(&mut self, customer: CustomerRef) {
         if let Some(capture) = &mut self.capture {
