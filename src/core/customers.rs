@@ -29,9 +29,10 @@ impl CustomerRef {
 
 /// Customers are grouped in blocks of `1 << BLOCK_SHIFT` consecutive refs: the unit the
 /// de-duplication window is sharded by and a snapshot image is copied in
-/// ([`crate::core::Engine::begin_image`]). 4,096 customers make a block of about
-/// 100 KB of state, copied in well under a millisecond; unit tests use blocks of four,
-/// so that their few customers cross many block boundaries.
+/// ([`crate::core::Engine::begin_image`]). A block of 4,096 customers holds ~100 KB of
+/// state plus their ids and messageIds, and is copied in ~50-150 us on the development
+/// VM (docs/performance.md); unit tests use blocks of four, so that their few customers
+/// cross many block boundaries.
 pub const BLOCK_SHIFT: u32 = if cfg!(test) { 2 } else { 12 };
 
 /// How many blocks `customers` consecutive refs from 0 span.
