@@ -16,6 +16,8 @@
 //! and a block is copied before anything in it changes. The de-duplication sweep waits
 //! while a capture runs (it never changes a decision), so no block changes all at once.
 
+use std::ops::Range;
+
 use super::customers::{block_range, blocks_for, CustomerTable};
 use super::dedup::DedupWindow;
 use super::engine::CustomerState;
@@ -72,7 +74,7 @@ impl Capture {
             return;
         }
         let refs = block_range(block, self.customers);
-        let counters = refs.start * self.counters_per_customer..refs.end * self.counters_per_customer;
+        let counters = self.counters_of(&refs);
         self.ahead[block] = Some(Ahead {
             customers: live.states[refs].iter().map(CustomerState::image).collect(),
             counters: live.counters[counters].to_vec(),
@@ -82,10 +84,11 @@ impl Capture {
 
     /// Copies the block at the cursor; whether the image is then complete.
     pub fn step(&mut self, live: &Live<'_>) -> bool {
+        let refs = block_range(self.cursor, self.customers);
+        let counters = self.counters_of(&refs);
         let Some(ahead) = self.ahead.get_mut(self.cursor) else {
             return true;
         };
-        let refs = block_range(self.cursor, self.customers);
         let (ids, ends) = live.customers.parts_of(refs.clone());
         let image = &mut self.image;
         image.id_arena.push_str(ids);
@@ -94,7 +97,6 @@ impl Capture {
             image.customers.extend_from_slice(&ahead.customers);
             image.counters.extend_from_slice(&ahead.counters);
         } else {
-            let counters = refs.start * self.counters_per_customer..refs.end * self.counters_per_customer;
             image
                 .customers
                 .extend(live.states[refs].iter().map(CustomerState::image));
@@ -108,6 +110,11 @@ impl Capture {
     pub fn finish(self) -> Box<EngineImage> {
         debug_assert_eq!(self.cursor, self.ahead.len(), "finished before the last block");
         self.image
+    }
+
+    /// Where the occurrence counters of the customers `refs` are.
+    fn counters_of(&self, refs: &Range<usize>) -> Range<usize> {
+        refs.start * self.counters_per_customer..refs.end * self.counters_per_customer
     }
 
     fn copy_dedup(&mut self, block: usize, live: &Live<'_>) {

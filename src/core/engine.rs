@@ -281,13 +281,8 @@ impl Engine {
     /// Copies up to `blocks` more blocks of the image [`Engine::begin_image`] started,
     /// and returns it once complete. `None` also when no capture runs.
     pub fn continue_image(&mut self, blocks: usize) -> Option<Box<EngineImage>> {
-        let capture = self.capture.as_mut()?;
-        let live = Live {
-            customers: &self.customers,
-            states: &self.states,
-            counters: &self.counters,
-            dedup: &self.dedup,
-        };
+        let (capture, live) = self.capture_and_live();
+        let capture = capture?;
         for _ in 0..blocks {
             if capture.step(&live) {
                 return self.capture.take().map(Capture::finish);
@@ -298,15 +293,20 @@ impl Engine {
 
     /// Keeps a running capture exact: copies the customer's block before it changes.
     fn before_write(&mut self, customer: CustomerRef) {
-        if let Some(capture) = &mut self.capture {
-            let live = Live {
-                customers: &self.customers,
-                states: &self.states,
-                counters: &self.counters,
-                dedup: &self.dedup,
-            };
+        if let (Some(capture), live) = self.capture_and_live() {
             capture.before_write(customer.block(), &live);
         }
+    }
+
+    /// The running capture, if any, and the state it copies from.
+    fn capture_and_live(&mut self) -> (Option<&mut Capture>, Live<'_>) {
+        let live = Live {
+            customers: &self.customers,
+            states: &self.states,
+            counters: &self.counters,
+            dedup: &self.dedup,
+        };
+        (self.capture.as_mut(), live)
     }
 
     /// Rebuilds an engine from an image, carrying it into `model` when it was made
