@@ -13,8 +13,9 @@ RUN apt-get update \
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them: empty stand-ins for the
 # library, the binary and every [[bench]] Cargo.toml names (cargo refuses a manifest
-# whose targets are missing).
+# whose targets are missing). .cargo/config.toml holds jemalloc's build options.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \

@@ -4,6 +4,9 @@
 //! service does, with the longest single step printed first), encoding a file, and
 //! restoring one (checksum, decompress, parse, `Engine::restore`).
 //!
+//! Under the service's allocator (jemalloc, with the huge pages `.cargo/config.toml`
+//! builds in): the encoding and restoring here allocate and touch a gigabyte at 10M.
+//!
 //! Run: `cargo bench --bench snapshot` (`SNAPSHOT_BENCH_CUSTOMERS=10000000` for 10M).
 //! Figures and the machine: docs/performance.md.
 
@@ -16,6 +19,9 @@ use criterion::{BatchSize, Criterion};
 use stagestream::config;
 use stagestream::core::Engine;
 use stagestream::snapshot::format::{decode, encode, Header};
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn filled_engine(customers: u32) -> (Engine, config::Settings) {
     let settings = support::five_stage();
