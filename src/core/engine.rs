@@ -313,8 +313,9 @@ impl Engine {
     /// under another one (policy: [`super::image`]). The restored engine behaves
     /// exactly as the imaged one would have.
     ///
-    /// The de-duplication window, the biggest table, is rebuilt on a second thread
-    /// while this one rebuilds the rest: pure computation, same result either way.
+    /// The de-duplication window, the biggest table, is rebuilt on a second thread from
+    /// the start while this one rebuilds the rest: pure computation, same result either
+    /// way.
     ///
     /// # Errors
     /// [`RestoreError::IncompatibleModel`] when the policy refuses the model change;
@@ -328,105 +329,111 @@ impl Engine {
         let migration = (image.shape.fingerprint != model.shape().fingerprint)
             .then(|| Migration::plan(&image.shape, model.shape()))
             .transpose()?;
-        let saved = &image.shape;
-        let customer_count = image.customers.len();
-        if image.id_ends.len() != customer_count {
+        let EngineImage {
+            shape: saved,
+            newest_event,
+            clock,
+            dedup_next_sweep,
+            id_arena,
+            id_ends,
+            customers: saved_customers,
+            counters: saved_counter_values,
+            dedup: saved_dedup,
+        } = image;
+        let customer_count = saved_customers.len();
+        if id_ends.len() != customer_count {
             return Err(inconsistent(format!(
                 "{} customer ids for {customer_count} customers",
-                image.id_ends.len()
+                id_ends.len()
             )));
         }
         let saved_counters = saved.counters.len();
-        if image.counters.len() != customer_count * saved_counters {
+        if saved_counter_values.len() != customer_count * saved_counters {
             return Err(inconsistent(format!(
                 "{} occurrence counters for {customer_count} customers x {saved_counters}",
-                image.counters.len()
+                saved_counter_values.len()
             )));
         }
-        let thresholds = model.thresholds().len();
-        let mut states = Vec::with_capacity(customer_count);
-        let mut population = vec![0u64; model.stage_count()];
-        let mut armed_customers = 0;
-        let mut due = Vec::new();
-        for (i, customer) in image.customers.iter().enumerate() {
-            let stage = match &migration {
-                Some(migration) => migration.stages.get(usize::from(customer.stage.0)).copied(),
-                None => Some(customer.stage).filter(|s| usize::from(s.0) < model.stage_count()),
-            }
-            .ok_or_else(|| inconsistent(format!("customer {i} is in unknown stage {}", customer.stage.0)))?;
-            let armed = match customer.armed {
-                Some(ThresholdId(t)) if usize::from(t) < thresholds => {
-                    armed_customers += 1;
-                    let after = model.threshold(ThresholdId(t)).after;
-                    due.push((customer.last_activity.plus(after), CustomerRef(i as u32)));
-                    t
-                }
-                None => UNARMED,
-                Some(ThresholdId(t)) => {
-                    return Err(inconsistent(format!("customer {i} armed unknown threshold {t}")))
-                }
-            };
-            if usize::from(customer.ladder) > thresholds {
-                return Err(inconsistent(format!("customer {i} is past the ladder's end")));
-            }
-            population[usize::from(stage.0)] += 1;
-            states.push(CustomerState {
-                last_activity: customer.last_activity,
-                indexed: NOT_INDEXED,
-                stage,
-                armed,
-                ladder: customer.ladder,
-                stage_entered: StageEntered(customer.stage_entered),
-            });
-        }
-        for &(key, customer) in &due {
-            states[customer.index()].indexed = key;
-        }
-        let counters = match &migration {
-            Some(migration) => image
-                .counters
-                .chunks_exact(saved_counters.max(1))
-                .take(customer_count)
-                .flat_map(|saved| migration.counters.iter().map(|&from| saved[from]))
-                .collect(),
-            None => image.counters,
-        };
-        if let Some(entry) = image.dedup.iter().find(|e| e.customer.index() >= customer_count) {
-            return Err(inconsistent(format!(
-                "a messageId of unknown customer {}",
-                entry.customer.0
-            )));
-        }
-        let (customers, deadlines, dedup) = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let dedup = scope.spawn(|| {
-                DedupWindow::from_entries(
+                if let Some(entry) = saved_dedup.iter().find(|e| e.customer.index() >= customer_count) {
+                    return Err(inconsistent(format!(
+                        "a messageId of unknown customer {}",
+                        entry.customer.0
+                    )));
+                }
+                Ok(DedupWindow::from_entries(
                     settings.dedup_window,
-                    image.dedup.iter().map(|e| (e.customer, e.digest, e.seen_at)),
-                    image.dedup_next_sweep,
-                )
+                    saved_dedup.iter().map(|e| (e.customer, e.digest, e.seen_at)),
+                    dedup_next_sweep,
+                ))
             });
-            let customers = CustomerTable::from_parts(image.id_arena, image.id_ends);
+            let thresholds = model.thresholds().len();
+            let mut states = Vec::with_capacity(customer_count);
+            let mut population = vec![0u64; model.stage_count()];
+            let mut armed_customers = 0;
+            let mut due = Vec::new();
+            for (i, customer) in saved_customers.iter().enumerate() {
+                let stage = match &migration {
+                    Some(migration) => migration.stages.get(usize::from(customer.stage.0)).copied(),
+                    None => Some(customer.stage).filter(|s| usize::from(s.0) < model.stage_count()),
+                }
+                .ok_or_else(|| {
+                    inconsistent(format!("customer {i} is in unknown stage {}", customer.stage.0))
+                })?;
+                let armed = match customer.armed {
+                    Some(ThresholdId(t)) if usize::from(t) < thresholds => {
+                        armed_customers += 1;
+                        let after = model.threshold(ThresholdId(t)).after;
+                        due.push((customer.last_activity.plus(after), CustomerRef(i as u32)));
+                        t
+                    }
+                    None => UNARMED,
+                    Some(ThresholdId(t)) => {
+                        return Err(inconsistent(format!("customer {i} armed unknown threshold {t}")))
+                    }
+                };
+                if usize::from(customer.ladder) > thresholds {
+                    return Err(inconsistent(format!("customer {i} is past the ladder's end")));
+                }
+                population[usize::from(stage.0)] += 1;
+                states.push(CustomerState {
+                    last_activity: customer.last_activity,
+                    indexed: NOT_INDEXED,
+                    stage,
+                    armed,
+                    ladder: customer.ladder,
+                    stage_entered: StageEntered(customer.stage_entered),
+                });
+            }
+            for &(key, customer) in &due {
+                states[customer.index()].indexed = key;
+            }
+            let counters = match &migration {
+                Some(migration) => saved_counter_values
+                    .chunks_exact(saved_counters.max(1))
+                    .take(customer_count)
+                    .flat_map(|saved| migration.counters.iter().map(|&from| saved[from]))
+                    .collect(),
+                None => saved_counter_values,
+            };
+            let customers = CustomerTable::from_parts(id_arena, id_ends).map_err(inconsistent)?;
             let deadlines: BTreeSet<_> = due.into_iter().collect();
-            (
+            let dedup = dedup.join().expect("rebuilding the dedup window panicked")?;
+            Ok(Engine {
+                model,
+                settings,
                 customers,
+                states,
+                counters,
                 deadlines,
-                dedup.join().expect("rebuilding the dedup window panicked"),
-            )
-        });
-        let customers = customers.map_err(inconsistent)?;
-        Ok(Engine {
-            model,
-            settings,
-            customers,
-            states,
-            counters,
-            deadlines,
-            armed_customers,
-            dedup,
-            newest_event: image.newest_event,
-            clock: image.clock,
-            population,
-            capture: None,
+                armed_customers,
+                dedup,
+                newest_event,
+                clock,
+                population,
+                capture: None,
+            })
         })
     }
 
