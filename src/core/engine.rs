@@ -368,47 +368,12 @@ impl Engine {
                     dedup_next_sweep,
                 ))
             });
-            let thresholds = model.thresholds().len();
-            let mut states = Vec::with_capacity(customer_count);
-            let mut population = vec![0u64; model.stage_count()];
-            let mut armed_customers = 0;
-            let mut due = Vec::new();
-            for (i, customer) in saved_customers.iter().enumerate() {
-                let stage = match &migration {
-                    Some(migration) => migration.stages.get(usize::from(customer.stage.0)).copied(),
-                    None => Some(customer.stage).filter(|s| usize::from(s.0) < model.stage_count()),
-                }
-                .ok_or_else(|| {
-                    inconsistent(format!("customer {i} is in unknown stage {}", customer.stage.0))
-                })?;
-                let armed = match customer.armed {
-                    Some(ThresholdId(t)) if usize::from(t) < thresholds => {
-                        armed_customers += 1;
-                        let after = model.threshold(ThresholdId(t)).after;
-                        due.push((customer.last_activity.plus(after), CustomerRef(i as u32)));
-                        t
-                    }
-                    None => UNARMED,
-                    Some(ThresholdId(t)) => {
-                        return Err(inconsistent(format!("customer {i} armed unknown threshold {t}")))
-                    }
-                };
-                if usize::from(customer.ladder) > thresholds {
-                    return Err(inconsistent(format!("customer {i} is past the ladder's end")));
-                }
-                population[usize::from(stage.0)] += 1;
-                states.push(CustomerState {
-                    last_activity: customer.last_activity,
-                    indexed: NOT_INDEXED,
-                    stage,
-                    armed,
-                    ladder: customer.ladder,
-                    stage_entered: StageEntered(customer.stage_entered),
-                });
-            }
-            for &(key, customer) in &due {
-                states[customer.index()].indexed = key;
-            }
+            let RestoredStates {
+                states,
+                population,
+                armed_customers,
+                due,
+            } = RestoredStates::of(&model, migration.as_ref(), &saved_customers)?;
             let counters = match &migration {
                 Some(migration) => saved_counter_values
                     .chunks_exact(saved_counters.max(1))
@@ -675,6 +640,72 @@ impl Engine {
             at: event.timestamp,
             time_in_from,
         });
+    }
+}
+
+/// The per-customer state of a restored engine, rebuilt from its image.
+struct RestoredStates {
+    states: Vec<CustomerState>,
+    population: Vec<u64>,
+    armed_customers: usize,
+    /// Each armed customer's deadline-index entry.
+    due: Vec<(EventTime, CustomerRef)>,
+}
+
+impl RestoredStates {
+    /// Validates every saved customer against `model` (through `migration` when the
+    /// image was made under another model) and rebuilds its state.
+    fn of(
+        model: &Model,
+        migration: Option<&Migration>,
+        saved: &[CustomerImage],
+    ) -> Result<Self, RestoreError> {
+        let inconsistent = |what: String| RestoreError::Inconsistent(what);
+        let thresholds = model.thresholds().len();
+        let mut states = Vec::with_capacity(saved.len());
+        let mut population = vec![0u64; model.stage_count()];
+        let mut armed_customers = 0;
+        let mut due = Vec::new();
+        for (i, customer) in saved.iter().enumerate() {
+            let stage = match migration {
+                Some(migration) => migration.stages.get(usize::from(customer.stage.0)).copied(),
+                None => Some(customer.stage).filter(|s| usize::from(s.0) < model.stage_count()),
+            }
+            .ok_or_else(|| inconsistent(format!("customer {i} is in unknown stage {}", customer.stage.0)))?;
+            let armed = match customer.armed {
+                Some(ThresholdId(t)) if usize::from(t) < thresholds => {
+                    armed_customers += 1;
+                    let after = model.threshold(ThresholdId(t)).after;
+                    due.push((customer.last_activity.plus(after), CustomerRef(i as u32)));
+                    t
+                }
+                None => UNARMED,
+                Some(ThresholdId(t)) => {
+                    return Err(inconsistent(format!("customer {i} armed unknown threshold {t}")))
+                }
+            };
+            if usize::from(customer.ladder) > thresholds {
+                return Err(inconsistent(format!("customer {i} is past the ladder's end")));
+            }
+            population[usize::from(stage.0)] += 1;
+            states.push(CustomerState {
+                last_activity: customer.last_activity,
+                indexed: NOT_INDEXED,
+                stage,
+                armed,
+                ladder: customer.ladder,
+                stage_entered: StageEntered(customer.stage_entered),
+            });
+        }
+        for &(key, customer) in &due {
+            states[customer.index()].indexed = key;
+        }
+        Ok(RestoredStates {
+            states,
+            population,
+            armed_customers,
+            due,
+        })
     }
 }
 

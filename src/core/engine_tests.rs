@@ -690,6 +690,20 @@ fn an_image_that_contradicts_itself_is_refused() {
     let mut missing_id = run.engine.image();
     missing_id.id_ends.clear();
     assert!(matches!(restore(missing_id), Err(RestoreError::Inconsistent(_))));
+    let reason = |image| match restore(image) {
+        Err(RestoreError::Inconsistent(reason)) => reason,
+        other => panic!("expected an inconsistent image, got {other:?}"),
+    };
+    let mut past_the_ladder = run.engine.image();
+    past_the_ladder.customers[0].ladder = 9;
+    assert!(reason(past_the_ladder).contains("past the ladder's end"));
+    let mut stranger_message = run.engine.image();
+    stranger_message.dedup.push(DedupEntry {
+        customer: CustomerRef(5),
+        digest: 1,
+        seen_at: t(0, 0),
+    });
+    assert!(reason(stranger_message).contains("a messageId of unknown customer 5"));
     let mut removed_stage = run.engine.image();
     removed_stage.shape.fingerprint ^= 1;
     removed_stage.shape.stages.push("legacy".into());
