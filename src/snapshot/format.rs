@@ -255,15 +255,16 @@ fn body_len(image: &EngineImage) -> usize {
         .iter()
         .map(|list| 4 + list.iter().map(|item| 4 + item.len()).sum::<usize>())
         .sum();
-    8 + shape_len
-        + 3 * 8
-        + 8
-        + 8
+    let fingerprint = 8;
+    let times = 3 * 8;
+    let counts = 8 + 8 + 8 + 8; // customers, arena bytes, counters, dedup entries
+    fingerprint
+        + shape_len
+        + times
+        + counts
         + image.id_arena.len()
         + image.customers.len() * PER_CUSTOMER
-        + 8
         + image.counters.len() * 4
-        + 8
         + image.dedup.len() * PER_DEDUP_ENTRY
 }
 
