@@ -21,7 +21,7 @@ use std::ops::Range;
 use super::customers::{block_range, blocks_for, CustomerTable};
 use super::dedup::DedupWindow;
 use super::engine::CustomerState;
-use super::image::{CustomerImage, DedupEntry, EngineImage};
+use super::image::{CustomerImage, EngineImage};
 
 /// What a capture reads: the engine's live state.
 pub(super) struct Live<'a> {
@@ -122,12 +122,7 @@ impl Capture {
         self.image.dedup.extend(
             live.dedup
                 .entries_of(block)
-                .filter(|(customer, _, _)| customer.index() < customers)
-                .map(|(customer, digest, seen_at)| DedupEntry {
-                    customer,
-                    digest,
-                    seen_at,
-                }),
+                .filter(|entry| entry.customer.index() < customers),
         );
     }
 }

@@ -17,6 +17,7 @@ use ahash::RandomState;
 use hashbrown::HashMap;
 
 use super::customers::CustomerRef;
+use super::image::DedupEntry;
 use super::time::{EventTime, Span};
 
 type Shard = HashMap<(CustomerRef, u64), EventTime, RandomState>;
@@ -100,31 +101,35 @@ impl DedupWindow {
         self.next_sweep
     }
 
-    /// Every remembered `(customer, digest, time)`, in no particular order.
-    pub fn entries(&self) -> impl Iterator<Item = (CustomerRef, u64, EventTime)> + '_ {
+    /// Every remembered `messageId`, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = DedupEntry> + '_ {
         (0..self.shards.len()).flat_map(|block| self.entries_of(block))
     }
 
-    /// The remembered `(customer, digest, time)` of the customers in block `block`.
-    pub fn entries_of(&self, block: usize) -> impl Iterator<Item = (CustomerRef, u64, EventTime)> + '_ {
+    /// The remembered `messageId`s of the customers in block `block`.
+    pub fn entries_of(&self, block: usize) -> impl Iterator<Item = DedupEntry> + '_ {
         self.shards
             .get(block)
             .into_iter()
             .flatten()
-            .map(|(&(customer, digest), &at)| (customer, digest, at))
+            .map(|(&(customer, digest), &seen_at)| DedupEntry {
+                customer,
+                digest,
+                seen_at,
+            })
     }
 
     /// A window holding `entries` (as [`DedupWindow::entries`] gave them).
     pub fn from_entries(
         window: Span,
-        entries: impl Iterator<Item = (CustomerRef, u64, EventTime)> + Clone,
+        entries: impl Iterator<Item = DedupEntry> + Clone,
         next_sweep: EventTime,
     ) -> Self {
         let mut dedup = DedupWindow::new(window);
         // Sized first, so no shard rehashes while it fills.
         let mut per_block = Vec::new();
-        for (customer, _, _) in entries.clone() {
-            let block = customer.block();
+        for entry in entries.clone() {
+            let block = entry.customer.block();
             if block >= per_block.len() {
                 per_block.resize(block + 1, 0);
             }
@@ -134,8 +139,8 @@ impl DedupWindow {
             .into_iter()
             .map(|len| HashMap::with_capacity_and_hasher(len, dedup.hasher.clone()))
             .collect();
-        for (customer, digest, at) in entries {
-            dedup.record(customer, digest, at);
+        for entry in entries {
+            dedup.record(entry.customer, entry.digest, entry.seen_at);
         }
         dedup.next_sweep = next_sweep;
         dedup

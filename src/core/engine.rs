@@ -22,7 +22,7 @@ use super::capture::{Capture, Live};
 use super::customers::{CustomerRef, CustomerTable, Interned};
 use super::dedup::DedupWindow;
 use super::event::Event;
-use super::image::{CustomerImage, DedupEntry, EngineImage, Migration, RestoreError};
+use super::image::{CustomerImage, EngineImage, Migration, RestoreError};
 use super::model::{Model, RuleId, StageId, ThresholdId};
 use super::time::{EventTime, Span};
 
@@ -248,15 +248,7 @@ impl Engine {
             id_ends: ends.to_vec(),
             customers: self.states.iter().map(CustomerState::image).collect(),
             counters: self.counters.clone(),
-            dedup: self
-                .dedup
-                .entries()
-                .map(|(customer, digest, seen_at)| DedupEntry {
-                    customer,
-                    digest,
-                    seen_at,
-                })
-                .collect(),
+            dedup: self.dedup.entries().collect(),
         }
     }
 
@@ -364,7 +356,7 @@ impl Engine {
                 }
                 Ok(DedupWindow::from_entries(
                     settings.dedup_window,
-                    saved_dedup.iter().map(|e| (e.customer, e.digest, e.seen_at)),
+                    saved_dedup.iter().copied(),
                     dedup_next_sweep,
                 ))
             });

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::core::event::{EventType, PropertyValue};
+use crate::core::image::DedupEntry;
 use crate::core::model::test_model;
 
 const FIVE_STAGE: &str = r#"
