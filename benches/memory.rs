@@ -4,10 +4,10 @@
 //! every customer is armed), once without messageIds and once with both events' ids in
 //! the dedup window, each in a process of its own, and reports the growth of resident
 //! memory divided by N. The allocator is the service's (jemalloc, with the huge pages
-//! `.cargo/config.toml` builds in), told to return freed
-//! pages at once (`MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`), so that tables a
-//! growing engine left behind do not count: the service returns them within
-//! jemalloc's decay time (10 s by default). Run: `cargo bench --bench memory`
+//! `.cargo/config.toml` builds in), told to return freed pages at once
+//! (`MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`), so that tables a growing engine
+//! left behind do not count: the service returns them within jemalloc's decay time
+//! (10 s by default). Run: `cargo bench --bench memory`
 //! (optionally `-- 1000000 10000000`). Figures: README and docs/performance.md.
 
 mod support;
