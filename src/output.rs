@@ -37,6 +37,7 @@ pub struct Renderer {
     rule_json: Vec<Vec<u8>>,
     threshold_json: Vec<Vec<u8>>,
     data: Vec<u8>,
+    time: [u8; 24],
     id: [u8; uuid::fmt::Hyphenated::LENGTH],
 }
 
@@ -48,7 +49,8 @@ pub struct Rendered<'a> {
     source_json: &'a [u8],
     pub kind: &'static str,
     pub subject: &'a str,
-    pub time: EventTime,
+    /// The CloudEvents `time`, as RFC 3339 text (UTC, milliseconds).
+    pub time: &'a str,
     pub data: &'a [u8],
 }
 
@@ -72,6 +74,7 @@ impl Renderer {
                 .collect(),
             threshold_json: model.thresholds().iter().map(|t| quoted(&t.name)).collect(),
             data: Vec::with_capacity(512),
+            time: [0; 24],
             id: [0; uuid::fmt::Hyphenated::LENGTH],
         }
     }
@@ -89,13 +92,19 @@ impl Renderer {
     ) -> Rendered<'a> {
         let data = &mut self.data;
         data.clear();
-        let (kind, customer, time) = match *output {
+        // The output's time is written once: a rule transition's trigger has the same
+        // timestamp, and the envelope carries it too.
+        let time = match *output {
+            Output::StageChanged { at, .. } => at,
+            Output::Inactive { detected_at, .. } => detected_at,
+        };
+        let time_text = time.write_rfc3339(&mut self.time);
+        let (kind, customer) = match *output {
             Output::StageChanged {
                 customer,
                 from,
                 to,
                 cause,
-                at,
                 ..
             } => {
                 let customer_id = engine.customer_id(customer);
@@ -129,13 +138,17 @@ impl Renderer {
                         data.extend_from_slice(b"\",\"event\":");
                         write_json_str_or_null(data, event.name.as_deref());
                         data.extend_from_slice(b",\"timestamp\":");
-                        write_json_time(data, event.timestamp);
+                        if event.timestamp == time {
+                            write_json_time_text(data, time_text);
+                        } else {
+                            write_json_time(data, event.timestamp);
+                        }
                         data.push(b'}');
                     }
                     Cause::Inactivity(_) => data.extend_from_slice(b"null"),
                 }
                 data.push(b'}');
-                (STAGE_CHANGED, customer_id, at)
+                (STAGE_CHANGED, customer_id)
             }
             Output::Inactive {
                 customer,
@@ -158,11 +171,11 @@ impl Renderer {
                 data.extend_from_slice(b",\"last_activity_at\":");
                 write_json_time(data, last_activity);
                 data.extend_from_slice(b",\"detected_at\":");
-                write_json_time(data, detected_at);
+                write_json_time_text(data, time_text);
                 data.extend_from_slice(b",\"model\":");
                 data.extend_from_slice(&self.model_json);
                 data.push(b'}');
-                (CUSTOMER_INACTIVE, customer_id, detected_at)
+                (CUSTOMER_INACTIVE, customer_id)
             }
         };
         // UUIDv5 by RFC 9562: SHA-1 over namespace + name, here name = type "\n" data.
@@ -185,7 +198,7 @@ impl Renderer {
             source_json: &self.source_json,
             kind,
             subject: customer,
-            time,
+            time: time_text,
             data: &self.data,
         }
     }
@@ -212,7 +225,7 @@ impl Rendered<'_> {
             out.write_all(b"\"")?;
         }
         out.write_all(b",\"time\":\"")?;
-        out.write_all(self.time.write_rfc3339(&mut [0; 24]).as_bytes())?;
+        out.write_all(self.time.as_bytes())?;
         out.write_all(b"\",\"datacontenttype\":\"application/json\",\"data\":")?;
         out.write_all(self.data)?;
         out.write_all(b"}\n")
@@ -221,7 +234,13 @@ impl Rendered<'_> {
 
 /// Whether JSON needs escapes for `text`: exactly the characters serde_json escapes.
 fn needs_escaping(text: &str) -> bool {
-    text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
+    // Without an early exit inside a chunk the compiler tests 16 bytes at once.
+    let special = |&b: &u8| (b < 0x20) | (b == b'"') | (b == b'\\');
+    let mut chunks = text.as_bytes().chunks_exact(16);
+    chunks
+        .by_ref()
+        .any(|chunk| chunk.iter().fold(false, |found, b| found | special(b)))
+        || chunks.remainder().iter().any(special)
 }
 
 fn write_json_str(out: &mut Vec<u8>, text: &str) {
@@ -242,8 +261,12 @@ fn write_json_str_or_null(out: &mut Vec<u8>, text: Option<&str>) {
 }
 
 fn write_json_time(out: &mut Vec<u8>, time: EventTime) {
+    write_json_time_text(out, time.write_rfc3339(&mut [0; 24]));
+}
+
+fn write_json_time_text(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
-    out.extend_from_slice(time.write_rfc3339(&mut [0; 24]).as_bytes());
+    out.extend_from_slice(text.as_bytes());
     out.push(b'"');
 }
 

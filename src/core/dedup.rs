@@ -14,13 +14,22 @@
 //! the others ([`super::Engine::begin_image`]).
 
 use ahash::RandomState;
-use hashbrown::HashMap;
+use hashbrown::HashTable;
 
 use super::customers::CustomerRef;
 use super::image::DedupEntry;
 use super::time::{EventTime, Span};
 
-type Shard = HashMap<(CustomerRef, u64), EventTime, RandomState>;
+type Shard = HashTable<DedupEntry>;
+
+/// One customer's `messageId`, hashed once for both the lookup and the insertion an
+/// applied event makes ([`DedupWindow::key`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DedupKey {
+    customer: CustomerRef,
+    digest: u64,
+    hash: u64,
+}
 
 #[derive(Clone, Debug)]
 pub struct DedupWindow {
@@ -48,28 +57,50 @@ impl DedupWindow {
         xxhash_rust::xxh3::xxh3_64(message_id.as_bytes())
     }
 
-    pub fn is_duplicate(&self, customer: CustomerRef, digest: u64, at: EventTime) -> bool {
+    /// The key of `customer`'s message with `digest` ([`DedupWindow::digest`]).
+    pub fn key(&self, customer: CustomerRef, digest: u64) -> DedupKey {
+        DedupKey {
+            customer,
+            digest,
+            hash: self.hasher.hash_one((customer, digest)),
+        }
+    }
+
+    pub fn is_duplicate(&self, key: DedupKey, at: EventTime) -> bool {
         self.shards
-            .get(customer.block())
-            .and_then(|shard| shard.get(&(customer, digest)))
-            .is_some_and(|&previous| {
-                at.as_millis().abs_diff(previous.as_millis()) <= self.window.as_millis() as u64
+            .get(key.customer.block())
+            .and_then(|shard| shard.find(key.hash, |entry| is_entry_of(entry, key)))
+            .is_some_and(|previous| {
+                at.as_millis().abs_diff(previous.seen_at.as_millis()) <= self.window.as_millis() as u64
             })
     }
 
     /// Remembers an applied event.
-    pub fn record(&mut self, customer: CustomerRef, digest: u64, at: EventTime) {
-        let block = customer.block();
+    pub fn record(&mut self, key: DedupKey, at: EventTime) {
+        let block = key.customer.block();
         if block >= self.shards.len() {
-            let hasher = &self.hasher;
-            self.shards
-                .resize_with(block + 1, || HashMap::with_hasher(hasher.clone()));
+            self.shards.resize_with(block + 1, HashTable::new);
         }
-        let shard = &mut self.shards[block];
-        let before = shard.len();
-        let seen = shard.entry((customer, digest)).or_insert(at);
-        *seen = (*seen).max(at);
-        self.len += shard.len() - before;
+        let hasher = &self.hasher;
+        let entry = self.shards[block].entry(
+            key.hash,
+            |entry| is_entry_of(entry, key),
+            |entry| hasher.hash_one((entry.customer, entry.digest)),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(mut seen) => {
+                let seen_at = &mut seen.get_mut().seen_at;
+                *seen_at = (*seen_at).max(at);
+            }
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(DedupEntry {
+                    customer: key.customer,
+                    digest: key.digest,
+                    seen_at: at,
+                });
+                self.len += 1;
+            }
+        }
     }
 
     /// Whether [`DedupWindow::sweep`] has anything to do at `watermark`.
@@ -84,15 +115,18 @@ impl DedupWindow {
             return;
         }
         let horizon = watermark.minus(self.window);
+        let hasher = &self.hasher;
         for shard in &mut self.shards {
-            shard.retain(|_, &mut time| time >= horizon);
+            shard.retain(|entry| entry.seen_at >= horizon);
             // A shard keeps the table of its busiest time; once the window holds far
             // fewer of its customers' ids, give the memory back (with room to double).
             if shard.len() < shard.capacity() / 4 {
-                shard.shrink_to(shard.len() * 2);
+                shard.shrink_to(shard.len() * 2, |entry| {
+                    hasher.hash_one((entry.customer, entry.digest))
+                });
             }
         }
-        self.len = self.shards.iter().map(HashMap::len).sum();
+        self.len = self.shards.iter().map(HashTable::len).sum();
         self.next_sweep = watermark.plus(Span::from_millis(self.window.as_millis() / 4));
     }
 
@@ -108,15 +142,7 @@ impl DedupWindow {
 
     /// The remembered `messageId`s of the customers in block `block`.
     pub fn entries_of(&self, block: usize) -> impl Iterator<Item = DedupEntry> + '_ {
-        self.shards
-            .get(block)
-            .into_iter()
-            .flatten()
-            .map(|(&(customer, digest), &seen_at)| DedupEntry {
-                customer,
-                digest,
-                seen_at,
-            })
+        self.shards.get(block).into_iter().flatten().copied()
     }
 
     /// A window holding `entries` (as [`DedupWindow::entries`] gave them).
@@ -135,12 +161,9 @@ impl DedupWindow {
             }
             per_block[block] += 1;
         }
-        dedup.shards = per_block
-            .into_iter()
-            .map(|len| HashMap::with_capacity_and_hasher(len, dedup.hasher.clone()))
-            .collect();
+        dedup.shards = per_block.into_iter().map(HashTable::with_capacity).collect();
         for entry in entries {
-            dedup.record(entry.customer, entry.digest, entry.seen_at);
+            dedup.record(dedup.key(entry.customer, entry.digest), entry.seen_at);
         }
         dedup.next_sweep = next_sweep;
         dedup
@@ -153,6 +176,10 @@ impl DedupWindow {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+fn is_entry_of(entry: &DedupEntry, key: DedupKey) -> bool {
+    entry.digest == key.digest && entry.customer == key.customer
 }
 
 #[cfg(test)]
@@ -169,31 +196,31 @@ mod tests {
     fn matches_within_the_window_for_the_same_customer_only() {
         let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
         let id = DedupWindow::digest("m-1");
-        dedup.record(CustomerRef(0), id, t(100));
-        assert!(dedup.is_duplicate(CustomerRef(0), id, t(100)));
-        assert!(dedup.is_duplicate(CustomerRef(0), id, t(124)));
-        assert!(dedup.is_duplicate(CustomerRef(0), id, t(76)));
-        assert!(!dedup.is_duplicate(CustomerRef(0), id, t(125)));
-        assert!(!dedup.is_duplicate(CustomerRef(1), id, t(100)));
-        assert!(!dedup.is_duplicate(CustomerRef(0), DedupWindow::digest("m-2"), t(100)));
+        dedup.record(dedup.key(CustomerRef(0), id), t(100));
+        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(100)));
+        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(124)));
+        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(76)));
+        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(125)));
+        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(1), id), t(100)));
+        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(0), DedupWindow::digest("m-2")), t(100)));
     }
 
     #[test]
     fn prunes_what_the_watermark_left_behind() {
         let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
         // Customers 0 and 9 are in different shards.
-        dedup.record(CustomerRef(0), 1, t(0));
+        dedup.record(dedup.key(CustomerRef(0), 1), t(0));
         dedup.sweep(t(0));
-        dedup.record(CustomerRef(9), 2, t(10));
+        dedup.record(dedup.key(CustomerRef(9), 2), t(10));
         dedup.sweep(t(10));
         assert_eq!(dedup.len(), 2, "nothing was old enough yet");
-        dedup.record(CustomerRef(2), 3, t(30));
+        dedup.record(dedup.key(CustomerRef(2), 3), t(30));
         assert!(dedup.sweep_due(t(30)));
         assert_eq!(dedup.len(), 3, "recording never sweeps");
         dedup.sweep(t(30));
         assert_eq!(dedup.len(), 2, "t(0) is older than watermark - window");
-        assert!(!dedup.is_duplicate(CustomerRef(0), 1, t(0)));
-        assert!(dedup.is_duplicate(CustomerRef(9), 2, t(10)));
+        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(0), 1), t(0)));
+        assert!(dedup.is_duplicate(dedup.key(CustomerRef(9), 2), t(10)));
         assert_eq!(dedup.entries_of(2).count(), 1, "customer 9's block");
         assert_eq!(dedup.entries().count(), 2);
     }
@@ -201,11 +228,11 @@ mod tests {
     #[test]
     fn a_resighting_keeps_the_id_alive() {
         let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
-        dedup.record(CustomerRef(0), 1, t(0));
-        dedup.record(CustomerRef(0), 1, t(30));
+        dedup.record(dedup.key(CustomerRef(0), 1), t(0));
+        dedup.record(dedup.key(CustomerRef(0), 1), t(30));
         dedup.sweep(t(30));
-        dedup.record(CustomerRef(0), 9, t(40));
+        dedup.record(dedup.key(CustomerRef(0), 9), t(40));
         dedup.sweep(t(40));
-        assert!(dedup.is_duplicate(CustomerRef(0), 1, t(31)));
+        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), 1), t(31)));
     }
 }

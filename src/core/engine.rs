@@ -15,7 +15,8 @@
 //! front entry, once verified, is the global minimum: thresholds fire in exact
 //! `(deadline, first-seen order)`, a function of the input alone.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 
 use super::capture::{Capture, Live};
@@ -161,7 +162,7 @@ pub struct Engine {
     states: Vec<CustomerState>,
     /// `model.counter_count()` occurrence counters per customer, by ref.
     counters: Vec<u32>,
-    deadlines: BTreeSet<(EventTime, CustomerRef)>,
+    deadlines: DeadlineIndex,
     armed_customers: usize,
     dedup: DedupWindow,
     newest_event: EventTime,
@@ -181,7 +182,7 @@ impl Engine {
             customers: CustomerTable::default(),
             states: Vec::new(),
             counters: Vec::new(),
-            deadlines: BTreeSet::new(),
+            deadlines: DeadlineIndex::default(),
             armed_customers: 0,
             dedup: DedupWindow::new(settings.dedup_window),
             newest_event: EventTime::MIN,
@@ -375,7 +376,7 @@ impl Engine {
                 None => saved_counter_values,
             };
             let customers = CustomerTable::from_parts(id_arena, id_ends).map_err(inconsistent)?;
-            let deadlines: BTreeSet<_> = due.into_iter().collect();
+            let deadlines = DeadlineIndex::from_entries(due);
             let dedup = dedup.join().expect("rebuilding the dedup window panicked")?;
             Ok(Engine {
                 model,
@@ -406,8 +407,12 @@ impl Engine {
         }
         let known = self.customers.get(&event.customer);
         let digest = event.message_id.as_deref().map(DedupWindow::digest);
-        if let (Some(customer), Some(digest)) = (known, digest) {
-            if self.dedup.is_duplicate(customer, digest, at) {
+        // Hashed once for a known customer: the same key records the event below.
+        let known_key = known
+            .zip(digest)
+            .map(|(customer, digest)| self.dedup.key(customer, digest));
+        if let Some(key) = known_key {
+            if self.dedup.is_duplicate(key, at) {
                 return Verdict::Duplicate;
             }
         }
@@ -447,7 +452,8 @@ impl Engine {
         let ladder = state.ladder;
         self.arm(customer, ladder);
         if let Some(digest) = digest {
-            self.dedup.record(customer, digest, at);
+            let key = known_key.unwrap_or_else(|| self.dedup.key(customer, digest));
+            self.dedup.record(key, at);
             // A sweep changes every block at once: it waits for a running capture.
             if self.capture.is_none() {
                 self.dedup.sweep(self.watermark());
@@ -473,11 +479,11 @@ impl Engine {
     }
 
     fn fire_due(&mut self, out: &mut Vec<Output>) {
-        while let Some(&(key, customer)) = self.deadlines.first() {
-            if key > self.clock {
-                break;
+        while let Some((key, customer)) = self.deadlines.pop_due(self.clock) {
+            if self.states[customer.index()].indexed != key {
+                // Replaced by an earlier entry since (`arm`): that one was the live one.
+                continue;
             }
-            self.deadlines.pop_first();
             self.before_write(customer);
             self.states[customer.index()].indexed = NOT_INDEXED;
             match self.deadline(customer) {
@@ -559,13 +565,13 @@ impl Engine {
         if indexed == NOT_INDEXED {
             self.index(customer, due);
         } else if due < indexed {
-            self.deadlines.remove(&(indexed, customer));
+            // The entry at `indexed` stays, and is skipped when it comes up.
             self.index(customer, due);
         }
     }
 
     fn index(&mut self, customer: CustomerRef, key: EventTime) {
-        self.deadlines.insert((key, customer));
+        self.deadlines.insert(key, customer);
         self.states[customer.index()].indexed = key;
     }
 
@@ -633,6 +639,127 @@ impl Engine {
             time_in_from,
         });
     }
+}
+
+/// The deadline index: an entry `(key, customer)` per armed customer, popped in
+/// `(key, customer)` order.
+///
+/// Entries are kept in buckets of [`BUCKET_SHIFT`] milliseconds of key, each an
+/// unsorted `Vec` of 8-byte entries, and a bucket is sorted only when the clock reaches
+/// it: an insertion is a push, a firing a pop from the end of a sorted run, where a
+/// B-tree of every armed customer walked several cache-missing nodes for each and
+/// held ~24 bytes per entry. Entries inserted into the bucket being drained, or
+/// before it, go to a small heap beside the sorted run. Removal is lazy: a replaced
+/// entry stays until it comes up, and the engine skips entries that no longer match
+/// the customer's `indexed` key.
+#[derive(Clone, Debug)]
+struct DeadlineIndex {
+    /// Buckets after `drained`, by bucket number (`key >> BUCKET_SHIFT`): each entry
+    /// is the key's offset in its bucket and the customer.
+    later: BTreeMap<i64, Vec<(u32, CustomerRef)>>,
+    /// Where the first bucket of `later` starts ([`EventTime::MAX`] when none).
+    later_start: EventTime,
+    /// The bucket whose entries (and any before it) are in `sorted` and `inserted`.
+    drained: i64,
+    /// Entries of the drained buckets, sorted descending: the next due is last.
+    sorted: Vec<(EventTime, CustomerRef)>,
+    /// Entries inserted at or before the drained bucket since it was sorted.
+    inserted: BinaryHeap<Reverse<(EventTime, CustomerRef)>>,
+}
+
+/// Deadline-index buckets span `1 << BUCKET_SHIFT` ms of key (about 70 minutes).
+const BUCKET_SHIFT: u32 = 22;
+
+impl Default for DeadlineIndex {
+    fn default() -> Self {
+        DeadlineIndex {
+            later: BTreeMap::new(),
+            later_start: EventTime::MAX,
+            drained: i64::MIN,
+            sorted: Vec::new(),
+            inserted: BinaryHeap::new(),
+        }
+    }
+}
+
+impl DeadlineIndex {
+    fn from_entries(entries: Vec<(EventTime, CustomerRef)>) -> Self {
+        let mut sizes: BTreeMap<i64, usize> = BTreeMap::new();
+        for &(key, _) in &entries {
+            *sizes.entry(bucket_of(key)).or_default() += 1;
+        }
+        let mut index = DeadlineIndex {
+            later: sizes
+                .into_iter()
+                .map(|(bucket, len)| (bucket, Vec::with_capacity(len)))
+                .collect(),
+            ..DeadlineIndex::default()
+        };
+        for (key, customer) in entries {
+            index.insert(key, customer);
+        }
+        index
+    }
+
+    fn insert(&mut self, key: EventTime, customer: CustomerRef) {
+        let bucket = bucket_of(key);
+        if bucket <= self.drained {
+            self.inserted.push(Reverse((key, customer)));
+            return;
+        }
+        let offset = (key.as_millis() - (bucket << BUCKET_SHIFT)) as u32;
+        self.later.entry(bucket).or_default().push((offset, customer));
+        self.later_start = self.later_start.min(bucket_start(bucket));
+    }
+
+    /// Removes and returns the first entry if its key is at or before `clock`.
+    fn pop_due(&mut self, clock: EventTime) -> Option<(EventTime, CustomerRef)> {
+        loop {
+            let from_sorted = self.sorted.last().copied();
+            let from_inserted = self.inserted.peek().map(|&Reverse(entry)| entry);
+            let first = match (from_sorted, from_inserted) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(first) = first {
+                if first.0 > clock {
+                    return None;
+                }
+                if Some(first) == from_sorted {
+                    self.sorted.pop();
+                } else {
+                    self.inserted.pop();
+                }
+                return Some(first);
+            }
+            // Both empty: the next bucket, once the clock reaches where it starts.
+            if self.later_start > clock {
+                return None;
+            }
+            let (bucket, entries) = self.later.pop_first().expect("later_start names a bucket");
+            let start = bucket << BUCKET_SHIFT;
+            self.sorted.clear();
+            self.sorted.extend(
+                entries
+                    .into_iter()
+                    .map(|(offset, customer)| (EventTime::from_millis(start + i64::from(offset)), customer)),
+            );
+            self.sorted.sort_unstable_by(|a, b| b.cmp(a));
+            self.drained = bucket;
+            self.later_start = self
+                .later
+                .first_key_value()
+                .map_or(EventTime::MAX, |(&b, _)| bucket_start(b));
+        }
+    }
+}
+
+fn bucket_of(key: EventTime) -> i64 {
+    key.as_millis() >> BUCKET_SHIFT
+}
+
+fn bucket_start(bucket: i64) -> EventTime {
+    EventTime::from_millis(bucket << BUCKET_SHIFT)
 }
 
 /// The per-customer state of a restored engine, rebuilt from its image.

@@ -264,9 +264,37 @@ impl Threshold {
 /// Rules to evaluate for one event type, by event name, in configuration order.
 #[derive(Clone, Debug, Default)]
 struct RulesForType {
-    by_name: HashMap<Box<str>, Box<[RuleId]>, RandomState>,
+    by_name: NameTable<Box<[RuleId]>>,
     /// Rules of this type that match any name; also what an unlisted name gets.
     any_name: Box<[RuleId]>,
+}
+
+/// A table keyed by the names a configuration gives, looked up with names from events.
+///
+/// Every event looks its name up once, so the hash is XXH3 without a secret, about
+/// half the cost of the keyed hasher used for ids: the keys are fixed at load, so an
+/// input can only land among them, never lengthen a probe sequence.
+#[derive(Clone, Debug, Default)]
+struct NameTable<V> {
+    entries: hashbrown::HashTable<(Box<str>, V)>,
+}
+
+impl<V> NameTable<V> {
+    fn hash(name: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+    }
+
+    fn get(&self, name: &str) -> Option<&V> {
+        self.entries
+            .find(Self::hash(name), |(key, _)| **key == *name)
+            .map(|(_, value)| value)
+    }
+
+    /// Adds `name`, which must not be in the table yet.
+    fn insert(&mut self, name: &str, value: V) {
+        self.entries
+            .insert_unique(Self::hash(name), (name.into(), value), |(key, _)| Self::hash(key));
+    }
 }
 
 /// A validated stage model.
@@ -484,10 +512,9 @@ impl Compiler {
             };
             let for_type = &mut rules_by_type[kind as usize];
             for name in names {
-                for_type
-                    .by_name
-                    .entry(name.into())
-                    .or_insert_with(|| select(Some(name)));
+                if for_type.by_name.get(name).is_none() {
+                    for_type.by_name.insert(name, select(Some(name)));
+                }
             }
             for_type.any_name = select(None);
         }

@@ -1617,15 +1617,13 @@ impl Sink {
 }
 
 fn binary_headers(rendered: &Rendered<'_>) -> OwnedHeaders {
-    let mut time = [0; 24];
-    let time = rendered.time.write_rfc3339(&mut time);
     [
         ("ce_specversion", "1.0"),
         ("ce_id", rendered.id),
         ("ce_source", rendered.source),
         ("ce_type", rendered.kind),
         ("ce_subject", rendered.subject),
-        ("ce_time", time),
+        ("ce_time", rendered.time),
         ("content-type", "application/json"),
     ]
     .into_iter()
