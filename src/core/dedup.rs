@@ -1,9 +1,12 @@
 //! The de-duplication window: which `messageId`s each customer sent recently.
 //!
 //! An event is a duplicate when its customer already had an applied event with the
-//! same `messageId` whose time is within `window` of it. Ids are kept as 64-bit XXH3
-//! digests (stable across runs, so the window can be snapshotted), keyed with the
-//! customer's ref so one customer's ids never match another's. Entries no on-time event
+//! same `messageId` whose time is within `window` of it. Ids are kept as XXH3 digests
+//! (stable across runs, so the window can be snapshotted) in 16-byte slots: the
+//! digest's low [`BLOCK_SHIFT`] bits give way to the customer's place in its block, so
+//! one customer's ids never match another's, and the other 52 bits tell a customer's
+//! ids apart (a new id falsely matches one of a customer's `k` ids within the window
+//! with probability `k / 2^52`). Entries no on-time event
 //! could match any more (older than watermark - window) are swept out in one sequential
 //! pass each time the watermark moves a quarter window, rather than one random-access
 //! removal per event: pruning bounds memory (to about 1.25 windows of ids), it never
@@ -16,18 +19,39 @@
 use ahash::RandomState;
 use hashbrown::HashTable;
 
-use super::customers::CustomerRef;
+use super::customers::{CustomerRef, BLOCK_SHIFT};
 use super::image::DedupEntry;
 use super::time::{EventTime, Span};
 
-type Shard = HashTable<DedupEntry>;
+type Shard = HashTable<Slot>;
+
+/// The bits of a tagged digest that hold the customer's place in its block.
+const PLACE_MASK: u64 = (1 << BLOCK_SHIFT) - 1;
+
+/// One remembered `messageId` in a block's table.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// The digest, its low bits replaced by the customer's place in the block.
+    tagged: u64,
+    seen_at: EventTime,
+}
+
+impl Slot {
+    fn entry(self, block: usize) -> DedupEntry {
+        DedupEntry {
+            customer: CustomerRef(((block as u32) << BLOCK_SHIFT) | (self.tagged & PLACE_MASK) as u32),
+            digest: self.tagged & !PLACE_MASK,
+            seen_at: self.seen_at,
+        }
+    }
+}
 
 /// One customer's `messageId`, hashed once for both the lookup and the insertion an
 /// applied event makes ([`DedupWindow::key`]).
 #[derive(Clone, Copy, Debug)]
 pub struct DedupKey {
-    customer: CustomerRef,
-    digest: u64,
+    block: usize,
+    tagged: u64,
     hash: u64,
 }
 
@@ -59,17 +83,18 @@ impl DedupWindow {
 
     /// The key of `customer`'s message with `digest` ([`DedupWindow::digest`]).
     pub fn key(&self, customer: CustomerRef, digest: u64) -> DedupKey {
+        let tagged = (digest & !PLACE_MASK) | (u64::from(customer.0) & PLACE_MASK);
         DedupKey {
-            customer,
-            digest,
-            hash: self.hasher.hash_one((customer, digest)),
+            block: customer.block(),
+            tagged,
+            hash: self.hasher.hash_one(tagged),
         }
     }
 
     pub fn is_duplicate(&self, key: DedupKey, at: EventTime) -> bool {
         self.shards
-            .get(key.customer.block())
-            .and_then(|shard| shard.find(key.hash, |entry| is_entry_of(entry, key)))
+            .get(key.block)
+            .and_then(|shard| shard.find(key.hash, |slot| slot.tagged == key.tagged))
             .is_some_and(|previous| {
                 at.as_millis().abs_diff(previous.seen_at.as_millis()) <= self.window.as_millis() as u64
             })
@@ -77,25 +102,23 @@ impl DedupWindow {
 
     /// Remembers an applied event.
     pub fn record(&mut self, key: DedupKey, at: EventTime) {
-        let block = key.customer.block();
-        if block >= self.shards.len() {
-            self.shards.resize_with(block + 1, HashTable::new);
+        if key.block >= self.shards.len() {
+            self.shards.resize_with(key.block + 1, HashTable::new);
         }
         let hasher = &self.hasher;
-        let entry = self.shards[block].entry(
+        let entry = self.shards[key.block].entry(
             key.hash,
-            |entry| is_entry_of(entry, key),
-            |entry| hasher.hash_one((entry.customer, entry.digest)),
+            |slot| slot.tagged == key.tagged,
+            |slot| hasher.hash_one(slot.tagged),
         );
         match entry {
             hashbrown::hash_table::Entry::Occupied(mut seen) => {
                 let seen_at = &mut seen.get_mut().seen_at;
                 *seen_at = (*seen_at).max(at);
             }
-            hashbrown::hash_table::Entry::Vacant(slot) => {
-                slot.insert(DedupEntry {
-                    customer: key.customer,
-                    digest: key.digest,
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                vacant.insert(Slot {
+                    tagged: key.tagged,
                     seen_at: at,
                 });
                 self.len += 1;
@@ -117,13 +140,11 @@ impl DedupWindow {
         let horizon = watermark.minus(self.window);
         let hasher = &self.hasher;
         for shard in &mut self.shards {
-            shard.retain(|entry| entry.seen_at >= horizon);
+            shard.retain(|slot| slot.seen_at >= horizon);
             // A shard keeps the table of its busiest time; once the window holds far
             // fewer of its customers' ids, give the memory back (with room to double).
             if shard.len() < shard.capacity() / 4 {
-                shard.shrink_to(shard.len() * 2, |entry| {
-                    hasher.hash_one((entry.customer, entry.digest))
-                });
+                shard.shrink_to(shard.len() * 2, |slot| hasher.hash_one(slot.tagged));
             }
         }
         self.len = self.shards.iter().map(HashTable::len).sum();
@@ -142,7 +163,11 @@ impl DedupWindow {
 
     /// The remembered `messageId`s of the customers in block `block`.
     pub fn entries_of(&self, block: usize) -> impl Iterator<Item = DedupEntry> + '_ {
-        self.shards.get(block).into_iter().flatten().copied()
+        self.shards
+            .get(block)
+            .into_iter()
+            .flatten()
+            .map(move |slot| slot.entry(block))
     }
 
     /// A window holding `entries` (as [`DedupWindow::entries`] gave them).
@@ -178,10 +203,6 @@ impl DedupWindow {
     }
 }
 
-fn is_entry_of(entry: &DedupEntry, key: DedupKey) -> bool {
-    entry.digest == key.digest && entry.customer == key.customer
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,19 +229,20 @@ mod tests {
     #[test]
     fn prunes_what_the_watermark_left_behind() {
         let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
+        let [a, b, c] = ["m-a", "m-b", "m-c"].map(DedupWindow::digest);
         // Customers 0 and 9 are in different shards.
-        dedup.record(dedup.key(CustomerRef(0), 1), t(0));
+        dedup.record(dedup.key(CustomerRef(0), a), t(0));
         dedup.sweep(t(0));
-        dedup.record(dedup.key(CustomerRef(9), 2), t(10));
+        dedup.record(dedup.key(CustomerRef(9), b), t(10));
         dedup.sweep(t(10));
         assert_eq!(dedup.len(), 2, "nothing was old enough yet");
-        dedup.record(dedup.key(CustomerRef(2), 3), t(30));
+        dedup.record(dedup.key(CustomerRef(2), c), t(30));
         assert!(dedup.sweep_due(t(30)));
         assert_eq!(dedup.len(), 3, "recording never sweeps");
         dedup.sweep(t(30));
         assert_eq!(dedup.len(), 2, "t(0) is older than watermark - window");
-        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(0), 1), t(0)));
-        assert!(dedup.is_duplicate(dedup.key(CustomerRef(9), 2), t(10)));
+        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(0), a), t(0)));
+        assert!(dedup.is_duplicate(dedup.key(CustomerRef(9), b), t(10)));
         assert_eq!(dedup.entries_of(2).count(), 1, "customer 9's block");
         assert_eq!(dedup.entries().count(), 2);
     }
@@ -228,11 +250,41 @@ mod tests {
     #[test]
     fn a_resighting_keeps_the_id_alive() {
         let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
-        dedup.record(dedup.key(CustomerRef(0), 1), t(0));
-        dedup.record(dedup.key(CustomerRef(0), 1), t(30));
+        let [a, b] = ["m-a", "m-b"].map(DedupWindow::digest);
+        dedup.record(dedup.key(CustomerRef(0), a), t(0));
+        dedup.record(dedup.key(CustomerRef(0), a), t(30));
         dedup.sweep(t(30));
-        dedup.record(dedup.key(CustomerRef(0), 9), t(40));
+        dedup.record(dedup.key(CustomerRef(0), b), t(40));
         dedup.sweep(t(40));
-        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), 1), t(31)));
+        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), a), t(31)));
+    }
+
+    #[test]
+    fn entries_give_back_each_customer_and_the_digest_a_slot_keeps() {
+        let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
+        let digest = DedupWindow::digest("m-1");
+        // Every place in block 1, and the same digest for each: one entry apiece.
+        let block: Vec<u32> = (1 << BLOCK_SHIFT..2 << BLOCK_SHIFT).collect();
+        for &customer in &block {
+            dedup.record(dedup.key(CustomerRef(customer), digest), t(1));
+        }
+        let mut entries: Vec<DedupEntry> = dedup.entries().collect();
+        entries.sort_by_key(|entry| entry.customer);
+        let expected: Vec<DedupEntry> = block
+            .iter()
+            .map(|&customer| DedupEntry {
+                customer: CustomerRef(customer),
+                digest: digest & !PLACE_MASK,
+                seen_at: t(1),
+            })
+            .collect();
+        assert_eq!(entries, expected);
+        // A window rebuilt from them (as a restore does) decides the same.
+        let rebuilt = DedupWindow::from_entries(dedup.window, entries.into_iter(), dedup.next_sweep());
+        for &customer in &block {
+            assert!(rebuilt.is_duplicate(rebuilt.key(CustomerRef(customer), digest), t(2)));
+        }
+        assert!(!rebuilt.is_duplicate(rebuilt.key(CustomerRef(0), digest), t(2)));
+        assert!(!rebuilt.is_duplicate(rebuilt.key(CustomerRef(2 << BLOCK_SHIFT), digest), t(2)));
     }
 }

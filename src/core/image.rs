@@ -36,7 +36,9 @@ pub struct CustomerImage {
     pub stage_entered: u32,
 }
 
-/// One remembered `messageId` digest.
+/// One remembered `messageId` digest. The window keeps the digest's high 52 bits (its
+/// low [`BLOCK_SHIFT`](super::customers::BLOCK_SHIFT) bits are zero here), which is
+/// all it compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DedupEntry {
     pub customer: CustomerRef,
