@@ -16,7 +16,9 @@
 #    themselves (produced -> read by that consumer, without stagestream in the path).
 #
 # Both consumers use fetch.wait.max.ms=5: tansu holds every fetch for the full wait
-# even when data is ready. Results go to stdout; docs/performance.md has figures.
+# even when data is ready. STAGESTREAM=PATH runs another build of the service (to
+# alternate two builds on one machine). Results go to stdout; docs/performance.md has
+# figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +29,7 @@ fetch_wait_ms=5
 
 cargo build --release --quiet --bin stagestream --example e2e_probe
 target="${CARGO_TARGET_DIR:-target}"
-stagestream="$target/release/stagestream"
+stagestream="${STAGESTREAM:-$target/release/stagestream}"
 probe="$target/release/examples/e2e_probe"
 tansu="$(scripts/tansu.sh install)"
 
