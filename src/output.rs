@@ -285,10 +285,23 @@ mod tests {
             "é🙂",
             "\u{7f}",
             "",
-        ] {
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        // Longer than the 16 bytes checked at once, with the character to escape in the
+        // first chunk, at its last byte, past it, or in the remainder.
+        .chain((0..40).flat_map(|at| {
+            ["\"", "\\", "\n", "\u{1f}"].map(|special| {
+                let mut text = "x".repeat(40);
+                text.replace_range(at..at + 1, special);
+                text
+            })
+        }))
+        .chain(["0123456789abcdef".to_owned(), "é".repeat(20)])
+        {
             let mut ours = Vec::new();
-            write_json_str(&mut ours, text);
-            assert_eq!(ours, serde_json::to_vec(text).unwrap(), "{text:?}");
+            write_json_str(&mut ours, &text);
+            assert_eq!(ours, serde_json::to_vec(&text).unwrap(), "{text:?}");
         }
     }
 }

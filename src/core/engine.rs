@@ -6,14 +6,17 @@
 //! shell renders as CloudEvents (`crate::output`). The rules it applies are written
 //! down in `docs/semantics.md`; the tests below and in `tests/` pin them.
 //!
-//! Inactivity is a deadline index, not a timer per customer: each armed customer has one
-//! `(key, customer)` entry in a `BTreeSet`, and firing pops entries from the front while
-//! they are due. An entry's key may be *earlier* than the customer's true deadline:
-//! new activity only pushes a deadline later, so the common event leaves the index
-//! alone, and an early entry that reaches the front is moved to the true deadline
-//! before anything fires. Since every key is at most its customer's true deadline, the
-//! front entry, once verified, is the global minimum: thresholds fire in exact
-//! `(deadline, first-seen order)`, a function of the input alone.
+//! Inactivity is a deadline index, not a timer per customer: each armed customer has a
+//! live `(key, customer)` entry in a `DeadlineIndex` (time buckets, each sorted when
+//! the clock reaches it), and firing pops entries in `(key, customer)` order while they
+//! are due. An entry's key may be *earlier* than the customer's true deadline: new
+//! activity only pushes a deadline later, so the common event leaves the index alone,
+//! and an early entry that comes up is moved to the true deadline before anything
+//! fires. An entry replaced by an earlier one stays in the index and is skipped when it
+//! comes up (its key is no longer the customer's `indexed`). Since every live key is at
+//! most its customer's true deadline, the first live entry, once verified, is the
+//! global minimum: thresholds fire in exact `(deadline, first-seen order)`, a function
+//! of the input alone.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
