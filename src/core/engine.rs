@@ -647,7 +647,7 @@ impl Engine {
 /// The deadline index: an entry `(key, customer)` per armed customer, popped in
 /// `(key, customer)` order.
 ///
-/// Entries are kept in buckets of [`BUCKET_SHIFT`] milliseconds of key, each an
+/// Entries are kept in buckets of `1 << BUCKET_SHIFT` ms of key, each an
 /// unsorted `Vec` of 8-byte entries, and a bucket is sorted only when the clock reaches
 /// it: an insertion is a push, a firing a pop from the end of a sorted run, where a
 /// B-tree of every armed customer walked several cache-missing nodes for each and
@@ -710,9 +710,10 @@ impl DeadlineIndex {
             self.inserted.push(Reverse((key, customer)));
             return;
         }
-        let offset = (key.as_millis() - (bucket << BUCKET_SHIFT)) as u32;
+        let start = bucket_start(bucket);
+        let offset = (key.as_millis() - start.as_millis()) as u32;
         self.later.entry(bucket).or_default().push((offset, customer));
-        self.later_start = self.later_start.min(bucket_start(bucket));
+        self.later_start = self.later_start.min(start);
     }
 
     /// Removes and returns the first entry if its key is at or before `clock`.
@@ -740,7 +741,7 @@ impl DeadlineIndex {
                 return None;
             }
             let (bucket, entries) = self.later.pop_first().expect("later_start names a bucket");
-            let start = bucket << BUCKET_SHIFT;
+            let start = bucket_start(bucket).as_millis();
             self.sorted.clear();
             self.sorted.extend(
                 entries

@@ -21,6 +21,7 @@ pub struct Span(i64);
 impl EventTime {
     /// Earlier than any parseable timestamp; the watermark before any event.
     pub const MIN: EventTime = EventTime(i64::MIN);
+    /// Later than any parseable timestamp; "never" where a next instant is awaited.
     pub const MAX: EventTime = EventTime(i64::MAX);
 
     pub const fn from_millis(millis: i64) -> Self {
