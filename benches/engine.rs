@@ -1,12 +1,20 @@
 //! The replay hot path over a realistic generated mix, split into its stages so the
 //! ratios say where time goes: decode only, engine only (pre-decoded), and
 //! decode + engine + CloudEvents rendering (what `replay` does, minus file I/O).
+//! `decode/serde_json` is the yardstick issue 6 quotes (~450 ns a line): the same lines
+//! decoded by plain `serde_json` into borrowed structs, `properties` kept raw and
+//! `context` skipped, so it does less than `replay/decode` (which also validates and
+//! extracts the properties the model's rules read).
 //!
 //! Run: `cargo bench --bench engine`. Figures and the machine: docs/performance.md.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use stagestream::config;
 use stagestream::core::{Engine, EventTime};
 use stagestream::decode::decode;
@@ -27,6 +35,30 @@ fn workload() -> Vec<Vec<u8>> {
     lines
 }
 
+/// A Segment event as a hand-written consumer would decode it with serde_json.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // read by black_box only: decoding is what is measured
+struct SegmentEvent<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    anonymous_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    message_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    properties: Option<&'a RawValue>,
+    context: Option<IgnoredAny>,
+}
+
 fn bench(c: &mut Criterion) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/presets/five-stage.toml");
     let settings = config::load_with_env(&path, Some(Default::default())).unwrap();
@@ -38,6 +70,15 @@ fn bench(c: &mut Criterion) {
 
     group.bench_function("decode", |b| {
         b.iter(|| lines.iter().filter(|line| decode(line, &model).is_ok()).count())
+    });
+
+    group.bench_function("decode/serde_json", |b| {
+        b.iter(|| {
+            lines
+                .iter()
+                .filter(|line| black_box(serde_json::from_slice::<SegmentEvent<'_>>(line)).is_ok())
+                .count()
+        })
     });
 
     let events: Vec<_> = lines
