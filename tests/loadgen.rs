@@ -1,7 +1,7 @@
 //! `stagestream loadgen` and `scripts/bench-e2e.sh` against a real broker (tansu): the
 //! stream produced is the generator's, keyed by customer, capped by `--events` and
-//! `--duration`, paced by `--rate`; the benchmark script runs end to end and prints
-//! its figures.
+//! `--duration`, paced by `--rate`; the benchmark scripts run end to end and print
+//! their figures.
 //!
 //! Skipped with a message when tansu is not installed; under CI that is a failure.
 
@@ -193,4 +193,50 @@ fn the_end_to_end_benchmark_script_runs_and_reports() {
     }
     assert!(figures["transitions"] >= 10.0, "{stdout}");
     assert!(figures["p50_ms"] <= figures["p99_ms"]);
+}
+
+#[test]
+fn the_alternating_benchmark_script_runs_each_variant_in_each_round() {
+    if tansu::binary().is_none() {
+        return;
+    }
+    let binary = Path::new(env!("CARGO_BIN_EXE_stagestream"));
+    let plain = format!("plain||{}|", binary.display());
+    let small_queue = format!(
+        "small-queue|MALLOC_CONF=thp:default|{}|\"queued.max.messages.kbytes\" = \"8192\"",
+        binary.display()
+    );
+    let output = Command::new("bash")
+        .arg(common::repo("scripts/bench-ab.sh"))
+        .args(["20000", "2", &plain, &small_queue])
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let runs: Vec<BTreeMap<&str, &str>> = stdout
+        .lines()
+        .map(|line| {
+            line.split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .collect()
+        })
+        .collect();
+    let order: Vec<(&str, &str)> = runs.iter().map(|run| (run["round"], run["variant"])).collect();
+    assert_eq!(
+        order,
+        [
+            ("1", "plain"),
+            ("1", "small-queue"),
+            ("2", "plain"),
+            ("2", "small-queue")
+        ],
+        "{stdout}\n{stderr}"
+    );
+    for run in &runs {
+        for key in ["rate", "cpu_us_per_event", "peak_rss_kb"] {
+            let value: f64 = run[key].parse().unwrap_or_else(|_| panic!("{key} in {stdout}"));
+            assert!(value > 0.0, "{key} in {stdout}");
+        }
+    }
 }
