@@ -10,14 +10,14 @@
 //! measures event-to-output latency from it.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::{ClientConfig, ClientContext, Statistics};
 
 use crate::core::EventTime;
 use crate::generate::{generate_keyed, GeneratorSettings};
@@ -26,6 +26,10 @@ use crate::kafka::{connect_producer, Properties};
 /// How long a record may wait for delivery before it counts as failed, and how long
 /// the end of a run waits for the last ones.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the first record waits for an idempotent producer's id.
+const PRODUCER_ID_WAIT: Duration = Duration::from_secs(10);
+/// librdkafka's statistics interval, which is how the producer id's arrival is seen.
+const STATISTICS_INTERVAL: &str = "100";
 
 #[derive(Clone, Debug)]
 pub struct LoadSettings {
@@ -62,14 +66,22 @@ pub enum LoadError {
     Undelivered { failed: u64, events: u64, first: String },
 }
 
-/// Counts delivery reports; keeps the first error.
+/// Counts delivery reports; keeps the first error; sees the producer id arrive.
 #[derive(Default)]
 struct Deliveries {
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// librdkafka's statistics said the idempotent producer has its id.
+    producer_id_assigned: AtomicBool,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn stats(&self, statistics: Statistics) {
+        if statistics.eos.is_some_and(|eos| eos.idemp_state == "Assigned") {
+            self.producer_id_assigned.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -93,15 +105,31 @@ pub fn load(properties: &Properties, settings: &LoadSettings) -> Result<LoadSumm
     let mut config = ClientConfig::from(properties);
     config
         .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
-        .set("statistics.interval.ms", "0");
+        .set("statistics.interval.ms", STATISTICS_INTERVAL);
     let producer: ThreadedProducer<Deliveries> = config
         .create_with_context(Deliveries::default())
         .map_err(LoadError::Client)?;
-    // Connected before the first record, so records do not wait for the producer id
-    // (latency is measured from their timestamps). A missing topic or an unreachable
-    // cluster surfaces as undelivered records, as before.
-    if let Err(error) = connect_producer(producer.client(), &settings.topic) {
-        tracing::warn!(%error, topic = %settings.topic, "cannot reach the cluster yet; producing anyway");
+    // Connected, and for an idempotent producer holding its id, before the first
+    // record: latency is measured from the records' timestamps, and records sent
+    // before the id arrives wait for it (0.4-1 s in some runs against tansu, where
+    // librdkafka's first request for the id can find no broker up and retries after
+    // 500 ms). A missing topic or an unreachable cluster surfaces as undelivered
+    // records, as before.
+    match connect_producer(producer.client(), &settings.topic) {
+        Err(error) => {
+            tracing::warn!(%error, topic = %settings.topic, "cannot reach the cluster yet; producing anyway");
+        }
+        Ok(_) if properties.get("enable.idempotence") == Some("true") => {
+            let deadline = Instant::now() + PRODUCER_ID_WAIT;
+            while !producer.context().producer_id_assigned.load(Ordering::Relaxed) {
+                if Instant::now() >= deadline {
+                    tracing::warn!(waited = ?PRODUCER_ID_WAIT, "the producer has no producer id yet; producing anyway");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(_) => {}
     }
 
     let started = Instant::now();
