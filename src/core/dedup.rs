@@ -13,8 +13,8 @@
 //! since a lookup already ignores entries outside the window. A sweep visits one
 //! block's table per applied event, so no event waits for more than one table (a few
 //! thousand customers' ids, tens of microseconds): the whole pass at once held one event
-//! for 57 ms (every id kept) to 163 ms (every id dropped) at 10M customers with two ids
-//! each (docs/performance.md).
+//! for 100 ms (every id kept) to 155 ms (every id dropped) at 10M customers with two ids
+//! each (`cargo bench --bench sweep`, docs/performance.md).
 //!
 //! The entries are sharded by [customer block](super::customers::BLOCK_SHIFT), one
 //! hash table per block, so a snapshot can copy one block's entries without scanning
