@@ -3,7 +3,9 @@
 //! Fills one engine with N customers (36-character ids, two activity events each, so
 //! every customer is armed), once without messageIds and once with both events' ids in
 //! the dedup window, each in a process of its own, and reports the growth of resident
-//! memory divided by N. The allocator is the service's (jemalloc, with the huge pages
+//! memory divided by N: for the engine alone, and with a snapshot image taken (the
+//! service keeps the previous image's buffers per partition for the next snapshot, so
+//! that is its total once snapshots are on). The allocator is the service's (jemalloc, with the huge pages
 //! `.cargo/config.toml` builds in), told to return freed pages at once
 //! (`MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`), so that tables a growing engine
 //! left behind do not count: the service returns them within jemalloc's decay time
@@ -31,17 +33,26 @@ fn measure(customers: u32, with_message_ids: bool) {
     let mut engine = Engine::new(Arc::clone(&settings.model), settings.engine);
     support::fill(&mut engine, customers, with_message_ids);
     let grown = resident_bytes().saturating_sub(before);
+    // What the service holds besides, once it has taken a snapshot: the image's
+    // buffers, kept per partition for the next one.
+    let image = engine.image();
+    let with_image = resident_bytes().saturating_sub(before);
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     println!(
-        "{customers:>10} customers, {}: {:>8.1} MiB resident, {:>6.1} bytes/customer ({} armed)",
+        "{customers:>10} customers, {}: {:>8.1} MiB resident, {:>6.1} bytes/customer ({} armed); \
+         with the snapshot image kept: {:>8.1} MiB, {:>6.1} bytes/customer",
         if with_message_ids {
             "2 messageIds each in the dedup window"
         } else {
             "no messageIds"
         },
-        grown as f64 / (1 << 20) as f64,
+        mib(grown),
         grown as f64 / f64::from(customers),
-        engine.armed_count()
+        engine.armed_count(),
+        mib(with_image),
+        with_image as f64 / f64::from(customers),
     );
+    std::hint::black_box(&image);
     assert_eq!(
         engine.customer_count(),
         customers as usize,
