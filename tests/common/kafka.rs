@@ -132,8 +132,10 @@ pub fn produce_lines_with(
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+    // Generous: the crash matrix sends 200K+ records one per batch, which took over a
+    // minute against tansu on a busy CI host (a flush timeout failed a run).
     producer
-        .flush(Duration::from_secs(60))
+        .flush(Duration::from_secs(300))
         .expect("all test input delivered");
 }
 
