@@ -29,63 +29,10 @@ events=$1
 rounds=$2
 shift 2
 
-cargo build --release --quiet --bin stagestream --example e2e_probe
-target="${CARGO_TARGET_DIR:-target}"
-probe="$target/release/examples/e2e_probe"
-tansu="$(scripts/tansu.sh install)"
+source scripts/bench-common.sh
+start_broker 4
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-bootstrap="127.0.0.1:$(free_port)"
-"$tansu" broker --listener-url "tcp://$bootstrap" --advertised-listener-url "tcp://$bootstrap" \
-    --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
-tansu_pid=$!
-pids+=("$tansu_pid")
-for _ in $(seq 100); do
-    if "$tansu" topic create events --broker "tcp://$bootstrap" --partitions 4 >/dev/null 2>&1; then
-        break
-    fi
-    sleep 0.1
-done
-"$tansu" topic create journey-stages --broker "tcp://$bootstrap" --partitions 4 >/dev/null
-"$tansu" topic create dead-letters --broker "tcp://$bootstrap" --partitions 1 >/dev/null
-
-# write_config GROUP HTTP_BIND EXTRA_CONSUMER_LINES
-write_config() {
-    cat config/presets/five-stage.toml - >"$work/$1.toml" <<EOC
-
-[kafka]
-input_topics = ["events"]
-output_topic = "journey-stages"
-dead_letter_topic = "dead-letters"
-
-[kafka.common]
-"bootstrap.servers" = "$bootstrap"
-
-[kafka.consumer]
-"group.id" = "$1"
-"fetch.wait.max.ms" = "5"
-$3
-
-[snapshot]
-dir = "$work/snapshots-$1"
-
-[http]
-bind = "$2"
-EOC
-}
-
-write_config load "127.0.0.1:$(free_port)" ""
+write_config "$work/load.toml" load "127.0.0.1:$(free_port)" "$work/snapshots-load"
 "$target/release/stagestream" loadgen --config "$work/load.toml" --customers $((events / 25 + 1000)) \
     --days 60 --events "$events" --start "$(date -u -d '120 days ago' +%Y-%m-%dT%H:%M:%SZ)" --seed 1 \
     >/dev/null 2>&1
@@ -98,7 +45,7 @@ for round in $(seq "$rounds"); do
         IFS='|' read -r label environment binary consumer_lines <<<"$variant"
         group="ab-$label-$round"
         http="127.0.0.1:$(free_port)"
-        write_config "$group" "$http" "${consumer_lines//;/$'\n'}"
+        write_config "$work/$group.toml" "$group" "$http" "$work/snapshots-$group" "${consumer_lines//;/$'\n'}"
         tansu_before=$(cpu_ticks "$tansu_pid")
         thp_before=$(thp_faults)
         # shellcheck disable=SC2086 # the assignments are meant to split

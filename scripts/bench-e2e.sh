@@ -25,64 +25,12 @@ cd "$(dirname "$0")/.."
 events="${1:-1000000}"
 partitions="${PARTITIONS:-4}"
 latency_seconds="${LATENCY_SECONDS:-20}"
-fetch_wait_ms=5
-
-cargo build --release --quiet --bin stagestream --example e2e_probe
-target="${CARGO_TARGET_DIR:-target}"
+source scripts/bench-common.sh
 stagestream="${STAGESTREAM:-$target/release/stagestream}"
-probe="$target/release/examples/e2e_probe"
-tansu="$(scripts/tansu.sh install)"
-
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-port="$(free_port)"
+start_broker "$partitions"
 http="127.0.0.1:$(free_port)"
-bootstrap="127.0.0.1:$port"
-
-"$tansu" broker --listener-url "tcp://$bootstrap" --advertised-listener-url "tcp://$bootstrap" \
-    --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-    if "$tansu" topic create events --broker "tcp://$bootstrap" --partitions "$partitions" \
-        >/dev/null 2>&1; then
-        break
-    fi
-    sleep 0.1
-done
-"$tansu" topic create journey-stages --broker "tcp://$bootstrap" --partitions "$partitions" >/dev/null
-"$tansu" topic create dead-letters --broker "tcp://$bootstrap" --partitions 1 >/dev/null
-
 config="$work/stagestream.toml"
-cat config/presets/five-stage.toml - >"$config" <<EOF
-
-[kafka]
-input_topics = ["events"]
-output_topic = "journey-stages"
-dead_letter_topic = "dead-letters"
-
-[kafka.common]
-"bootstrap.servers" = "$bootstrap"
-
-[kafka.consumer]
-"group.id" = "bench-e2e"
-"fetch.wait.max.ms" = "$fetch_wait_ms"
-
-[snapshot]
-dir = "$work/snapshots"
-
-[http]
-bind = "$http"
-EOF
+write_config "$config" bench-e2e "$http" "$work/snapshots"
 
 echo "== loading $events events into events ($partitions partitions)"
 # Enough shoppers that the stream does not end first (~31 events per shopper in 60 days).
