@@ -152,16 +152,13 @@ impl DedupWindow {
         }
     }
 
+    /// One step of a due sweep ([`DedupWindow::sweep_due`]).
     #[inline(never)]
     fn sweep_one_table(&mut self, watermark: EventTime) {
-        let block = match self.sweeping {
-            Some(block) => block,
-            None if watermark >= self.next_sweep => {
-                self.next_sweep = watermark.plus(Span::from_millis(self.window.as_millis() / 4));
-                0
-            }
-            None => return,
-        };
+        let block = self.sweeping.unwrap_or_else(|| {
+            self.next_sweep = watermark.plus(Span::from_millis(self.window.as_millis() / 4));
+            0
+        });
         let horizon = watermark.minus(self.window);
         let hasher = &self.hasher;
         if let Some(shard) = self.shards.get_mut(block) {
