@@ -3,29 +3,29 @@
 //! is well under a millisecond). The finished image goes to the snapshot encoder.
 //!
 //! ```text
-//! Engine::begin_image     the scalars (newest event time, clock, next sweep, model)
-//!                         and how many customers the image holds
-//! Engine::continue_image  the cursor copies the next blocks: ids, state, counters, messageIds
+//! Engine::begin_image     the scalars (newest event time, clock, next sweep, model),
+//!                         how many customers the image holds, and their ids (shared:
+//!                         only the last, open block's are copied)
+//! Engine::continue_image  the cursor copies the next blocks: state, counters, messageIds
 //! any write to a customer in a block the cursor has not reached
 //!     -> that block's state, counters and messageIds are copied first ("ahead"),
 //!        and the cursor takes them from there when it arrives
 //! ```
 //!
 //! The image is the state as it was at `begin_image`, exactly: customers first seen
-//! later are left out (ids are only ever appended, so the ids before them never change),
-//! and a block is copied before anything in it changes. The de-duplication sweep waits
+//! later are left out (ids are only ever appended, so the ids taken at the start stay
+//! right), and a block is copied before anything in it changes. The de-duplication sweep waits
 //! while a capture runs (it never changes a decision), so no block changes all at once.
 
 use std::ops::Range;
 
-use super::customers::{block_range, blocks_for, CustomerTable};
+use super::customers::{block_range, blocks_for};
 use super::dedup::DedupWindow;
 use super::engine::CustomerState;
 use super::image::{CustomerImage, EngineImage};
 
 /// What a capture reads: the engine's live state.
 pub(super) struct Live<'a> {
-    pub customers: &'a CustomerTable,
     pub states: &'a [CustomerState],
     pub counters: &'a [u32],
     pub dedup: &'a DedupWindow,
@@ -51,14 +51,23 @@ struct Ahead {
 }
 
 impl Capture {
-    /// A capture into `image`, whose scalar fields the caller has set, of the first
-    /// `customers` customers.
-    pub fn begin(mut image: Box<EngineImage>, customers: usize, counters_per_customer: usize) -> Self {
-        image.id_arena.clear();
-        image.id_ends.clear();
+    /// A capture into `image`, whose scalar fields and ids the caller has set, of the
+    /// first `customers` customers and the `dedup_entries` messageIds they have.
+    ///
+    /// The columns are reserved at their exact length: grown as they fill, they would
+    /// end up to twice that (a 10M-customer image is ~200 MB without messageIds).
+    pub fn begin(
+        mut image: Box<EngineImage>,
+        customers: usize,
+        counters_per_customer: usize,
+        dedup_entries: usize,
+    ) -> Self {
         image.customers.clear();
+        image.customers.reserve_exact(customers);
         image.counters.clear();
+        image.counters.reserve_exact(customers * counters_per_customer);
         image.dedup.clear();
+        image.dedup.reserve_exact(dedup_entries);
         Capture {
             image,
             customers,
@@ -89,10 +98,7 @@ impl Capture {
         let Some(ahead) = self.ahead.get_mut(self.cursor) else {
             return true;
         };
-        let (ids, ends) = live.customers.parts_of(refs.clone());
         let image = &mut self.image;
-        image.id_arena.push_str(ids);
-        image.id_ends.extend_from_slice(ends);
         if let Some(ahead) = ahead.take() {
             image.customers.extend_from_slice(&ahead.customers);
             image.counters.extend_from_slice(&ahead.counters);

@@ -6,8 +6,12 @@
 //! seen, which is a function of the input alone, so anything ordered by ref (ties in
 //! the deadline index, the summary) is deterministic whatever the hash seed.
 //!
-//! All ids live in one string arena with an offset each, rather than a `String` per
-//! customer: 8 bytes of bookkeeping instead of 24 plus an allocation.
+//! The ids themselves live in [`CustomerIds`]: one string arena per block of customers
+//! with a 4-byte end offset each, rather than a `String` per customer (4 bytes of
+//! bookkeeping instead of 24 plus an allocation). A full block's arena never changes
+//! again, so it is frozen and shared with every snapshot image that holds it.
+
+use std::sync::Arc;
 
 use ahash::RandomState;
 use hashbrown::HashTable;
@@ -50,25 +54,22 @@ pub fn block_range(block: usize, customers: usize) -> std::ops::Range<usize> {
 pub struct CustomerTable {
     hasher: RandomState,
     index: HashTable<CustomerRef>,
-    /// Every id, concatenated in ref order.
-    arena: String,
-    /// `ends[r]` is where ref `r`'s id ends in `arena`; it starts where `r - 1` ends.
-    ends: Vec<u64>,
+    ids: CustomerIds,
 }
 
 impl CustomerTable {
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.ids.len() == 0
     }
 
     /// The ref of `id`, if it was seen before.
     pub fn get(&self, id: &str) -> Option<CustomerRef> {
         let hash = self.hasher.hash_one(id);
-        self.index.find(hash, |&r| self.id(r) == id).copied()
+        self.index.find(hash, |&r| self.ids.get(r) == id).copied()
     }
 
     /// The ref of `id`, interning it as the next ref if it is new.
@@ -77,84 +78,49 @@ impl CustomerTable {
     /// Past 4,294,967,295 customers in one table.
     pub fn intern(&mut self, id: &str) -> (CustomerRef, Interned) {
         let hash = self.hasher.hash_one(id);
-        if let Some(&found) = self
-            .index
-            .find(hash, |&r| id_at(&self.arena, &self.ends, r) == id)
-        {
+        if let Some(&found) = self.index.find(hash, |&r| self.ids.get(r) == id) {
             return (found, Interned::Existing);
         }
-        let new = CustomerRef(u32::try_from(self.ends.len()).expect("at most u32::MAX customers"));
-        self.arena.push_str(id);
-        self.ends.push(self.arena.len() as u64);
-        let (arena, ends, hasher) = (&self.arena, &self.ends, &self.hasher);
+        let new = CustomerRef(u32::try_from(self.ids.len()).expect("at most u32::MAX customers"));
+        self.ids.push(id);
+        let (ids, hasher) = (&self.ids, &self.hasher);
         self.index
-            .insert_unique(hash, new, |&r| hasher.hash_one(id_at(arena, ends, r)));
+            .insert_unique(hash, new, |&r| hasher.hash_one(ids.get(r)));
         (new, Interned::New)
     }
 
-    /// The id arena and the end offsets, as [`crate::core::EngineImage`] holds them.
-    pub fn parts(&self) -> (&str, &[u64]) {
-        (&self.arena, &self.ends)
+    /// Every id, by ref, as [`crate::core::EngineImage`] holds them: cloning it shares
+    /// all but the last block's ids.
+    pub fn ids(&self) -> &CustomerIds {
+        &self.ids
     }
 
-    /// The ids of the consecutive refs `refs`, concatenated, and their end offsets
-    /// (offsets into the whole arena, as [`CustomerTable::parts`] gives them).
-    pub fn parts_of(&self, refs: std::ops::Range<usize>) -> (&str, &[u64]) {
-        let start = if refs.start == 0 {
-            0
-        } else {
-            self.ends[refs.start - 1] as usize
-        };
-        let end = if refs.is_empty() {
-            start
-        } else {
-            self.ends[refs.end - 1] as usize
-        };
-        (&self.arena[start..end], &self.ends[refs])
-    }
-
-    /// Rebuilds a table from [`CustomerTable::parts`], refusing anything inconsistent:
-    /// ends out of order or past the arena, an end inside a character, a repeated id.
+    /// Rebuilds a table from [`CustomerTable::ids`], refusing a repeated id.
     ///
     /// # Errors
-    /// What is inconsistent, in words.
-    pub fn from_parts(arena: String, ends: Vec<u64>) -> Result<Self, String> {
-        if u32::try_from(ends.len()).is_err() {
-            return Err(format!("{} customers; at most u32::MAX fit", ends.len()));
-        }
-        let mut start = 0u64;
-        for (i, &end) in ends.iter().enumerate() {
-            let fits = end >= start && end <= arena.len() as u64 && arena.is_char_boundary(end as usize);
-            if !fits {
-                return Err(format!("customer id {i} ends at {end}, outside the id arena"));
-            }
-            start = end;
-        }
+    /// The repeated id, in words.
+    pub fn from_ids(ids: CustomerIds) -> Result<Self, String> {
         let mut table = CustomerTable {
             hasher: RandomState::new(),
-            index: HashTable::with_capacity(ends.len()),
-            arena,
-            ends,
+            index: HashTable::with_capacity(ids.len()),
+            ids,
         };
-        let (arena, ends, hasher) = (&table.arena, &table.ends, &table.hasher);
-        let hashed = (0..ends.len())
+        let (ids, hasher) = (&table.ids, &table.hasher);
+        let hashed = (0..ids.len())
             .map(|i| {
                 let customer = CustomerRef(i as u32);
-                (hasher.hash_one(id_at(arena, ends, customer)), customer)
+                (hasher.hash_one(ids.get(customer)), customer)
             })
             .collect();
         for (hash, customer) in by_table_region(hashed) {
             // Refs now come in no order: the id is read only when a control byte matches.
-            let same_id = |&r: &CustomerRef| id_at(arena, ends, r) == id_at(arena, ends, customer);
+            let same_id = |&r: &CustomerRef| ids.get(r) == ids.get(customer);
             if table.index.find(hash, same_id).is_some() {
-                return Err(format!(
-                    "customer id {:?} appears twice",
-                    id_at(arena, ends, customer)
-                ));
+                return Err(format!("customer id {:?} appears twice", ids.get(customer)));
             }
             table
                 .index
-                .insert_unique(hash, customer, |&r| hasher.hash_one(id_at(arena, ends, r)));
+                .insert_unique(hash, customer, |&r| hasher.hash_one(ids.get(r)));
         }
         Ok(table)
     }
@@ -164,7 +130,143 @@ impl CustomerTable {
     /// # Panics
     /// If `customer` did not come from this table.
     pub fn id(&self, customer: CustomerRef) -> &str {
-        id_at(&self.arena, &self.ends, customer)
+        self.ids.get(customer)
+    }
+}
+
+/// Customer ids by ref, append-only, in chunks of one [block](BLOCK_SHIFT) each: an
+/// arena of the block's ids concatenated, and where each ends in it. A full chunk never
+/// changes again, so it is frozen behind an `Arc`, and a clone (the snapshot image's
+/// copy, [`crate::core::Engine::begin_image`]) shares every frozen chunk and copies
+/// only the open one, at most one block's ids. At 10M customers with 36-character ids
+/// that keeps 381 MiB out of each image (docs/performance.md, "Memory per customer").
+///
+/// Invariant: every block before the last is frozen (`frozen.len() == len >>
+/// BLOCK_SHIFT`), so two equal lists of ids are chunked alike and compare equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CustomerIds {
+    frozen: Vec<IdChunk>,
+    /// The last block's ids, concatenated, while it fills.
+    open_text: String,
+    /// `open_ends[i]` is where the open block's `i`th id ends in `open_text`.
+    open_ends: Vec<u32>,
+}
+
+/// A full block's ids: `ends[i]` is where its `i`th id ends in `text`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct IdChunk {
+    text: Arc<str>,
+    ends: Arc<[u32]>,
+}
+
+const BLOCK_LEN: usize = 1 << BLOCK_SHIFT;
+
+impl CustomerIds {
+    pub fn len(&self) -> usize {
+        (self.frozen.len() << BLOCK_SHIFT) + self.open_ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The id of `customer`.
+    ///
+    /// # Panics
+    /// If `customer` is not below [`CustomerIds::len`].
+    #[inline]
+    pub fn get(&self, customer: CustomerRef) -> &str {
+        let (text, ends) = match self.frozen.get(customer.block()) {
+            Some(chunk) => (&*chunk.text, &*chunk.ends),
+            None => (self.open_text.as_str(), self.open_ends.as_slice()),
+        };
+        let place = customer.index() & (BLOCK_LEN - 1);
+        let start = if place == 0 { 0 } else { ends[place - 1] as usize };
+        &text[start..ends[place] as usize]
+    }
+
+    /// Appends `id` as the next ref's.
+    ///
+    /// # Panics
+    /// If one block's ids come to more than 4 GiB (4,096 ids of 1 MiB each would not).
+    pub fn push(&mut self, id: &str) {
+        let end = u32::try_from(self.open_text.len() + id.len()).expect("a block's ids fit in 4 GiB");
+        self.open_text.push_str(id);
+        self.open_ends.push(end);
+        if self.open_ends.len() == BLOCK_LEN {
+            self.frozen.push(IdChunk {
+                text: Arc::from(self.open_text.as_str()),
+                ends: Arc::from(self.open_ends.as_slice()),
+            });
+            self.open_text.clear();
+            self.open_ends.clear();
+        }
+    }
+
+    /// Bytes of id text, all blocks together.
+    pub fn text_len(&self) -> usize {
+        self.frozen.iter().map(|chunk| chunk.text.len()).sum::<usize>() + self.open_text.len()
+    }
+
+    /// Each block's ids: its text, and where each id ends in it.
+    pub fn blocks(&self) -> impl Iterator<Item = (&str, &[u32])> {
+        self.frozen
+            .iter()
+            .map(|chunk| (&*chunk.text, &*chunk.ends))
+            .chain(std::iter::once((
+                self.open_text.as_str(),
+                self.open_ends.as_slice(),
+            )))
+    }
+
+    /// The ids cut from `text` at `lengths`, one per ref, refusing anything
+    /// inconsistent: an id past the end of `text` or ending inside a character, text
+    /// left over after the last id, more ids than a `u32` ref counts.
+    ///
+    /// # Errors
+    /// What is inconsistent, in words.
+    pub fn from_concatenated(
+        text: &str,
+        lengths: impl ExactSizeIterator<Item = u32>,
+    ) -> Result<Self, String> {
+        let count = lengths.len();
+        if u32::try_from(count).is_err() {
+            return Err(format!("{count} customers; at most u32::MAX fit"));
+        }
+        let mut ids = CustomerIds {
+            frozen: Vec::with_capacity(count >> BLOCK_SHIFT),
+            ..CustomerIds::default()
+        };
+        let mut block_start = 0usize;
+        let mut ends = Vec::with_capacity(BLOCK_LEN.min(count));
+        for (i, length) in lengths.enumerate() {
+            let start = block_start + ends.last().map_or(0, |&end| end as usize);
+            let end = start + length as usize;
+            if end > text.len() || !text.is_char_boundary(end) {
+                return Err(format!("customer id {i} ends at {end}, outside the id arena"));
+            }
+            let local_end = u32::try_from(end - block_start)
+                .map_err(|_| format!("block {} of customer ids is over 4 GiB", i >> BLOCK_SHIFT))?;
+            ends.push(local_end);
+            if ends.len() == BLOCK_LEN {
+                ids.frozen.push(IdChunk {
+                    text: Arc::from(&text[block_start..end]),
+                    ends: Arc::from(ends.as_slice()),
+                });
+                ends.clear();
+                block_start = end;
+            }
+        }
+        let last_end = block_start + ends.last().map_or(0, |&end| end as usize);
+        if last_end != text.len() {
+            return Err(format!(
+                "{} bytes of the id arena after the last customer id",
+                text.len() - last_end
+            ));
+        }
+        ids.open_text = text[block_start..].to_owned();
+        ids.open_ends = ends;
+        Ok(ids)
     }
 }
 
@@ -209,12 +311,6 @@ fn by_table_region(hashed: Vec<(u64, CustomerRef)>) -> Vec<(u64, CustomerRef)> {
     ordered
 }
 
-fn id_at<'a>(arena: &'a str, ends: &[u64], customer: CustomerRef) -> &'a str {
-    let i = customer.index();
-    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-    &arena[start..ends[i] as usize]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,23 +328,65 @@ mod tests {
         assert_eq!(table.len(), 3);
     }
 
+    /// The ids of `table`, concatenated, and their lengths: the snapshot's encoding.
+    fn concatenated(table: &CustomerTable) -> (String, Vec<u32>) {
+        let (mut text, mut lengths) = (String::new(), Vec::new());
+        for customer in 0..table.len() {
+            let id = table.id(CustomerRef(customer as u32));
+            text.push_str(id);
+            lengths.push(id.len() as u32);
+        }
+        (text, lengths)
+    }
+
     #[test]
-    fn rebuilds_from_its_parts_and_refuses_inconsistent_ones() {
+    fn rebuilds_from_its_ids_and_refuses_inconsistent_ones() {
         let mut table = CustomerTable::default();
-        for id in ["b", "é🙂", "", "a"] {
+        for id in ["b", "é🙂", "", "a", "c", "d"] {
             table.intern(id);
         }
-        let (arena, ends) = table.parts();
-        let rebuilt = CustomerTable::from_parts(arena.to_owned(), ends.to_vec()).unwrap();
+        let (text, lengths) = concatenated(&table);
+        let ids = CustomerIds::from_concatenated(&text, lengths.into_iter()).unwrap();
+        assert_eq!(&ids, table.ids(), "cut into the same blocks");
+        let rebuilt = CustomerTable::from_ids(ids).unwrap();
         assert_eq!(rebuilt.get("é🙂"), Some(CustomerRef(1)));
         assert_eq!(rebuilt.get("a"), Some(CustomerRef(3)));
+        assert_eq!(rebuilt.get("d"), Some(CustomerRef(5)));
         assert_eq!(rebuilt.id(CustomerRef(2)), "");
-        let err =
-            |arena: &str, ends: &[u64]| CustomerTable::from_parts(arena.into(), ends.to_vec()).unwrap_err();
-        assert!(err("ab", &[1, 3]).contains("outside"));
-        assert!(err("ab", &[2, 1]).contains("outside"));
+        let err = |text: &str, lengths: &[u32]| {
+            CustomerIds::from_concatenated(text, lengths.iter().copied())
+                .and_then(CustomerTable::from_ids)
+                .unwrap_err()
+        };
+        assert!(err("ab", &[1, 2]).contains("outside"));
         assert!(err("é", &[1]).contains("outside"), "inside a character");
-        assert!(err("aa", &[1, 2]).contains("twice"));
+        assert!(err("abc", &[1, 1]).contains("1 bytes of the id arena after"));
+        assert!(err("aa", &[1, 1]).contains("twice"));
+        assert!(
+            err("abcdefa", &[1, 1, 1, 1, 1, 1, 1]).contains("\"a\" appears twice"),
+            "across blocks"
+        );
+    }
+
+    #[test]
+    fn a_clone_keeps_the_ids_it_was_taken_with() {
+        let mut table = CustomerTable::default();
+        for id in ["a", "b", "c", "d", "e"] {
+            table.intern(id);
+        }
+        let image = table.ids().clone();
+        for id in ["f", "g", "h", "i"] {
+            table.intern(id);
+        }
+        assert_eq!(image.len(), 5);
+        let held: Vec<&str> = (0..5).map(|r| image.get(CustomerRef(r))).collect();
+        assert_eq!(held, ["a", "b", "c", "d", "e"]);
+        assert_eq!(image.text_len(), 5);
+        assert_eq!(
+            table.ids().blocks().count(),
+            3,
+            "two frozen blocks of four, one open"
+        );
     }
 
     #[test]
@@ -257,17 +395,20 @@ mod tests {
         for i in 0..50_000 {
             table.intern(&format!("customer-{i}"));
         }
-        let (arena, ends) = table.parts();
-        let rebuilt = CustomerTable::from_parts(arena.to_owned(), ends.to_vec()).unwrap();
+        let (text, lengths) = concatenated(&table);
+        let ids = CustomerIds::from_concatenated(&text, lengths.iter().copied()).unwrap();
+        let rebuilt = CustomerTable::from_ids(ids).unwrap();
         for i in 0..50_000 {
             assert_eq!(rebuilt.get(&format!("customer-{i}")), Some(CustomerRef(i)));
         }
         assert_eq!(rebuilt.get("customer-50000"), None);
         // The last id repeats one from the middle: caught whatever order refs come in.
-        let repeated = format!("{arena}customer-25000");
-        let mut ends = ends.to_vec();
-        ends.push(repeated.len() as u64);
-        let error = CustomerTable::from_parts(repeated, ends).unwrap_err();
+        let repeated = format!("{text}customer-25000");
+        let mut lengths = lengths;
+        lengths.push("customer-25000".len() as u32);
+        let error = CustomerIds::from_concatenated(&repeated, lengths.into_iter())
+            .and_then(CustomerTable::from_ids)
+            .unwrap_err();
         assert!(error.contains("\"customer-25000\" appears twice"), "{error}");
     }
 

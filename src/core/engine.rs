@@ -242,14 +242,12 @@ impl Engine {
     /// nothing waits (revoke, shutdown) and for tests. The live service copies it a
     /// block at a time instead ([`Engine::begin_image`]).
     pub fn image(&self) -> EngineImage {
-        let (arena, ends) = self.customers.parts();
         EngineImage {
             shape: self.model.shape().clone(),
             newest_event: self.newest_event,
             clock: self.clock,
             dedup_next_sweep: self.dedup.next_sweep(),
-            id_arena: arena.to_owned(),
-            id_ends: ends.to_vec(),
+            ids: self.customers.ids().clone(),
             customers: self.states.iter().map(CustomerState::image).collect(),
             counters: self.counters.clone(),
             dedup: self.dedup.entries().collect(),
@@ -267,10 +265,12 @@ impl Engine {
         image.newest_event = self.newest_event;
         image.clock = self.clock;
         image.dedup_next_sweep = self.dedup.next_sweep();
+        image.ids.clone_from(self.customers.ids());
         self.capture = Some(Capture::begin(
             image,
             self.customers.len(),
             self.model.counter_count(),
+            self.dedup.len(),
         ));
     }
 
@@ -297,7 +297,6 @@ impl Engine {
     /// The running capture, if any, and the state it copies from.
     fn capture_and_live(&mut self) -> (Option<&mut Capture>, Live<'_>) {
         let live = Live {
-            customers: &self.customers,
             states: &self.states,
             counters: &self.counters,
             dedup: &self.dedup,
@@ -330,17 +329,16 @@ impl Engine {
             newest_event,
             clock,
             dedup_next_sweep,
-            id_arena,
-            id_ends,
+            ids,
             customers: saved_customers,
             counters: saved_counter_values,
             dedup: saved_dedup,
         } = image;
         let customer_count = saved_customers.len();
-        if id_ends.len() != customer_count {
+        if ids.len() != customer_count {
             return Err(inconsistent(format!(
                 "{} customer ids for {customer_count} customers",
-                id_ends.len()
+                ids.len()
             )));
         }
         let saved_counters = saved.counters.len();
@@ -378,7 +376,7 @@ impl Engine {
                     .collect(),
                 None => saved_counter_values,
             };
-            let customers = CustomerTable::from_parts(id_arena, id_ends).map_err(inconsistent)?;
+            let customers = CustomerTable::from_ids(ids).map_err(inconsistent)?;
             let deadlines = DeadlineIndex::from_entries(due);
             let dedup = dedup.join().expect("rebuilding the dedup window panicked")?;
             Ok(Engine {

@@ -689,7 +689,7 @@ fn an_image_that_contradicts_itself_is_refused() {
         Err(RestoreError::Inconsistent(_))
     ));
     let mut missing_id = run.engine.image();
-    missing_id.id_ends.clear();
+    missing_id.ids = crate::core::CustomerIds::default();
     assert!(matches!(restore(missing_id), Err(RestoreError::Inconsistent(_))));
     let reason = |image| match restore(image) {
         Err(RestoreError::Inconsistent(reason)) => reason,

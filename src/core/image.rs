@@ -18,7 +18,7 @@
 //! and refused otherwise, with the reason, since guessing would emit wrong transitions
 //! or fire a win-back twice.
 
-use super::customers::CustomerRef;
+use super::customers::{CustomerIds, CustomerRef};
 use super::model::{ModelShape, StageId, ThresholdId};
 use super::time::EventTime;
 
@@ -54,10 +54,9 @@ pub struct EngineImage {
     pub newest_event: EventTime,
     pub clock: EventTime,
     pub dedup_next_sweep: EventTime,
-    /// Customer ids concatenated in ref order.
-    pub id_arena: String,
-    /// `id_ends[r]` is where ref `r`'s id ends in `id_arena`.
-    pub id_ends: Vec<u64>,
+    /// Customer ids by ref: shared with the engine the image came from, all but the
+    /// last block's.
+    pub ids: CustomerIds,
     /// By ref.
     pub customers: Vec<CustomerImage>,
     /// `shape.counters.len()` occurrence counters per customer, by ref.
@@ -73,8 +72,7 @@ impl Default for EngineImage {
             newest_event: EventTime::MIN,
             clock: EventTime::MIN,
             dedup_next_sweep: EventTime::MIN,
-            id_arena: String::new(),
-            id_ends: Vec::new(),
+            ids: CustomerIds::default(),
             customers: Vec::new(),
             counters: Vec::new(),
             dedup: Vec::new(),

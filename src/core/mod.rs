@@ -24,7 +24,7 @@ pub mod image;
 pub mod model;
 pub mod time;
 
-pub use customers::CustomerRef;
+pub use customers::{CustomerIds, CustomerRef};
 pub use engine::{Cause, Engine, EngineSettings, Output, Verdict};
 pub use event::{Event, EventType, PropertyKey, PropertyValue};
 pub use image::{CustomerImage, DedupEntry, EngineImage, RestoreError};

@@ -27,7 +27,8 @@
 //! [`Engine::restore`](crate::core::Engine::restore).
 
 use crate::core::{
-    CustomerImage, CustomerRef, DedupEntry, EngineImage, EventTime, ModelShape, StageId, ThresholdId,
+    CustomerIds, CustomerImage, CustomerRef, DedupEntry, EngineImage, EventTime, ModelShape, StageId,
+    ThresholdId,
 };
 
 pub const MAGIC: [u8; 8] = *b"STGSNAP\0";
@@ -262,7 +263,7 @@ fn body_len(image: &EngineImage) -> usize {
         + shape_len
         + times
         + counts
-        + image.id_arena.len()
+        + image.ids.text_len()
         + image.customers.len() * PER_CUSTOMER
         + image.counters.len() * 4
         + image.dedup.len() * PER_DEDUP_ENTRY
@@ -284,12 +285,16 @@ fn encode_body(image: &EngineImage) -> Vec<u8> {
         out.extend_from_slice(&time.as_millis().to_le_bytes());
     }
     out.extend_from_slice(&(customers as u64).to_le_bytes());
-    out.extend_from_slice(&(image.id_arena.len() as u64).to_le_bytes());
-    out.extend_from_slice(image.id_arena.as_bytes());
-    let mut start = 0;
-    for &end in &image.id_ends {
-        out.extend_from_slice(&((end - start) as u32).to_le_bytes());
-        start = end;
+    out.extend_from_slice(&(image.ids.text_len() as u64).to_le_bytes());
+    for (text, _) in image.ids.blocks() {
+        out.extend_from_slice(text.as_bytes());
+    }
+    for (_, ends) in image.ids.blocks() {
+        let mut start = 0;
+        for &end in ends {
+            out.extend_from_slice(&(end - start).to_le_bytes());
+            start = end;
+        }
     }
     for customer in &image.customers {
         out.extend_from_slice(&customer.last_activity.as_millis().to_le_bytes());
@@ -330,15 +335,9 @@ fn decode_body(raw: &[u8]) -> Result<EngineImage, CorruptSnapshot> {
     let dedup_next_sweep = EventTime::from_millis(reader.i64()?);
     let customers = reader.len64()?;
     let arena_len = reader.len64()?;
-    let id_arena = utf8(reader.take(arena_len)?)?.to_owned();
-    let lengths = reader.array::<4>(customers)?;
-    let mut end = 0u64;
-    let id_ends = lengths
-        .map(|l| {
-            end += u64::from(u32::from_le_bytes(l));
-            end
-        })
-        .collect();
+    let id_text = utf8(reader.take(arena_len)?)?;
+    let lengths = reader.array::<4>(customers)?.map(u32::from_le_bytes);
+    let ids = CustomerIds::from_concatenated(id_text, lengths).map_err(CorruptSnapshot::Body)?;
     let last_activity = reader.array::<8>(customers)?;
     let stage = reader.take(customers)?;
     let armed = reader.take(customers)?;
@@ -387,8 +386,7 @@ fn decode_body(raw: &[u8]) -> Result<EngineImage, CorruptSnapshot> {
         newest_event,
         clock,
         dedup_next_sweep,
-        id_arena,
-        id_ends,
+        ids,
         customers,
         counters,
         dedup,
@@ -431,7 +429,7 @@ impl<'a> Reader<'a> {
     fn array<const N: usize>(
         &mut self,
         count: usize,
-    ) -> Result<impl Iterator<Item = [u8; N]> + 'a, CorruptSnapshot> {
+    ) -> Result<impl ExactSizeIterator<Item = [u8; N]> + 'a, CorruptSnapshot> {
         let len = count
             .checked_mul(N)
             .ok_or_else(|| CorruptSnapshot::Body(format!("{count} items overflow")))?;
