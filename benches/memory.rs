@@ -5,7 +5,9 @@
 //! the dedup window, each in a process of its own, and reports the growth of resident
 //! memory divided by N: for the engine alone, and with a snapshot image taken (the
 //! service keeps the previous image's buffers per partition for the next snapshot, so
-//! that is its total once snapshots are on). The allocator is the service's (jemalloc, with the huge pages
+//! that is its total once snapshots are on), and the peak while a snapshot file is
+//! encoded from the image (the raw body and the compressed file exist only then, on
+//! the snapshot thread). The allocator is the service's (jemalloc, with the huge pages
 //! `.cargo/config.toml` builds in), told to return freed pages at once
 //! (`MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`), so that tables a growing engine
 //! left behind do not count: the service returns them within jemalloc's decay time
@@ -17,6 +19,7 @@ mod support;
 use std::sync::Arc;
 
 use stagestream::core::Engine;
+use stagestream::snapshot::format::{encode, Header};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -25,6 +28,21 @@ fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4096
+}
+
+/// The peak resident size since the last reset (`VmHWM`).
+fn peak_resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/self/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|kib| kib.parse().ok())
+        .expect("VmHWM: N kB");
+    kib * 1024
 }
 
 fn measure(customers: u32, with_message_ids: bool) {
@@ -37,10 +55,21 @@ fn measure(customers: u32, with_message_ids: bool) {
     // buffers, kept per partition for the next one.
     let image = engine.image();
     let with_image = resident_bytes().saturating_sub(before);
+    // The fill's own peak (a table growing holds old and new) is not the encoder's.
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak resident size");
+    let header = Header {
+        fingerprint: settings.model.shape().fingerprint,
+        topic: "events".into(),
+        partition: 0,
+        offset: 0,
+    };
+    let file = encode(&header, &image);
+    let encoding_peak = peak_resident_bytes().saturating_sub(before);
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     println!(
         "{customers:>10} customers, {}: {:>8.1} MiB resident, {:>6.1} bytes/customer ({} armed); \
-         with the snapshot image kept: {:>8.1} MiB, {:>6.1} bytes/customer",
+         with the snapshot image kept: {:>8.1} MiB, {:>6.1} bytes/customer; \
+         peak while encoding a {:.1} MB file: {:>8.1} MiB",
         if with_message_ids {
             "2 messageIds each in the dedup window"
         } else {
@@ -51,6 +80,8 @@ fn measure(customers: u32, with_message_ids: bool) {
         engine.armed_count(),
         mib(with_image),
         with_image as f64 / f64::from(customers),
+        file.len() as f64 / 1e6,
+        mib(encoding_peak),
     );
     std::hint::black_box(&image);
     assert_eq!(
