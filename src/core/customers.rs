@@ -32,11 +32,12 @@ impl CustomerRef {
 }
 
 /// Customers are grouped in blocks of `1 << BLOCK_SHIFT` consecutive refs: the unit the
-/// de-duplication window is sharded by and a snapshot image is copied in
-/// ([`crate::core::Engine::begin_image`]). A block of 4,096 customers holds ~100 KB of
-/// state plus their ids and messageIds, and is copied in ~50-150 us on the development
-/// VM (docs/performance.md); unit tests use blocks of four, so that their few customers
-/// cross many block boundaries.
+/// ids are stored in ([`CustomerIds`]), the de-duplication window is sharded by and a
+/// snapshot image is copied in ([`crate::core::Engine::begin_image`]). A block of 4,096
+/// customers holds ~100 KB of state plus their messageIds, and is copied in ~25-50 us
+/// (median) on the development VM (docs/performance.md); its ids are shared, not
+/// copied. Unit tests use blocks of four, so that their few customers cross many block
+/// boundaries.
 pub const BLOCK_SHIFT: u32 = if cfg!(test) { 2 } else { 12 };
 
 /// How many blocks `customers` consecutive refs from 0 span.
