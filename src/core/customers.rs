@@ -64,7 +64,7 @@ impl CustomerTable {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.len() == 0
+        self.ids.is_empty()
     }
 
     /// The ref of `id`, if it was seen before.
@@ -160,6 +160,20 @@ struct IdChunk {
     ends: Arc<[u32]>,
 }
 
+impl IdChunk {
+    /// Freezes a block's ids.
+    fn new(text: &str, ends: &[u32]) -> Self {
+        IdChunk {
+            text: Arc::from(text),
+            ends: Arc::from(ends),
+        }
+    }
+
+    fn parts(&self) -> (&str, &[u32]) {
+        (&self.text, &self.ends)
+    }
+}
+
 const BLOCK_LEN: usize = 1 << BLOCK_SHIFT;
 
 impl CustomerIds {
@@ -178,7 +192,7 @@ impl CustomerIds {
     #[inline]
     pub fn get(&self, customer: CustomerRef) -> &str {
         let (text, ends) = match self.frozen.get(customer.block()) {
-            Some(chunk) => (&*chunk.text, &*chunk.ends),
+            Some(chunk) => chunk.parts(),
             None => (self.open_text.as_str(), self.open_ends.as_slice()),
         };
         let place = customer.index() & (BLOCK_LEN - 1);
@@ -195,10 +209,7 @@ impl CustomerIds {
         self.open_text.push_str(id);
         self.open_ends.push(end);
         if self.open_ends.len() == BLOCK_LEN {
-            self.frozen.push(IdChunk {
-                text: Arc::from(self.open_text.as_str()),
-                ends: Arc::from(self.open_ends.as_slice()),
-            });
+            self.frozen.push(IdChunk::new(&self.open_text, &self.open_ends));
             self.open_text.clear();
             self.open_ends.clear();
         }
@@ -211,13 +222,10 @@ impl CustomerIds {
 
     /// Each block's ids: its text, and where each id ends in it.
     pub fn blocks(&self) -> impl Iterator<Item = (&str, &[u32])> {
-        self.frozen
-            .iter()
-            .map(|chunk| (&*chunk.text, &*chunk.ends))
-            .chain(std::iter::once((
-                self.open_text.as_str(),
-                self.open_ends.as_slice(),
-            )))
+        self.frozen.iter().map(IdChunk::parts).chain(std::iter::once((
+            self.open_text.as_str(),
+            self.open_ends.as_slice(),
+        )))
     }
 
     /// The ids cut from `text` at `lengths`, one per ref, refusing anything
@@ -250,10 +258,7 @@ impl CustomerIds {
                 .map_err(|_| format!("block {} of customer ids is over 4 GiB", i >> BLOCK_SHIFT))?;
             ends.push(local_end);
             if ends.len() == BLOCK_LEN {
-                ids.frozen.push(IdChunk {
-                    text: Arc::from(&text[block_start..end]),
-                    ends: Arc::from(ends.as_slice()),
-                });
+                ids.frozen.push(IdChunk::new(&text[block_start..end], &ends));
                 ends.clear();
                 block_start = end;
             }
