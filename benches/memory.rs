@@ -6,8 +6,9 @@
 //! memory divided by N: for the engine alone, and with a snapshot image taken (the
 //! service keeps the previous image's buffers per partition for the next snapshot, so
 //! that is its total once snapshots are on), and the peak while a snapshot file is
-//! encoded from the image (the raw body and the compressed file exist only then, on
-//! the snapshot thread). The allocator is the service's (jemalloc, with the huge pages
+//! encoded from the image into a [`DirectoryStore`] under the system's temporary
+//! directory, as the snapshot thread does (a few chunks of raw body and of compressed
+//! file exist only then). The allocator is the service's (jemalloc, with the huge pages
 //! `.cargo/config.toml` builds in), told to return freed pages at once
 //! (`MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`), so that tables a growing engine
 //! left behind do not count: the service returns them within jemalloc's decay time
@@ -19,7 +20,8 @@ mod support;
 use std::sync::Arc;
 
 use stagestream::core::Engine;
-use stagestream::snapshot::format::{encode, Header};
+use stagestream::snapshot::format::{encode_to, Header};
+use stagestream::snapshot::{DirectoryStore, SnapshotStore};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -63,7 +65,10 @@ fn measure(customers: u32, with_message_ids: bool) {
         partition: 0,
         offset: 0,
     };
-    let file = encode(&header, &image);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = DirectoryStore::new(dir.path(), 1);
+    let mut file = store.create("events", 0, 0).expect("a snapshot file");
+    let file_size = encode_to(&header, &image, &mut file).expect("the snapshot written");
     let encoding_peak = peak_resident_bytes().saturating_sub(before);
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     println!(
@@ -80,7 +85,7 @@ fn measure(customers: u32, with_message_ids: bool) {
         engine.armed_count(),
         mib(with_image),
         with_image as f64 / f64::from(customers),
-        file.len() as f64 / 1e6,
+        file_size as f64 / 1e6,
         mib(encoding_peak),
     );
     std::hint::black_box(&image);

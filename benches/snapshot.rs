@@ -1,8 +1,10 @@
 //! Snapshot costs at 1M customers (36-character ids, two events each with messageIds
 //! in the dedup window, every customer armed): copying the state out (the only part on
 //! the consumer's path: all at once with `Engine::image`, or block by block as the
-//! service does, with the longest single step printed first), encoding a file, and
-//! restoring one (checksum, decompress, parse, `Engine::restore`).
+//! service does, with the longest single step printed first), encoding a file into a
+//! [`DirectoryStore`] under the system's temporary directory (unpublished, then also
+//! published: fsynced and renamed into place), and restoring one (checksum, decompress,
+//! parse, `Engine::restore`).
 //!
 //! Under the service's allocator (jemalloc, with the huge pages `.cargo/config.toml`
 //! builds in): the encoding and restoring here allocate and touch a gigabyte at 10M.
@@ -18,7 +20,8 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion};
 use stagestream::config;
 use stagestream::core::Engine;
-use stagestream::snapshot::format::{decode, encode, Header};
+use stagestream::snapshot::format::{decode, encode, encode_to, Header};
+use stagestream::snapshot::{DirectoryStore, SnapshotStore};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -72,10 +75,26 @@ fn main() {
             BatchSize::LargeInput,
         )
     });
-    group.bench_function("encode", |b| {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = DirectoryStore::new(dir.path(), 1);
+    let mut offset = 0;
+    let mut encode_into_file = |image: &stagestream::core::EngineImage| {
+        offset += 1;
+        let mut file = store.create("events", 0, offset).expect("a snapshot file");
+        encode_to(&header, image, &mut file).expect("the snapshot written");
+        file
+    };
+    group.bench_function("encode into a file", |b| {
         b.iter_batched(
             || engine.image(),
-            |image| encode(&header, &image),
+            |image| encode_into_file(&image),
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("encode into a file and publish it", |b| {
+        b.iter_batched(
+            || engine.image(),
+            |image| encode_into_file(&image).publish().expect("published"),
             BatchSize::LargeInput,
         )
     });

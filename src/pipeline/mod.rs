@@ -56,13 +56,13 @@ use crate::core::{Engine, Event, EventTime, Output, Verdict};
 use crate::decode::{decode_with_default_time, RejectReason};
 use crate::kafka::{self, ContentMode};
 use crate::output::{Rendered, Renderer};
-use crate::snapshot::{self, format, DirectoryStore, SnapshotError, SnapshotStore};
+use crate::snapshot::{self, DirectoryStore, SnapshotError, SnapshotStore};
 use crate::telemetry::Metrics;
 use instruments::{
     count_commit, record_client_statistics, Consumed, OutputCounters, PartitionLabels, CONSUMED_RESULTS,
 };
 use offsets::OffsetTracker;
-use snapshots::{Done, Pending, Progress, SnapshotThread, Ticket};
+use snapshots::{encode_into_file, Done, Pending, Progress, SnapshotThread, Ticket};
 
 /// How often the wall clock advances caught-up partitions: inactivity fires within
 /// this (plus `time.firing_delay`) of its deadline.
@@ -1032,7 +1032,7 @@ impl Worker {
             match done {
                 Done::Encoded {
                     ticket,
-                    bytes,
+                    file,
                     image,
                     took,
                 } => {
@@ -1041,11 +1041,26 @@ impl Worker {
                         .snapshot_duration
                         .with_label_values(&["encode"])
                         .observe(took.as_secs_f64());
-                    state.snapshot.pending = Pending::Encoded {
-                        offset: ticket.offset,
-                        bytes,
-                    };
                     state.snapshot.spare = Some(image);
+                    match file {
+                        Ok((file, size)) => {
+                            state.snapshot.pending = Pending::Encoded {
+                                offset: ticket.offset,
+                                file,
+                                size,
+                            };
+                        }
+                        Err(error) => {
+                            state.snapshot.pending = Pending::None;
+                            let write = SnapshotWrite {
+                                ticket: &ticket,
+                                size: 0,
+                                took,
+                                result: Err(error),
+                            };
+                            write.record(&self.control.metrics, &state.labels, &mut state.snapshot);
+                        }
+                    }
                 }
                 Done::Written {
                     ticket,
@@ -1074,13 +1089,13 @@ impl Worker {
             if !ready {
                 continue;
             }
-            let Pending::Encoded { offset, bytes } =
+            let Pending::Encoded { offset, file, size } =
                 std::mem::replace(&mut state.snapshot.pending, Pending::None)
             else {
                 unreachable!("checked above");
             };
             let ticket = Ticket::new(&self.settings.kafka.input_topics, key, state.epoch, offset);
-            thread.write(ticket, bytes);
+            thread.publish(ticket, file, size);
             state.snapshot.pending = Pending::Writing;
         }
     }
@@ -1108,12 +1123,14 @@ impl Worker {
         }
         let started = Instant::now();
         let header = ticket.header(state.engine.model().shape().fingerprint);
-        let bytes = format::encode(&header, &state.engine.image());
-        let result = store.write(&ticket.topic, key.partition, offset, &bytes);
+        let (size, result) = match encode_into_file(&**store, &ticket, &header, &state.engine.image()) {
+            Ok((file, size)) => (size, file.publish()),
+            Err(error) => (0, Err(error)),
+        };
         state.snapshot.dirty = false;
         let write = SnapshotWrite {
             ticket: &ticket,
-            size: bytes.len(),
+            size,
             took: started.elapsed(),
             result,
         };
@@ -1487,7 +1504,7 @@ fn commit_offset(snapshots: bool, state: &PartitionState) -> Option<i64> {
 /// A finished snapshot write, from the snapshot thread or the owner's own.
 struct SnapshotWrite<'a> {
     ticket: &'a Ticket,
-    size: usize,
+    size: u64,
     took: Duration,
     result: std::io::Result<()>,
 }

@@ -4,9 +4,9 @@
 //! tick: partition changed and `snapshot.interval` passed
 //!     -> Engine::begin_image (the previous image's buffers) -> Capturing
 //! service: Engine::continue_image for at most CAPTURE_STEP (the only pauses)
-//!     -> complete -> [snapshot thread] encode -> Encoded
-//! service: Encoded and every output before its offset delivered -> [snapshot thread] write
-//!     -> Written -> the offset is durable -> stored for commit
+//!     -> complete -> [snapshot thread] encode into a temporary file -> Encoded
+//! service: Encoded and every output before its offset delivered -> [snapshot thread]
+//!     publish (fsync, rename) -> Written -> the offset is durable -> stored for commit
 //! revoke / shutdown: after the flush, encode and write on the owner thread
 //! ```
 //!
@@ -24,7 +24,7 @@ use tracing::warn;
 
 use super::PartitionKey;
 use crate::core::EngineImage;
-use crate::snapshot::{format, Header, SnapshotStore};
+use crate::snapshot::{format, Header, SnapshotFile, SnapshotStore};
 
 /// Identifies one snapshot through the background thread.
 #[derive(Clone, Debug)]
@@ -63,9 +63,10 @@ enum Job {
         header: Header,
         image: Box<EngineImage>,
     },
-    Write {
+    Publish {
         ticket: Ticket,
-        bytes: Vec<u8>,
+        file: Box<dyn SnapshotFile>,
+        size: u64,
     },
 }
 
@@ -73,14 +74,15 @@ enum Job {
 pub(super) enum Done {
     Encoded {
         ticket: Ticket,
-        bytes: Vec<u8>,
+        /// The unpublished file and its size.
+        file: io::Result<(Box<dyn SnapshotFile>, u64)>,
         /// Handed back so the next image reuses its buffers.
         image: Box<EngineImage>,
         took: Duration,
     },
     Written {
         ticket: Ticket,
-        size: usize,
+        size: u64,
         took: Duration,
         result: io::Result<()>,
     },
@@ -110,21 +112,20 @@ impl SnapshotThread {
                             image,
                         } => {
                             let started = Instant::now();
-                            let bytes = format::encode(&header, &image);
+                            let file = encode_into_file(&*store, &ticket, &header, &image);
                             Done::Encoded {
                                 ticket,
-                                bytes,
+                                file,
                                 image,
                                 took: started.elapsed(),
                             }
                         }
-                        Job::Write { ticket, bytes } => {
+                        Job::Publish { ticket, file, size } => {
                             let started = Instant::now();
-                            let result =
-                                store.write(&ticket.topic, ticket.partition.partition, ticket.offset, &bytes);
+                            let result = file.publish();
                             Done::Written {
                                 ticket,
-                                size: bytes.len(),
+                                size,
                                 took: started.elapsed(),
                                 result,
                             }
@@ -150,8 +151,8 @@ impl SnapshotThread {
         });
     }
 
-    pub fn write(&self, ticket: Ticket, bytes: Vec<u8>) {
-        self.send(Job::Write { ticket, bytes });
+    pub fn publish(&self, ticket: Ticket, file: Box<dyn SnapshotFile>, size: u64) {
+        self.send(Job::Publish { ticket, file, size });
     }
 
     fn send(&self, job: Job) {
@@ -168,6 +169,22 @@ impl SnapshotThread {
             let _ = handle.join();
         }
     }
+}
+
+/// Encodes `image` into a new, unpublished snapshot file for `ticket`; the file and its
+/// size.
+///
+/// # Errors
+/// The file cannot be created or written (it is then removed).
+pub(super) fn encode_into_file(
+    store: &dyn SnapshotStore,
+    ticket: &Ticket,
+    header: &Header,
+    image: &EngineImage,
+) -> io::Result<(Box<dyn SnapshotFile>, u64)> {
+    let mut file = store.create(&ticket.topic, ticket.partition.partition, ticket.offset)?;
+    let size = format::encode_to(header, image, &mut file)?;
+    Ok((file, size))
 }
 
 /// Where one partition's snapshotting stands.
@@ -197,10 +214,12 @@ pub(super) enum Pending {
         longest_step: Duration,
     },
     Encoding,
-    /// Encoded; written once everything before `offset` is delivered.
+    /// Encoded into an unpublished file of `size` bytes; published once everything
+    /// before `offset` is delivered.
     Encoded {
         offset: i64,
-        bytes: Vec<u8>,
+        file: Box<dyn SnapshotFile>,
+        size: u64,
     },
     Writing,
 }

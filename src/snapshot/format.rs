@@ -26,6 +26,8 @@
 //! passes the checksum but contradicts itself is still refused, here or by
 //! [`Engine::restore`](crate::core::Engine::restore).
 
+use std::io::{self, Seek, SeekFrom, Write};
+
 use crate::core::{
     CustomerIds, CustomerImage, CustomerRef, DedupEntry, EngineImage, EventTime, ModelShape, StageId,
     ThresholdId,
@@ -70,50 +72,81 @@ pub enum CorruptSnapshot {
     Body(String),
 }
 
-/// Serialises `image` under `header`, compressing on every core.
+/// Serialises `image` under `header` into memory, compressing on every core.
 pub fn encode(header: &Header, image: &EngineImage) -> Vec<u8> {
-    encode_in_chunks(header, image, BODY_CHUNK)
+    let mut out = io::Cursor::new(Vec::new());
+    encode_to(header, image, &mut out).expect("writing to memory cannot fail");
+    out.into_inner()
 }
 
-fn encode_in_chunks(header: &Header, image: &EngineImage, chunk_size: usize) -> Vec<u8> {
+/// Serialises `image` under `header` into `out` from its current position, compressing
+/// on every core and writing each compressed chunk as it comes, so the file is never
+/// whole in memory (138 MB at 10M customers). The header's lengths and the chunk table
+/// are written last, over placeholders. How many bytes were written.
+///
+/// # Errors
+/// The first error `out` returned; what was written before it is garbage.
+pub fn encode_to(header: &Header, image: &EngineImage, out: &mut (impl Write + Seek)) -> io::Result<u64> {
+    encode_in_chunks(header, image, BODY_CHUNK, out)
+}
+
+fn encode_in_chunks(
+    header: &Header,
+    image: &EngineImage,
+    chunk_size: usize,
+    out: &mut (impl Write + Seek),
+) -> io::Result<u64> {
     let raw_len = body_len(image);
     let count = raw_len.div_ceil(chunk_size);
-    // Reserved for the worst case (LZ4 expands incompressible bytes slightly) so that it
-    // never grows: only the pages written become resident.
-    let most = 8 + 4 + 4 + 4 * count + count * lz4_flex::block::get_maximum_output_size(chunk_size);
-    let mut out = Vec::with_capacity(most + header.topic.len() + 64);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&header.fingerprint.to_le_bytes());
-    out.extend_from_slice(&header.partition.to_le_bytes());
-    out.extend_from_slice(&header.offset.to_le_bytes());
-    put_str16(&mut out, &header.topic);
-    let section_at = out.len();
-    out.extend_from_slice(&[0; 8]); // the section's length, once known
-    out.extend_from_slice(&(raw_len as u64).to_le_bytes());
-    out.extend_from_slice(&(chunk_size as u32).to_le_bytes());
-    out.extend_from_slice(&(count as u32).to_le_bytes());
-    let table_at = out.len();
-    out.resize(table_at + 4 * count, 0); // each chunk's compressed length, as it comes
+    let start = out.stream_position()?;
+    let mut prefix = Vec::with_capacity(64 + header.topic.len() + 4 * count);
+    prefix.extend_from_slice(&MAGIC);
+    prefix.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    prefix.extend_from_slice(&0u16.to_le_bytes());
+    prefix.extend_from_slice(&header.fingerprint.to_le_bytes());
+    prefix.extend_from_slice(&header.partition.to_le_bytes());
+    prefix.extend_from_slice(&header.offset.to_le_bytes());
+    put_str16(&mut prefix, &header.topic);
+    let section_at = prefix.len();
+    prefix.extend_from_slice(&[0; 8]); // the section's length, once known
+    prefix.extend_from_slice(&(raw_len as u64).to_le_bytes());
+    prefix.extend_from_slice(&(chunk_size as u32).to_le_bytes());
+    prefix.extend_from_slice(&(count as u32).to_le_bytes());
+    let table_at = prefix.len();
+    prefix.resize(table_at + 4 * count, 0); // each chunk's compressed length, as it comes
+    out.write_all(&prefix)?;
     let mut delivered = 0;
+    let mut chunks_len = 0;
+    let mut chunks_crc = 0;
+    let mut failed = None;
     let written = compress_as_written(
         chunk_size,
         |body| write_body(image, body),
         |compressed| {
             let at = table_at + 4 * delivered;
-            out[at..at + 4].copy_from_slice(&(compressed.len() as u32).to_le_bytes());
-            out.extend_from_slice(compressed);
+            prefix[at..at + 4].copy_from_slice(&(compressed.len() as u32).to_le_bytes());
             delivered += 1;
+            chunks_len += compressed.len();
+            chunks_crc = crc32c::crc32c_append(chunks_crc, compressed);
+            if failed.is_none() {
+                failed = out.write_all(compressed).err();
+            }
         },
     );
+    if let Some(error) = failed {
+        return Err(error);
+    }
     assert_eq!(written, raw_len, "body_len and write_body disagree");
     assert_eq!(delivered, count, "every chunk compressed");
-    let section_len = (out.len() - section_at - 8) as u64;
-    out[section_at..section_at + 8].copy_from_slice(&section_len.to_le_bytes());
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    let section_len = (prefix.len() - section_at - 8 + chunks_len) as u64;
+    prefix[section_at..section_at + 8].copy_from_slice(&section_len.to_le_bytes());
+    let crc = crc32c::crc32c_combine(crc32c::crc32c(&prefix), chunks_crc, chunks_len);
+    out.write_all(&crc.to_le_bytes())?;
+    let end = out.stream_position()?;
+    out.seek(SeekFrom::Start(start))?;
+    out.write_all(&prefix)?;
+    out.seek(SeekFrom::Start(end))?;
+    Ok(end - start)
 }
 
 /// Checks and parses a whole snapshot file.
@@ -699,13 +732,71 @@ mod tests {
         8 + 2 + 2 + 8 + 4 + 8 + 2 + header.topic.len()
     }
 
+    /// `image` under [`header`] encoded into memory, its body cut every `chunk_size` bytes.
+    fn in_chunks(image: &EngineImage, chunk_size: usize) -> Vec<u8> {
+        let mut out = io::Cursor::new(Vec::new());
+        encode_in_chunks(&header(), image, chunk_size, &mut out).unwrap();
+        out.into_inner()
+    }
+
     #[test]
     fn round_trips_in_one_chunk_or_many() {
         for chunk_size in [BODY_CHUNK, 64, 1] {
-            let bytes = encode_in_chunks(&header(), &image(), chunk_size);
+            let bytes = in_chunks(&image(), chunk_size);
             let (decoded_header, decoded) = decode(&bytes).unwrap();
             assert_eq!(decoded_header, header());
             assert_eq!(sorted(decoded), sorted(image()), "chunks of {chunk_size} bytes");
+        }
+    }
+
+    #[test]
+    fn a_file_written_after_other_bytes_is_the_same_file() {
+        let image = image();
+        let alone = in_chunks(&image, 64);
+        let mut out = io::Cursor::new(b"before".to_vec());
+        out.seek(SeekFrom::End(0)).unwrap();
+        let written = encode_in_chunks(&header(), &image, 64, &mut out).unwrap();
+        assert_eq!(written, alone.len() as u64);
+        assert_eq!(out.position(), 6 + written, "left at the end");
+        assert_eq!(out.into_inner(), [b"before".as_slice(), &alone].concat());
+    }
+
+    /// Takes `room` bytes, then fails every write.
+    struct FullDisk {
+        bytes: io::Cursor<Vec<u8>>,
+        room: usize,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            let room = self.room - self.bytes.get_ref().len().min(self.room);
+            if room == 0 {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left"));
+            }
+            self.bytes.write(&bytes[..bytes.len().min(room)])
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Seek for FullDisk {
+        fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+            self.bytes.seek(to)
+        }
+    }
+
+    #[test]
+    fn a_write_error_is_returned_wherever_it_happens() {
+        let whole = in_chunks(&image(), 64).len();
+        for room in [0, 10, whole / 2, whole - 1] {
+            let mut disk = FullDisk {
+                bytes: io::Cursor::new(Vec::new()),
+                room,
+            };
+            let error = encode_in_chunks(&header(), &image(), 64, &mut disk).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::StorageFull, "room for {room} bytes");
         }
     }
 
@@ -744,7 +835,7 @@ mod tests {
         let raw = raw_body(&image, BODY_CHUNK);
         let chunks: Vec<Vec<u8>> = raw.chunks(64).map(lz4_flex::block::compress).collect();
         let at = body_at(&header()) + 8 + 8 + 4 + 4 + 4 * chunks.len();
-        let bytes = encode_in_chunks(&header(), &image, 64);
+        let bytes = in_chunks(&image, 64);
         assert_eq!(&bytes[at..bytes.len() - 4], chunks.concat().as_slice());
     }
 
@@ -766,7 +857,7 @@ mod tests {
     #[test]
     fn every_truncation_and_every_flipped_byte_is_detected() {
         for chunk_size in [BODY_CHUNK, 64] {
-            let bytes = encode_in_chunks(&header(), &image(), chunk_size);
+            let bytes = in_chunks(&image(), chunk_size);
             for len in 0..bytes.len() {
                 assert!(decode(&bytes[..len]).is_err(), "truncated to {len} bytes");
             }
@@ -780,7 +871,7 @@ mod tests {
 
     #[test]
     fn a_sealed_but_inconsistent_chunk_table_is_refused() {
-        let bytes = encode_in_chunks(&header(), &image(), 64);
+        let bytes = in_chunks(&image(), 64);
         // Body section: u64 section length, u64 raw length, u32 chunk size, u32 count.
         let raw_len_at = body_at(&header()) + 8;
         let chunk_size_at = raw_len_at + 8;

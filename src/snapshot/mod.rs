@@ -2,8 +2,9 @@
 //! a restart, a crash or a rebalance resumes from there instead of from the beginning.
 //!
 //! ```text
-//! Engine::image (owner thread, cheap copy) -> format::encode (snapshot thread)
-//!     -> outputs before the offset delivered? -> SnapshotStore::write (atomic, durable)
+//! Engine::image (owner thread, cheap copy)
+//!     -> format::encode_to a SnapshotStore::create file (snapshot thread, unpublished)
+//!     -> outputs before the offset delivered? -> SnapshotFile::publish (atomic, durable)
 //!     -> the offset may be committed
 //! on assign: SnapshotStore::list -> read newest -> format::decode -> Engine::restore
 //!     -> corrupt? quarantine, count, try the next older -> none left: start empty
@@ -25,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::core::{Engine, EngineSettings, Model, RestoreError};
 pub use format::{CorruptSnapshot, Header};
-pub use store::{DirectoryStore, SnapshotStore};
+pub use store::{DirectoryStore, SnapshotFile, SnapshotStore};
 
 /// What [`restore`] found for one partition.
 #[derive(Debug)]

@@ -3,14 +3,15 @@
 //!
 //! Layout: `<dir>/<topic>/<partition>/<offset, 20 digits>.snap`, so the newest snapshot
 //! of a partition is the one with the highest offset, whichever instance wrote it.
-//! A write goes to a temporary file (unique per process and write), is fsynced, renamed
-//! into place and the directory fsynced: a reader sees a whole file or none, and a
-//! crash at any instant leaves at worst a temporary file, which the next write to that
-//! partition removes once it is old enough. Corrupt files are renamed `*.corrupt`, kept for inspection and
-//! never read again.
+//! A snapshot is written into a temporary file (unique per process and write) as it is
+//! encoded ([`SnapshotStore::create`]); once published it is fsynced, renamed into place
+//! and the directory fsynced: a reader sees a whole file or none, and a crash at any
+//! instant leaves at worst a temporary file, which the next write to that partition
+//! removes once it is old enough. Corrupt files are renamed `*.corrupt`, kept for
+//! inspection and never read again.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -31,17 +32,40 @@ pub trait SnapshotStore: Send + Sync {
     /// It cannot be read (gone, I/O error).
     fn read(&self, topic: &str, partition: i32, offset: i64) -> io::Result<Vec<u8>>;
 
-    /// Saves a snapshot atomically and durably, then deletes all but the newest `keep`.
+    /// Starts a snapshot: a file no reader sees until it is
+    /// [published](SnapshotFile::publish), so it can be written while the outputs it
+    /// depends on are still being delivered. Dropped unpublished, it is removed.
+    ///
+    /// # Errors
+    /// It cannot be created (permissions, disk full...).
+    fn create(&self, topic: &str, partition: i32, offset: i64) -> io::Result<Box<dyn SnapshotFile>>;
+
+    /// Saves a snapshot of `bytes` atomically and durably, then deletes all but the
+    /// newest `keep`.
     ///
     /// # Errors
     /// Any I/O error (disk full...); the previous snapshots are then untouched.
-    fn write(&self, topic: &str, partition: i32, offset: i64, bytes: &[u8]) -> io::Result<()>;
+    fn write(&self, topic: &str, partition: i32, offset: i64, bytes: &[u8]) -> io::Result<()> {
+        let mut file = self.create(topic, partition, offset)?;
+        file.write_all(bytes)?;
+        file.publish()
+    }
 
     /// Sets a corrupt snapshot aside so it is never read again.
     ///
     /// # Errors
     /// It cannot be moved.
     fn quarantine(&self, topic: &str, partition: i32, offset: i64) -> io::Result<()>;
+}
+
+/// A snapshot being written, not yet visible to [`SnapshotStore::list`].
+pub trait SnapshotFile: Write + Seek + Send + std::fmt::Debug {
+    /// Makes the bytes written durable and visible, atomically, then deletes all but
+    /// the store's newest `keep` snapshots of the partition.
+    ///
+    /// # Errors
+    /// Any I/O error; the previous snapshots are then untouched.
+    fn publish(self: Box<Self>) -> io::Result<()>;
 }
 
 /// Snapshots as files under one directory.
@@ -76,26 +100,6 @@ impl DirectoryStore {
         self.partition_dir(topic, partition)
             .join(format!("{offset:020}{SUFFIX}"))
     }
-
-    fn remove_stale(&self, dir: &Path) -> io::Result<()> {
-        let mut offsets = offsets_in(dir)?;
-        offsets.sort_unstable_by(|a, b| b.cmp(a));
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let abandoned = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|modified| modified.elapsed().unwrap_or_default() > ABANDONED_AFTER);
-            if name.to_string_lossy().ends_with(".tmp") && abandoned {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-        for offset in offsets.iter().skip(self.keep) {
-            fs::remove_file(dir.join(format!("{offset:020}{SUFFIX}")))?;
-        }
-        Ok(())
-    }
 }
 
 impl SnapshotStore for DirectoryStore {
@@ -113,23 +117,19 @@ impl SnapshotStore for DirectoryStore {
         fs::read(self.path(topic, partition, offset))
     }
 
-    fn write(&self, topic: &str, partition: i32, offset: i64, bytes: &[u8]) -> io::Result<()> {
+    fn create(&self, topic: &str, partition: i32, offset: i64) -> io::Result<Box<dyn SnapshotFile>> {
         let dir = self.partition_dir(topic, partition);
         fs::create_dir_all(&dir)?;
         let write = self.writes.fetch_add(1, Ordering::Relaxed);
         let temp = dir.join(format!(".{offset:020}.{}.{write}.tmp", std::process::id()));
-        let written = (|| {
-            let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
-            file.write_all(bytes)?;
-            file.sync_all()
-        })();
-        if let Err(error) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(error);
-        }
-        fs::rename(&temp, self.path(topic, partition, offset))?;
-        File::open(&dir)?.sync_all()?;
-        self.remove_stale(&dir)
+        let file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
+        Ok(Box::new(TemporaryFile {
+            file,
+            temp: Some(temp),
+            path: self.path(topic, partition, offset),
+            dir,
+            keep: self.keep,
+        }))
     }
 
     fn quarantine(&self, topic: &str, partition: i32, offset: i64) -> io::Result<()> {
@@ -138,6 +138,77 @@ impl SnapshotStore for DirectoryStore {
         aside.push(".corrupt");
         fs::rename(path, aside)
     }
+}
+
+/// A [`DirectoryStore`] snapshot being written: a temporary file beside its final
+/// name, removed if dropped unpublished.
+#[derive(Debug)]
+struct TemporaryFile {
+    file: File,
+    /// `None` once renamed into place.
+    temp: Option<PathBuf>,
+    path: PathBuf,
+    dir: PathBuf,
+    keep: usize,
+}
+
+impl Write for TemporaryFile {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.file.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for TemporaryFile {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.file.seek(to)
+    }
+}
+
+impl SnapshotFile for TemporaryFile {
+    fn publish(mut self: Box<Self>) -> io::Result<()> {
+        self.file.sync_all()?;
+        let temp = self.temp.take().expect("published once");
+        if let Err(error) = fs::rename(&temp, &self.path) {
+            let _ = fs::remove_file(&temp);
+            return Err(error);
+        }
+        File::open(&self.dir)?.sync_all()?;
+        remove_stale(&self.dir, self.keep)
+    }
+}
+
+impl Drop for TemporaryFile {
+    fn drop(&mut self) {
+        if let Some(temp) = &self.temp {
+            let _ = fs::remove_file(temp);
+        }
+    }
+}
+
+/// Removes the partition's snapshots beyond the newest `keep`, and temporary files
+/// abandoned by writers that died.
+fn remove_stale(dir: &Path, keep: usize) -> io::Result<()> {
+    let mut offsets = offsets_in(dir)?;
+    offsets.sort_unstable_by(|a, b| b.cmp(a));
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let abandoned = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| modified.elapsed().unwrap_or_default() > ABANDONED_AFTER);
+        if name.to_string_lossy().ends_with(".tmp") && abandoned {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    for offset in offsets.iter().skip(keep) {
+        fs::remove_file(dir.join(format!("{offset:020}{SUFFIX}")))?;
+    }
+    Ok(())
 }
 
 /// Offsets of the `*.snap` files in `dir`.
@@ -180,6 +251,30 @@ mod tests {
             .path()
             .join("events/0/00000000000000000090.snap.corrupt")
             .exists());
+    }
+
+    #[test]
+    fn a_file_is_seen_only_once_published_and_leaves_nothing_if_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirectoryStore::new(dir.path(), 3);
+        let mut file = store.create("events", 1, 40).unwrap();
+        file.write_all(b"xxxx state").unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.write_all(b"the ").unwrap();
+        assert_eq!(store.list("events", 1).unwrap(), Vec::<i64>::new());
+        file.publish().unwrap();
+        assert_eq!(store.list("events", 1).unwrap(), [40]);
+        assert_eq!(store.read("events", 1, 40).unwrap(), b"the  state");
+
+        let mut abandoned = store.create("events", 1, 50).unwrap();
+        abandoned.write_all(b"half").unwrap();
+        drop(abandoned);
+        assert_eq!(store.list("events", 1).unwrap(), [40]);
+        let left: Vec<_> = fs::read_dir(dir.path().join("events/1"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["00000000000000000040.snap"]);
     }
 
     #[test]
