@@ -8,7 +8,9 @@
 //! that is its total once snapshots are on), and the peak while a snapshot file is
 //! encoded from the image into a [`DirectoryStore`] under the system's temporary
 //! directory, as the snapshot thread does (a few chunks of raw body and of compressed
-//! file exist only then). The allocator is the service's (jemalloc, with the huge pages
+//! file exist only then); then, the engine and image dropped, the peak while the file
+//! is restored as after a restart (`snapshot::restore`) and what the restored state
+//! holds. The allocator is the service's (jemalloc, with the huge pages
 //! `.cargo/config.toml` builds in), told to return freed pages at once
 //! (`MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`), so that tables a growing engine
 //! left behind do not count: the service returns them within jemalloc's decay time
@@ -21,7 +23,7 @@ use std::sync::Arc;
 
 use stagestream::core::Engine;
 use stagestream::snapshot::format::{encode_to, Header};
-use stagestream::snapshot::{DirectoryStore, SnapshotStore};
+use stagestream::snapshot::{self, DirectoryStore, SnapshotStore};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -70,11 +72,33 @@ fn measure(customers: u32, with_message_ids: bool) {
     let mut file = store.create("events", 0, 0).expect("a snapshot file");
     let file_size = encode_to(&header, &image, &mut file).expect("the snapshot written");
     let encoding_peak = peak_resident_bytes().saturating_sub(before);
+    let armed = engine.armed_count();
+    assert_eq!(
+        engine.customer_count(),
+        customers as usize,
+        "every customer tracked"
+    );
+    file.publish().expect("the snapshot published");
+    // A restart: nothing but the file, restored as the service restores a partition.
+    drop(image);
+    drop(engine);
+    let left = resident_bytes().saturating_sub(before);
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak resident size");
+    let restored = snapshot::restore(&store, "events", 0, &settings.model, settings.engine)
+        .expect("the snapshot restored");
+    let restoring_peak = peak_resident_bytes().saturating_sub(before);
+    let after_restore = resident_bytes().saturating_sub(before);
+    assert_eq!(
+        restored.engine.customer_count(),
+        customers as usize,
+        "every customer restored"
+    );
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     println!(
-        "{customers:>10} customers, {}: {:>8.1} MiB resident, {:>6.1} bytes/customer ({} armed); \
+        "{customers:>10} customers, {}: {:>8.1} MiB resident, {:>6.1} bytes/customer ({armed} armed); \
          with the snapshot image kept: {:>8.1} MiB, {:>6.1} bytes/customer; \
-         peak while encoding a {:.1} MB file: {:>8.1} MiB",
+         peak while encoding a {:.1} MB file: {:>8.1} MiB; \
+         restored from it (from {:.1} MiB left after dropping the state): peak {:>8.1} MiB, then {:>8.1} MiB",
         if with_message_ids {
             "2 messageIds each in the dedup window"
         } else {
@@ -82,19 +106,15 @@ fn measure(customers: u32, with_message_ids: bool) {
         },
         mib(grown),
         grown as f64 / f64::from(customers),
-        engine.armed_count(),
         mib(with_image),
         with_image as f64 / f64::from(customers),
         file_size as f64 / 1e6,
         mib(encoding_peak),
+        mib(left),
+        mib(restoring_peak),
+        mib(after_restore),
     );
-    std::hint::black_box(&image);
-    assert_eq!(
-        engine.customer_count(),
-        customers as usize,
-        "every customer tracked"
-    );
-    std::hint::black_box(&engine);
+    std::hint::black_box(&restored);
 }
 
 fn main() {

@@ -11,6 +11,7 @@
 //! bookkeeping instead of 24 plus an allocation). A full block's arena never changes
 //! again, so it is frozen and shared with every snapshot image that holds it.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use ahash::RandomState;
@@ -162,9 +163,9 @@ struct IdChunk {
 
 impl IdChunk {
     /// Freezes a block's ids.
-    fn new(text: &str, ends: &[u32]) -> Self {
+    fn new(text: Arc<str>, ends: &[u32]) -> Self {
         IdChunk {
-            text: Arc::from(text),
+            text,
             ends: Arc::from(ends),
         }
     }
@@ -209,7 +210,8 @@ impl CustomerIds {
         self.open_text.push_str(id);
         self.open_ends.push(end);
         if self.open_ends.len() == BLOCK_LEN {
-            self.frozen.push(IdChunk::new(&self.open_text, &self.open_ends));
+            self.frozen
+                .push(IdChunk::new(Arc::from(self.open_text.as_str()), &self.open_ends));
             self.open_text.clear();
             self.open_ends.clear();
         }
@@ -228,15 +230,18 @@ impl CustomerIds {
         )))
     }
 
-    /// The ids cut from `text` at `lengths`, one per ref, refusing anything
-    /// inconsistent: an id past the end of `text` or ending inside a character, text
-    /// left over after the last id, more ids than a `u32` ref counts.
+    /// The ids cut at `lengths` from an arena of `text_len` bytes, one per ref, the
+    /// arena read a block at a time: `block_text(range)` returns its bytes in `range` as
+    /// text, or why they are not (so the caller can let go of what it has handed over).
+    /// Refuses anything inconsistent: an id past the end of the arena or ending inside a
+    /// character, text left over after the last id, more ids than a `u32` ref counts.
     ///
     /// # Errors
     /// What is inconsistent, in words.
     pub fn from_concatenated(
-        text: &str,
+        text_len: usize,
         lengths: impl ExactSizeIterator<Item = u32>,
+        mut block_text: impl FnMut(Range<usize>) -> Result<Arc<str>, String>,
     ) -> Result<Self, String> {
         let count = lengths.len();
         if u32::try_from(count).is_err() {
@@ -246,31 +251,44 @@ impl CustomerIds {
             frozen: Vec::with_capacity(count >> BLOCK_SHIFT),
             ..CustomerIds::default()
         };
+        // A block's text, checked against where its ids end.
+        let mut text_of = |block: usize, block_start: usize, ends: &[u32]| {
+            let end = block_start + ends.last().map_or(0, |&end| end as usize);
+            let text = block_text(block_start..end)?;
+            match ends.iter().position(|&end| !text.is_char_boundary(end as usize)) {
+                Some(i) => Err(format!(
+                    "customer id {} ends inside a character",
+                    (block << BLOCK_SHIFT) + i
+                )),
+                None => Ok(text),
+            }
+        };
         let mut block_start = 0usize;
         let mut ends = Vec::with_capacity(BLOCK_LEN.min(count));
         for (i, length) in lengths.enumerate() {
             let start = block_start + ends.last().map_or(0, |&end| end as usize);
             let end = start + length as usize;
-            if end > text.len() || !text.is_char_boundary(end) {
+            if end > text_len {
                 return Err(format!("customer id {i} ends at {end}, outside the id arena"));
             }
             let local_end = u32::try_from(end - block_start)
                 .map_err(|_| format!("block {} of customer ids is over 4 GiB", i >> BLOCK_SHIFT))?;
             ends.push(local_end);
             if ends.len() == BLOCK_LEN {
-                ids.frozen.push(IdChunk::new(&text[block_start..end], &ends));
+                let text = text_of(ids.frozen.len(), block_start, &ends)?;
+                ids.frozen.push(IdChunk::new(text, &ends));
                 ends.clear();
                 block_start = end;
             }
         }
         let last_end = block_start + ends.last().map_or(0, |&end| end as usize);
-        if last_end != text.len() {
+        if last_end != text_len {
             return Err(format!(
                 "{} bytes of the id arena after the last customer id",
-                text.len() - last_end
+                text_len - last_end
             ));
         }
-        ids.open_text = text[block_start..].to_owned();
+        ids.open_text = text_of(ids.frozen.len(), block_start, &ends)?.to_string();
         ids.open_ends = ends;
         Ok(ids)
     }
@@ -345,6 +363,19 @@ mod tests {
         (text, lengths)
     }
 
+    /// [`CustomerIds::from_concatenated`] over one string, asked for each block's text
+    /// exactly once and in order.
+    fn from_text(text: &str, lengths: &[u32]) -> Result<CustomerIds, String> {
+        let mut next = 0;
+        CustomerIds::from_concatenated(text.len(), lengths.iter().copied(), |range| {
+            assert_eq!(range.start, next, "blocks asked for in order, each once");
+            next = range.end;
+            std::str::from_utf8(&text.as_bytes()[range])
+                .map(Arc::from)
+                .map_err(|e| format!("not UTF-8: {e}"))
+        })
+    }
+
     #[test]
     fn rebuilds_from_its_ids_and_refuses_inconsistent_ones() {
         let mut table = CustomerTable::default();
@@ -352,7 +383,7 @@ mod tests {
             table.intern(id);
         }
         let (text, lengths) = concatenated(&table);
-        let ids = CustomerIds::from_concatenated(&text, lengths.into_iter()).unwrap();
+        let ids = from_text(&text, &lengths).unwrap();
         assert_eq!(&ids, table.ids(), "cut into the same blocks");
         let rebuilt = CustomerTable::from_ids(ids).unwrap();
         assert_eq!(rebuilt.get("é🙂"), Some(CustomerRef(1)));
@@ -360,12 +391,19 @@ mod tests {
         assert_eq!(rebuilt.get("d"), Some(CustomerRef(5)));
         assert_eq!(rebuilt.id(CustomerRef(2)), "");
         let err = |text: &str, lengths: &[u32]| {
-            CustomerIds::from_concatenated(text, lengths.iter().copied())
+            from_text(text, lengths)
                 .and_then(CustomerTable::from_ids)
                 .unwrap_err()
         };
         assert!(err("ab", &[1, 2]).contains("outside"));
-        assert!(err("é", &[1]).contains("outside"), "inside a character");
+        assert!(
+            err("abcdéf", &[1, 1, 1, 2, 2]).contains("not UTF-8"),
+            "a block cut inside a character"
+        );
+        assert!(
+            err("aébc", &[2, 3]).contains("customer id 0 ends inside a character"),
+            "an id cut inside one"
+        );
         assert!(err("abc", &[1, 1]).contains("1 bytes of the id arena after"));
         assert!(err("aa", &[1, 1]).contains("twice"));
         assert!(
@@ -402,7 +440,8 @@ mod tests {
             table.intern(&format!("customer-{i}"));
         }
         let (text, lengths) = concatenated(&table);
-        let ids = CustomerIds::from_concatenated(&text, lengths.iter().copied()).unwrap();
+        let ids = from_text(&text, &lengths).unwrap();
+        assert_eq!(&ids, table.ids(), "cut into the same blocks");
         let rebuilt = CustomerTable::from_ids(ids).unwrap();
         for i in 0..50_000 {
             assert_eq!(rebuilt.get(&format!("customer-{i}")), Some(CustomerRef(i)));
@@ -412,7 +451,7 @@ mod tests {
         let repeated = format!("{text}customer-25000");
         let mut lengths = lengths;
         lengths.push("customer-25000".len() as u32);
-        let error = CustomerIds::from_concatenated(&repeated, lengths.into_iter())
+        let error = from_text(&repeated, &lengths)
             .and_then(CustomerTable::from_ids)
             .unwrap_err();
         assert!(error.contains("\"customer-25000\" appears twice"), "{error}");

@@ -368,6 +368,10 @@ impl Engine {
                 armed_customers,
                 due,
             } = RestoredStates::of(&model, migration.as_ref(), &saved_customers)?;
+            // Let go of each image column as soon as it is converted: restoring 10M
+            // customers peaked at 1.4 GB with them all held to the end.
+            drop(saved_customers);
+            let deadlines = DeadlineIndex::from_entries(due);
             let counters = match &migration {
                 Some(migration) => saved_counter_values
                     .chunks_exact(saved_counters.max(1))
@@ -377,7 +381,6 @@ impl Engine {
                 None => saved_counter_values,
             };
             let customers = CustomerTable::from_ids(ids).map_err(inconsistent)?;
-            let deadlines = DeadlineIndex::from_entries(due);
             let dedup = dedup.join().expect("rebuilding the dedup window panicked")?;
             Ok(Engine {
                 model,

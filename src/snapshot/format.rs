@@ -26,7 +26,10 @@
 //! passes the checksum but contradicts itself is still refused, here or by
 //! [`Engine::restore`](crate::core::Engine::restore).
 
+use std::borrow::Cow;
 use std::io::{self, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::sync::Arc;
 
 use crate::core::{
     CustomerIds, CustomerImage, CustomerRef, DedupEntry, EngineImage, EventTime, ModelShape, StageId,
@@ -149,13 +152,15 @@ fn encode_in_chunks(
     Ok(end - start)
 }
 
-/// Checks and parses a whole snapshot file.
+/// Checks and parses a whole snapshot file. The file's bytes are let go once
+/// decompressed, and the raw body a chunk at a time as it is parsed, so that restoring
+/// holds little more than the state it builds (docs/performance.md, "2026-12-02").
 ///
 /// # Errors
 /// [`CorruptSnapshot`] saying what is wrong; nothing partial is returned.
-pub fn decode(bytes: &[u8]) -> Result<(Header, EngineImage), CorruptSnapshot> {
+pub fn decode(bytes: Vec<u8>) -> Result<(Header, EngineImage), CorruptSnapshot> {
     const FIXED: usize = 8 + 2 + 2 + 8 + 4 + 8 + 2;
-    if !bytes.starts_with(&MAGIC) && !MAGIC.starts_with(bytes) {
+    if !bytes.starts_with(&MAGIC) && !MAGIC.starts_with(&bytes) {
         return Err(CorruptSnapshot::BadMagic);
     }
     if bytes.len() < FIXED + 8 + 4 {
@@ -187,11 +192,14 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, EngineImage), CorruptSnapshot> {
         )));
     }
     let raw = if version == ONE_BLOCK_VERSION {
-        lz4_flex::block::decompress_size_prepended(body).map_err(|e| CorruptSnapshot::Body(e.to_string()))?
+        let raw = lz4_flex::block::decompress_size_prepended(body)
+            .map_err(|e| CorruptSnapshot::Body(e.to_string()))?;
+        RawBody::whole(raw)
     } else {
         decompress_chunks(body)?
     };
-    let image = decode_body(&raw)?;
+    drop(bytes);
+    let image = decode_body(raw)?;
     if image.shape.fingerprint != fingerprint {
         return Err(CorruptSnapshot::Body(
             "header and body disagree on the model".into(),
@@ -207,7 +215,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, EngineImage), CorruptSnapshot> {
 }
 
 /// The raw body of a version 3 body, its chunks shared out among the cores.
-fn decompress_chunks(body: &[u8]) -> Result<Vec<u8>, CorruptSnapshot> {
+fn decompress_chunks(body: &[u8]) -> Result<RawBody, CorruptSnapshot> {
     let mut reader = Reader { bytes: body };
     let raw_len = reader.len64()?;
     let chunk_size = reader.u32()? as usize;
@@ -238,20 +246,170 @@ fn decompress_chunks(body: &[u8]) -> Result<Vec<u8>, CorruptSnapshot> {
             body.len()
         )));
     }
-    let mut raw = vec![0u8; raw_len];
-    let work: Vec<(&[u8], &mut [u8])> = compressed.into_iter().zip(raw.chunks_mut(chunk_size)).collect();
-    let results = on_every_core(work, |(compressed, out)| {
-        match lz4_flex::block::decompress_into(compressed, out) {
-            Ok(written) if written == out.len() => Ok(()),
-            Ok(written) => Err(format!("a chunk holds {written} bytes, not {}", out.len())),
+    let work: Vec<(&[u8], usize)> = compressed
+        .into_iter()
+        .enumerate()
+        .map(|(i, compressed)| (compressed, chunk_size.min(raw_len - i * chunk_size)))
+        .collect();
+    let results = on_every_core(work, |(compressed, len)| {
+        let mut out = vec![0u8; len];
+        match lz4_flex::block::decompress_into(compressed, &mut out) {
+            Ok(written) if written == len => Ok(out),
+            Ok(written) => Err(format!("a chunk holds {written} bytes, not {len}")),
             Err(error) => Err(error.to_string()),
         }
     });
-    results
+    let chunks = results
         .into_iter()
-        .collect::<Result<(), String>>()
+        .collect::<Result<Vec<_>, String>>()
         .map_err(CorruptSnapshot::Body)?;
-    Ok(raw)
+    Ok(RawBody {
+        chunks,
+        chunk_size,
+        len: raw_len,
+        released: 0,
+    })
+}
+
+/// A decompressed body in the chunks it was cut into (every chunk but the last
+/// `chunk_size` bytes long), each freed once the parse is past it: at 10M customers the
+/// raw body is 570 MB, as much again as the image parsed from it.
+struct RawBody {
+    chunks: Vec<Vec<u8>>,
+    chunk_size: usize,
+    len: usize,
+    /// The chunks before this one are freed.
+    released: usize,
+}
+
+impl RawBody {
+    /// A body that is one block.
+    fn whole(raw: Vec<u8>) -> Self {
+        RawBody {
+            chunk_size: raw.len().max(1),
+            len: raw.len(),
+            chunks: vec![raw],
+            released: 0,
+        }
+    }
+
+    /// The next `len` bytes from `*at`, checked against the end; moves `*at` past them.
+    fn take(&self, at: &mut usize, len: usize) -> Result<Range<usize>, CorruptSnapshot> {
+        let left = self.len - *at;
+        if len > left {
+            return Err(CorruptSnapshot::Body(format!("{len} bytes wanted, {left} left")));
+        }
+        let range = *at..*at + len;
+        *at += len;
+        Ok(range)
+    }
+
+    /// The next `count` items of `N` bytes from `*at`.
+    fn take_items<const N: usize>(
+        &self,
+        at: &mut usize,
+        count: usize,
+    ) -> Result<Range<usize>, CorruptSnapshot> {
+        let len = count
+            .checked_mul(N)
+            .ok_or_else(|| CorruptSnapshot::Body(format!("{count} items overflow")))?;
+        self.take(at, len)
+    }
+
+    fn fixed<const N: usize>(&self, at: &mut usize) -> Result<[u8; N], CorruptSnapshot> {
+        let range = self.take(at, N)?;
+        Ok((*self.bytes(range)).try_into().expect("N bytes taken"))
+    }
+
+    fn u32(&self, at: &mut usize) -> Result<u32, CorruptSnapshot> {
+        self.fixed(at).map(u32::from_le_bytes)
+    }
+
+    fn u64(&self, at: &mut usize) -> Result<u64, CorruptSnapshot> {
+        self.fixed(at).map(u64::from_le_bytes)
+    }
+
+    fn i64(&self, at: &mut usize) -> Result<i64, CorruptSnapshot> {
+        self.fixed(at).map(i64::from_le_bytes)
+    }
+
+    /// A u64 length or count; what it sizes is checked against the bytes left when read.
+    fn len64(&self, at: &mut usize) -> Result<usize, CorruptSnapshot> {
+        let len = self.u64(at)?;
+        usize::try_from(len)
+            .map_err(|_| CorruptSnapshot::Body(format!("length {len} does not fit in memory")))
+    }
+
+    /// Calls `f` with each item of `N` bytes in `range` (from [`RawBody::take_items`]),
+    /// a chunk at a time; an item cut by the end of a chunk is put back together.
+    fn each<const N: usize>(&self, range: Range<usize>, mut f: impl FnMut([u8; N])) {
+        let mut carry = [0u8; N];
+        let mut carried = 0;
+        for mut bytes in self.slices(range) {
+            if carried > 0 {
+                let taken = (N - carried).min(bytes.len());
+                carry[carried..carried + taken].copy_from_slice(&bytes[..taken]);
+                carried += taken;
+                bytes = &bytes[taken..];
+                if carried < N {
+                    continue;
+                }
+                f(carry);
+            }
+            let mut items = bytes.chunks_exact(N);
+            for item in &mut items {
+                f(item.try_into().expect("chunks of N"));
+            }
+            let rest = items.remainder();
+            carry[..rest.len()].copy_from_slice(rest);
+            carried = rest.len();
+        }
+        debug_assert_eq!(carried, 0, "a range of whole items");
+    }
+
+    /// The parts of `range` in each chunk, in order.
+    fn slices(&self, range: Range<usize>) -> impl Iterator<Item = &[u8]> {
+        let chunks = if range.is_empty() {
+            0..0
+        } else {
+            range.start / self.chunk_size..(range.end - 1) / self.chunk_size + 1
+        };
+        chunks.map(move |chunk| {
+            let base = chunk * self.chunk_size;
+            &self.chunks[chunk][range.start.max(base) - base..range.end.min(base + self.chunk_size) - base]
+        })
+    }
+
+    /// The bytes of `range` (from [`RawBody::take`]), borrowed when one chunk holds them.
+    fn bytes(&self, range: Range<usize>) -> Cow<'_, [u8]> {
+        let mut slices = self.slices(range.clone());
+        match (slices.next(), slices.next()) {
+            (None, _) => Cow::Borrowed(&[]),
+            (Some(only), None) => Cow::Borrowed(only),
+            (Some(first), Some(second)) => {
+                let mut joined = Vec::with_capacity(range.len());
+                for slice in [first, second].into_iter().chain(slices) {
+                    joined.extend_from_slice(slice);
+                }
+                Cow::Owned(joined)
+            }
+        }
+    }
+
+    /// `make` of the text of `range`, or why it is not UTF-8.
+    fn text<T>(&self, range: Range<usize>, make: impl FnOnce(&str) -> T) -> Result<T, String> {
+        let bytes = self.bytes(range);
+        std::str::from_utf8(&bytes).map(make).map_err(|e| e.to_string())
+    }
+
+    /// Frees every chunk wholly before `offset`: the parse never looks back.
+    fn release_before(&mut self, offset: usize) {
+        let before = offset / self.chunk_size;
+        for chunk in &mut self.chunks[self.released.min(before)..before] {
+            *chunk = Vec::new();
+        }
+        self.released = self.released.max(before);
+    }
 }
 
 /// `task` over every item, the items split into one contiguous run per available core;
@@ -523,62 +681,90 @@ fn write_body(image: &EngineImage, out: &mut ChunkWriter<impl FnMut(Vec<u8>) -> 
     }
 }
 
-fn decode_body(raw: &[u8]) -> Result<EngineImage, CorruptSnapshot> {
-    let mut reader = Reader { bytes: raw };
-    let fingerprint = reader.u64()?;
+fn decode_body(mut raw: RawBody) -> Result<EngineImage, CorruptSnapshot> {
+    let at = &mut 0;
+    let fingerprint = raw.u64(at)?;
     let mut lists = [Vec::new(), Vec::new(), Vec::new()];
     for list in &mut lists {
-        let count = reader.u32()? as usize;
+        let count = raw.u32(at)? as usize;
         for _ in 0..count {
-            let len = reader.u32()? as usize;
-            list.push(utf8(reader.take(len)?)?.to_owned());
+            let len = raw.u32(at)? as usize;
+            let range = raw.take(at, len)?;
+            list.push(raw.text(range, str::to_owned).map_err(CorruptSnapshot::Body)?);
         }
     }
     let [stages, thresholds, counters_shape] = lists;
-    let newest_event = EventTime::from_millis(reader.i64()?);
-    let clock = EventTime::from_millis(reader.i64()?);
-    let dedup_next_sweep = EventTime::from_millis(reader.i64()?);
-    let customers = reader.len64()?;
-    let arena_len = reader.len64()?;
-    let id_text = utf8(reader.take(arena_len)?)?;
-    let lengths = reader.array::<4>(customers)?.map(u32::from_le_bytes);
-    let ids = CustomerIds::from_concatenated(id_text, lengths).map_err(CorruptSnapshot::Body)?;
-    let last_activity = reader.array::<8>(customers)?;
-    let stage = reader.take(customers)?;
-    let armed = reader.take(customers)?;
-    let ladder = reader.take(customers)?;
-    let stage_entered = reader.array::<4>(customers)?;
-    let customers = last_activity
-        .zip(stage)
-        .zip(armed)
-        .zip(ladder)
-        .zip(stage_entered)
-        .map(|((((time, &stage), &armed), &ladder), entered)| CustomerImage {
+    let newest_event = EventTime::from_millis(raw.i64(at)?);
+    let clock = EventTime::from_millis(raw.i64(at)?);
+    let dedup_next_sweep = EventTime::from_millis(raw.i64(at)?);
+    let customers = raw.len64(at)?;
+    let arena_len = raw.len64(at)?;
+    let id_text = raw.take(at, arena_len)?;
+    // The lengths follow the text they cut: read first, so the text is let go block by
+    // block as the ids are built.
+    let range = raw.take_items::<4>(at, customers)?;
+    let mut lengths = Vec::with_capacity(customers);
+    raw.each::<4>(range, |length| {
+        lengths.push(u32::from_le_bytes(length));
+    });
+    let ids = CustomerIds::from_concatenated(arena_len, lengths.into_iter(), |block| {
+        let block = id_text.start + block.start..id_text.start + block.end;
+        let text = raw.text(block.clone(), |text| Arc::<str>::from(text))?;
+        raw.release_before(block.end);
+        Ok(text)
+    })
+    .map_err(CorruptSnapshot::Body)?;
+    raw.release_before(*at);
+    let range = raw.take_items::<8>(at, customers)?;
+    let mut states = Vec::with_capacity(customers);
+    raw.each::<8>(range, |time| {
+        states.push(CustomerImage {
             last_activity: EventTime::from_millis(i64::from_le_bytes(time)),
-            stage: StageId(stage),
-            armed: (armed != NOT_ARMED).then_some(ThresholdId(armed)),
-            ladder,
-            stage_entered: u32::from_le_bytes(entered),
-        })
-        .collect();
-    let counter_count = reader.len64()?;
-    let counters = reader
-        .array::<4>(counter_count)?
-        .map(u32::from_le_bytes)
-        .collect();
-    let dedup_count = reader.len64()?;
-    let dedup = reader
-        .array::<20>(dedup_count)?
-        .map(|entry| DedupEntry {
+            stage: StageId(0),
+            armed: None,
+            ladder: 0,
+            stage_entered: 0,
+        });
+    });
+    // The other columns, one pass each over the customers the first one made.
+    let mut next = states.iter_mut();
+    raw.each::<1>(raw.take_items::<1>(at, customers)?, |[stage]| {
+        next.next().expect("one per customer").stage = StageId(stage);
+    });
+    let mut next = states.iter_mut();
+    raw.each::<1>(raw.take_items::<1>(at, customers)?, |[armed]| {
+        next.next().expect("one per customer").armed = (armed != NOT_ARMED).then_some(ThresholdId(armed));
+    });
+    let mut next = states.iter_mut();
+    raw.each::<1>(raw.take_items::<1>(at, customers)?, |[ladder]| {
+        next.next().expect("one per customer").ladder = ladder;
+    });
+    let mut next = states.iter_mut();
+    raw.each::<4>(raw.take_items::<4>(at, customers)?, |entered| {
+        next.next().expect("one per customer").stage_entered = u32::from_le_bytes(entered);
+    });
+    raw.release_before(*at);
+    let counter_count = raw.len64(at)?;
+    let range = raw.take_items::<4>(at, counter_count)?;
+    let mut counters = Vec::with_capacity(counter_count);
+    raw.each::<4>(range, |counter| {
+        counters.push(u32::from_le_bytes(counter));
+    });
+    raw.release_before(*at);
+    let dedup_count = raw.len64(at)?;
+    let range = raw.take_items::<20>(at, dedup_count)?;
+    let mut dedup = Vec::with_capacity(dedup_count);
+    raw.each::<20>(range, |entry| {
+        dedup.push(DedupEntry {
             customer: CustomerRef(u32::from_le_bytes(entry[..4].try_into().expect("4 bytes"))),
             digest: u64::from_le_bytes(entry[4..12].try_into().expect("8 bytes")),
             seen_at: EventTime::from_millis(i64::from_le_bytes(entry[12..].try_into().expect("8 bytes"))),
-        })
-        .collect();
-    if !reader.bytes.is_empty() {
+        });
+    });
+    if *at != raw.len {
         return Err(CorruptSnapshot::Body(format!(
             "{} bytes after the state",
-            reader.bytes.len()
+            raw.len - *at
         )));
     }
     Ok(EngineImage {
@@ -592,7 +778,7 @@ fn decode_body(raw: &[u8]) -> Result<EngineImage, CorruptSnapshot> {
         clock,
         dedup_next_sweep,
         ids,
-        customers,
+        customers: states,
         counters,
         dedup,
     })
@@ -741,9 +927,10 @@ mod tests {
 
     #[test]
     fn round_trips_in_one_chunk_or_many() {
-        for chunk_size in [BODY_CHUNK, 64, 1] {
+        // 7 and 20: fixed-size fields straddle the chunks; 1: every field does.
+        for chunk_size in [BODY_CHUNK, 64, 20, 7, 1] {
             let bytes = in_chunks(&image(), chunk_size);
-            let (decoded_header, decoded) = decode(&bytes).unwrap();
+            let (decoded_header, decoded) = decode(bytes).unwrap();
             assert_eq!(decoded_header, header());
             assert_eq!(sorted(decoded), sorted(image()), "chunks of {chunk_size} bytes");
         }
@@ -759,6 +946,40 @@ mod tests {
         assert_eq!(written, alone.len() as u64);
         assert_eq!(out.position(), 6 + written, "left at the end");
         assert_eq!(out.into_inner(), [b"before".as_slice(), &alone].concat());
+    }
+
+    #[test]
+    fn a_chunked_raw_body_reads_as_one_and_frees_what_is_behind() {
+        let whole: Vec<u8> = (0..=255u8).cycle().take(100).collect();
+        let mut raw = RawBody {
+            chunks: whole.chunks(7).map(<[u8]>::to_vec).collect(),
+            chunk_size: 7,
+            len: whole.len(),
+            released: 0,
+        };
+        let at = &mut 3;
+        let range = raw.take_items::<4>(at, 24).unwrap();
+        let mut items: Vec<[u8; 4]> = Vec::new();
+        raw.each(range, |item| items.push(item));
+        let expected: Vec<[u8; 4]> = whole[3..99]
+            .chunks_exact(4)
+            .map(|c| c.try_into().unwrap())
+            .collect();
+        assert_eq!(items, expected);
+        assert_eq!(*at, 99);
+        let mut wide: Vec<[u8; 20]> = Vec::new();
+        raw.each(0..100, |item| wide.push(item));
+        assert_eq!(wide.concat(), whole, "items wider than a chunk");
+        assert!(raw.take(at, 2).is_err(), "one byte left");
+        for range in [0..0, 0..7, 5..9, 6..30, 98..100] {
+            assert_eq!(&*raw.bytes(range.clone()), &whole[range]);
+        }
+        raw.release_before(15);
+        assert!(raw.chunks[..2].iter().all(Vec::is_empty), "0..14 freed");
+        assert_eq!(raw.chunks[2], whole[14..21], "14 is still to be read");
+        assert_eq!(&*raw.bytes(15..40), &whole[15..40]);
+        raw.release_before(3);
+        assert_eq!(raw.released, 2, "never goes back");
     }
 
     /// Takes `room` bytes, then fails every write.
@@ -849,7 +1070,7 @@ mod tests {
         old.extend_from_slice(&(body.len() as u64).to_le_bytes());
         old.extend_from_slice(&body);
         old.extend_from_slice(&[0; 4]);
-        let (decoded_header, decoded) = decode(&resealed(old)).unwrap();
+        let (decoded_header, decoded) = decode(resealed(old)).unwrap();
         assert_eq!(decoded_header, header());
         assert_eq!(sorted(decoded), sorted(image()));
     }
@@ -859,12 +1080,12 @@ mod tests {
         for chunk_size in [BODY_CHUNK, 64] {
             let bytes = in_chunks(&image(), chunk_size);
             for len in 0..bytes.len() {
-                assert!(decode(&bytes[..len]).is_err(), "truncated to {len} bytes");
+                assert!(decode(bytes[..len].to_vec()).is_err(), "truncated to {len} bytes");
             }
             for at in 0..bytes.len() {
                 let mut flipped = bytes.clone();
                 flipped[at] ^= 0x10;
-                assert!(decode(&flipped).is_err(), "byte {at} flipped");
+                assert!(decode(flipped).is_err(), "byte {at} flipped");
             }
         }
     }
@@ -879,7 +1100,7 @@ mod tests {
         let refused = |at: usize, value: &[u8]| {
             let mut edited = bytes.clone();
             edited[at..at + value.len()].copy_from_slice(value);
-            match decode(&resealed(edited)) {
+            match decode(resealed(edited)) {
                 Err(CorruptSnapshot::Body(reason)) => reason,
                 other => panic!("expected a malformed body, got {other:?}"),
             }
@@ -898,7 +1119,7 @@ mod tests {
         let raw_len = (count - 1) * u64::from(u32::MAX) + 1;
         huge[raw_len_at..raw_len_at + 8].copy_from_slice(&raw_len.to_le_bytes());
         huge[chunk_size_at..chunk_size_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        match decode(&resealed(huge)) {
+        match decode(resealed(huge)) {
             Err(CorruptSnapshot::Body(reason)) => assert!(reason.contains("cannot come from"), "{reason}"),
             other => panic!("expected a malformed body, got {other:?}"),
         }
@@ -910,12 +1131,12 @@ mod tests {
             let mut bytes = encode(&header(), &image());
             bytes[8..10].copy_from_slice(&version.to_le_bytes());
             assert_eq!(
-                decode(&bytes).unwrap_err(),
+                decode(bytes).unwrap_err(),
                 CorruptSnapshot::UnsupportedVersion { found: version }
             );
         }
         assert_eq!(
-            decode(b"PK\x03\x04 this is a zip file ........").unwrap_err(),
+            decode(b"PK\x03\x04 this is a zip file ........".to_vec()).unwrap_err(),
             CorruptSnapshot::BadMagic
         );
     }

@@ -92,7 +92,8 @@ pub fn restore(
                 continue;
             }
         };
-        let problem = match format::decode(&bytes) {
+        let size = bytes.len();
+        let problem = match format::decode(bytes) {
             Ok((header, _))
                 if header.topic != topic || header.partition != partition || header.offset != offset =>
             {
@@ -108,7 +109,7 @@ pub fn restore(
                         partition,
                         offset,
                         customers = engine.customer_count(),
-                        bytes = bytes.len(),
+                        bytes = size,
                         "state restored from snapshot"
                     );
                     return Ok(Restored {
