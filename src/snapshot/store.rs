@@ -78,7 +78,9 @@ pub struct DirectoryStore {
 
 const SUFFIX: &str = ".snap";
 /// A temporary file untouched this long belongs to a write that died with its process
-/// (another live instance on a shared mount may be writing a younger one).
+/// (another live instance on a shared mount may be writing a younger one). A file
+/// still waiting this long for its outputs to be delivered may be removed too: its
+/// publish then fails, and the snapshot is taken again at the next interval.
 const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 
 impl DirectoryStore {
