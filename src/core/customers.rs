@@ -305,34 +305,51 @@ pub enum Interned {
 /// index (16M slots of 4 bytes and their control bytes) is ~320 KB, within a core's L2.
 const TABLE_REGIONS: usize = 1 << 8;
 
-/// `hashed`, reordered so that inserting them into a table sized for as many fills it
-/// one region at a time: each hash goes to the region of the table its
-/// probe starts in (the hash's low bits, as in hashbrown), keeping their order within a
-/// region. Inserted in ref order instead, every insert lands somewhere random in a table
-/// far bigger than the caches: at 10M customers the inserts took 0.8-1.2 s that way,
-/// 0.22-0.31 s in region order (docs/performance.md, "Snapshots"). Only the order
-/// changes, never the table, so a wrong guess at its layout would only cost speed.
-fn by_table_region(hashed: Vec<(u64, CustomerRef)>) -> Vec<(u64, CustomerRef)> {
+/// `hashed`, reordered in place so that inserting them into a table sized for as many
+/// fills it one region at a time: each hash goes to the region of the table its probe
+/// starts in (the hash's low bits, as in hashbrown). Inserted in ref order instead,
+/// every insert lands somewhere random in a table far bigger than the caches: at 10M
+/// customers the inserts took 0.8-1.2 s that way, 0.22-0.31 s in region order
+/// (docs/performance.md, "Snapshots"). Only the order changes, never the entries, so a
+/// wrong guess at the table's layout would only cost speed. In place (one digit of an
+/// American flag sort) because a reordered copy was 160 MB at 10M customers, during a
+/// restore's peak (docs/performance.md, "2026-12-02").
+fn by_table_region(mut hashed: Vec<(u64, CustomerRef)>) -> Vec<(u64, CustomerRef)> {
     // hashbrown's slot count: a power of two at most 7/8 full.
     let slots = (hashed.len().max(8) * 8 / 7).next_power_of_two();
     let shift = slots
         .trailing_zeros()
         .saturating_sub(TABLE_REGIONS.trailing_zeros());
     let region = |hash: u64| (hash as usize & (slots - 1)) >> shift;
-    let mut starts = vec![0usize; TABLE_REGIONS + 1];
+    let mut ends = vec![0usize; TABLE_REGIONS];
     for &(hash, _) in &hashed {
-        starts[region(hash) + 1] += 1;
+        ends[region(hash)] += 1;
     }
-    for i in 1..starts.len() {
-        starts[i] += starts[i - 1];
+    let mut start = 0;
+    let mut next = Vec::with_capacity(TABLE_REGIONS);
+    for end in &mut ends {
+        next.push(start);
+        start += *end;
+        *end = start;
     }
-    let mut ordered = vec![(0, CustomerRef(0)); hashed.len()];
-    for entry in hashed {
-        let at = &mut starts[region(entry.0)];
-        ordered[*at] = entry;
-        *at += 1;
+    // Each region's first place not yet holding one of its own: an entry taken from
+    // there is swapped into its own region's, until one belonging here comes back.
+    for home in 0..TABLE_REGIONS {
+        while next[home] < ends[home] {
+            let mut entry = hashed[next[home]];
+            loop {
+                let belongs = region(entry.0);
+                if belongs == home {
+                    break;
+                }
+                std::mem::swap(&mut entry, &mut hashed[next[belongs]]);
+                next[belongs] += 1;
+            }
+            hashed[next[home]] = entry;
+            next[home] += 1;
+        }
     }
-    ordered
+    hashed
 }
 
 #[cfg(test)]
@@ -431,6 +448,36 @@ mod tests {
             3,
             "two frozen blocks of four, one open"
         );
+    }
+
+    #[test]
+    fn table_region_order_is_a_permutation_sorted_by_region() {
+        for count in [0usize, 1, 7, 1_000, 50_000] {
+            // splitmix64: hashes spread over every bit, as a real hasher's are.
+            let mut state = count as u64;
+            let hashed: Vec<(u64, CustomerRef)> = (0..count as u32)
+                .map(|i| {
+                    state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    let mut z = state;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    (z ^ (z >> 31), CustomerRef(i))
+                })
+                .collect();
+            let ordered = by_table_region(hashed.clone());
+            let mut sorted_in = hashed.clone();
+            let mut sorted_out = ordered.clone();
+            sorted_in.sort_unstable();
+            sorted_out.sort_unstable();
+            assert_eq!(sorted_out, sorted_in, "{count}: the same entries");
+            // The region is the top 8 of the bits hashbrown takes its first slot from.
+            let slots = (count.max(8) * 8 / 7).next_power_of_two() as u64;
+            let region = |hash: u64| (hash & (slots - 1)) >> slots.trailing_zeros().saturating_sub(8);
+            assert!(
+                ordered.windows(2).all(|w| region(w[0].0) <= region(w[1].0)),
+                "{count}: region by region"
+            );
+        }
     }
 
     #[test]
