@@ -1052,10 +1052,12 @@ impl Worker {
                         }
                         Err(error) => {
                             state.snapshot.pending = Pending::None;
+                            // Counted and logged as a failed write; its time is the
+                            // encode's, observed above.
                             let write = SnapshotWrite {
                                 ticket: &ticket,
                                 size: 0,
-                                took,
+                                took: None,
                                 result: Err(error),
                             };
                             write.record(&self.control.metrics, &state.labels, &mut state.snapshot);
@@ -1072,7 +1074,7 @@ impl Worker {
                     let write = SnapshotWrite {
                         ticket: &ticket,
                         size,
-                        took,
+                        took: Some(took),
                         result,
                     };
                     write.record(&self.control.metrics, &state.labels, &mut state.snapshot);
@@ -1131,7 +1133,7 @@ impl Worker {
         let write = SnapshotWrite {
             ticket: &ticket,
             size,
-            took: started.elapsed(),
+            took: Some(started.elapsed()),
             result,
         };
         write.record(&self.control.metrics, &state.labels, &mut state.snapshot);
@@ -1505,7 +1507,9 @@ fn commit_offset(snapshots: bool, state: &PartitionState) -> Option<i64> {
 struct SnapshotWrite<'a> {
     ticket: &'a Ticket,
     size: u64,
-    took: Duration,
+    /// How long the write took; `None` when the file was never written (the encode
+    /// into it failed), so that `step="write"` times only writes.
+    took: Option<Duration>,
     result: std::io::Result<()>,
 }
 
@@ -1514,10 +1518,12 @@ impl SnapshotWrite<'_> {
     /// logged and counted either way.
     fn record(self, metrics: &Metrics, labels: &PartitionLabels, progress: &mut Progress) {
         let ticket = self.ticket;
-        metrics
-            .snapshot_duration
-            .with_label_values(&["write"])
-            .observe(self.took.as_secs_f64());
+        if let Some(took) = self.took {
+            metrics
+                .snapshot_duration
+                .with_label_values(&["write"])
+                .observe(took.as_secs_f64());
+        }
         match self.result {
             Ok(()) => {
                 progress.durable = progress.durable.max(Some(ticket.offset));
@@ -1536,7 +1542,7 @@ impl SnapshotWrite<'_> {
                     partition = ticket.partition.partition,
                     offset = ticket.offset,
                     bytes = self.size,
-                    took_ms = self.took.as_secs_f64() * 1e3,
+                    took_ms = self.took.unwrap_or_default().as_secs_f64() * 1e3,
                     "snapshot written"
                 );
             }
