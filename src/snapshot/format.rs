@@ -267,6 +267,7 @@ fn decompress_chunks(body: &[u8]) -> Result<RawBody, CorruptSnapshot> {
         chunks,
         chunk_size,
         len: raw_len,
+        at: 0,
         released: 0,
     })
 }
@@ -278,6 +279,8 @@ struct RawBody {
     chunks: Vec<Vec<u8>>,
     chunk_size: usize,
     len: usize,
+    /// Where the parse is.
+    at: usize,
     /// The chunks before this one are freed.
     released: usize,
 }
@@ -289,55 +292,40 @@ impl RawBody {
             chunk_size: raw.len().max(1),
             len: raw.len(),
             chunks: vec![raw],
+            at: 0,
             released: 0,
         }
     }
 
-    /// The next `len` bytes from `*at`, checked against the end; moves `*at` past them.
-    fn take(&self, at: &mut usize, len: usize) -> Result<Range<usize>, CorruptSnapshot> {
-        let left = self.len - *at;
+    /// The next `len` bytes, checked against the end; the parse moves past them.
+    fn take(&mut self, len: usize) -> Result<Range<usize>, CorruptSnapshot> {
+        let left = self.len - self.at;
         if len > left {
             return Err(CorruptSnapshot::Body(format!("{len} bytes wanted, {left} left")));
         }
-        let range = *at..*at + len;
-        *at += len;
+        let range = self.at..self.at + len;
+        self.at += len;
         Ok(range)
     }
 
-    /// The next `count` items of `N` bytes from `*at`.
-    fn take_items<const N: usize>(
-        &self,
-        at: &mut usize,
-        count: usize,
-    ) -> Result<Range<usize>, CorruptSnapshot> {
-        let len = count
-            .checked_mul(N)
-            .ok_or_else(|| CorruptSnapshot::Body(format!("{count} items overflow")))?;
-        self.take(at, len)
+    /// The next `count` items of `N` bytes.
+    fn take_items<const N: usize>(&mut self, count: usize) -> Result<Range<usize>, CorruptSnapshot> {
+        self.take(items_len::<N>(count)?)
     }
 
-    fn fixed<const N: usize>(&self, at: &mut usize) -> Result<[u8; N], CorruptSnapshot> {
-        let range = self.take(at, N)?;
-        Ok((*self.bytes(range)).try_into().expect("N bytes taken"))
-    }
-
-    fn u32(&self, at: &mut usize) -> Result<u32, CorruptSnapshot> {
-        self.fixed(at).map(u32::from_le_bytes)
-    }
-
-    fn u64(&self, at: &mut usize) -> Result<u64, CorruptSnapshot> {
-        self.fixed(at).map(u64::from_le_bytes)
-    }
-
-    fn i64(&self, at: &mut usize) -> Result<i64, CorruptSnapshot> {
-        self.fixed(at).map(i64::from_le_bytes)
-    }
-
-    /// A u64 length or count; what it sizes is checked against the bytes left when read.
-    fn len64(&self, at: &mut usize) -> Result<usize, CorruptSnapshot> {
-        let len = self.u64(at)?;
-        usize::try_from(len)
-            .map_err(|_| CorruptSnapshot::Body(format!("length {len} does not fit in memory")))
+    /// Sets a field of each of `states` from the next column, one `N`-byte item per
+    /// customer.
+    fn column<const N: usize>(
+        &mut self,
+        states: &mut [CustomerImage],
+        set: impl Fn(&mut CustomerImage, [u8; N]),
+    ) -> Result<(), CorruptSnapshot> {
+        let range = self.take_items::<N>(states.len())?;
+        let mut states = states.iter_mut();
+        self.each(range, |item| {
+            set(states.next().expect("one item per customer"), item)
+        });
+        Ok(())
     }
 
     /// Calls `f` with each item of `N` bytes in `range` (from [`RawBody::take_items`]),
@@ -410,6 +398,49 @@ impl RawBody {
         }
         self.released = self.released.max(before);
     }
+}
+
+impl Fields for RawBody {
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], CorruptSnapshot> {
+        let range = self.take(N)?;
+        Ok((*self.bytes(range)).try_into().expect("N bytes taken"))
+    }
+}
+
+/// Little-endian fields read in order, never past the end.
+trait Fields {
+    /// The next `N` bytes.
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], CorruptSnapshot>;
+
+    fn u32(&mut self) -> Result<u32, CorruptSnapshot> {
+        self.fixed().map(u32::from_le_bytes)
+    }
+
+    fn i32(&mut self) -> Result<i32, CorruptSnapshot> {
+        self.fixed().map(i32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, CorruptSnapshot> {
+        self.fixed().map(u64::from_le_bytes)
+    }
+
+    fn i64(&mut self) -> Result<i64, CorruptSnapshot> {
+        self.fixed().map(i64::from_le_bytes)
+    }
+
+    /// A u64 length or count; what it sizes is checked against the bytes left when read.
+    fn len64(&mut self) -> Result<usize, CorruptSnapshot> {
+        let len = self.u64()?;
+        usize::try_from(len)
+            .map_err(|_| CorruptSnapshot::Body(format!("length {len} does not fit in memory")))
+    }
+}
+
+/// How many bytes `count` items of `N` bytes take.
+fn items_len<const N: usize>(count: usize) -> Result<usize, CorruptSnapshot> {
+    count
+        .checked_mul(N)
+        .ok_or_else(|| CorruptSnapshot::Body(format!("{count} items overflow")))
 }
 
 /// `task` over every item, the items split into one contiguous run per available core;
@@ -682,27 +713,26 @@ fn write_body(image: &EngineImage, out: &mut ChunkWriter<impl FnMut(Vec<u8>) -> 
 }
 
 fn decode_body(mut raw: RawBody) -> Result<EngineImage, CorruptSnapshot> {
-    let at = &mut 0;
-    let fingerprint = raw.u64(at)?;
+    let fingerprint = raw.u64()?;
     let mut lists = [Vec::new(), Vec::new(), Vec::new()];
     for list in &mut lists {
-        let count = raw.u32(at)? as usize;
+        let count = raw.u32()? as usize;
         for _ in 0..count {
-            let len = raw.u32(at)? as usize;
-            let range = raw.take(at, len)?;
+            let len = raw.u32()? as usize;
+            let range = raw.take(len)?;
             list.push(raw.text(range, str::to_owned).map_err(CorruptSnapshot::Body)?);
         }
     }
     let [stages, thresholds, counters_shape] = lists;
-    let newest_event = EventTime::from_millis(raw.i64(at)?);
-    let clock = EventTime::from_millis(raw.i64(at)?);
-    let dedup_next_sweep = EventTime::from_millis(raw.i64(at)?);
-    let customers = raw.len64(at)?;
-    let arena_len = raw.len64(at)?;
-    let id_text = raw.take(at, arena_len)?;
+    let newest_event = EventTime::from_millis(raw.i64()?);
+    let clock = EventTime::from_millis(raw.i64()?);
+    let dedup_next_sweep = EventTime::from_millis(raw.i64()?);
+    let customers = raw.len64()?;
+    let arena_len = raw.len64()?;
+    let id_text = raw.take(arena_len)?;
     // The lengths follow the text they cut: read first, so the text is let go block by
     // block as the ids are built.
-    let range = raw.take_items::<4>(at, customers)?;
+    let range = raw.take_items::<4>(customers)?;
     let mut lengths = Vec::with_capacity(customers);
     raw.each::<4>(range, |length| {
         lengths.push(u32::from_le_bytes(length));
@@ -714,8 +744,8 @@ fn decode_body(mut raw: RawBody) -> Result<EngineImage, CorruptSnapshot> {
         Ok(text)
     })
     .map_err(CorruptSnapshot::Body)?;
-    raw.release_before(*at);
-    let range = raw.take_items::<8>(at, customers)?;
+    raw.release_before(raw.at);
+    let range = raw.take_items::<8>(customers)?;
     let mut states = Vec::with_capacity(customers);
     raw.each::<8>(range, |time| {
         states.push(CustomerImage {
@@ -727,32 +757,24 @@ fn decode_body(mut raw: RawBody) -> Result<EngineImage, CorruptSnapshot> {
         });
     });
     // The other columns, one pass each over the customers the first one made.
-    let mut next = states.iter_mut();
-    raw.each::<1>(raw.take_items::<1>(at, customers)?, |[stage]| {
-        next.next().expect("one per customer").stage = StageId(stage);
-    });
-    let mut next = states.iter_mut();
-    raw.each::<1>(raw.take_items::<1>(at, customers)?, |[armed]| {
-        next.next().expect("one per customer").armed = (armed != NOT_ARMED).then_some(ThresholdId(armed));
-    });
-    let mut next = states.iter_mut();
-    raw.each::<1>(raw.take_items::<1>(at, customers)?, |[ladder]| {
-        next.next().expect("one per customer").ladder = ladder;
-    });
-    let mut next = states.iter_mut();
-    raw.each::<4>(raw.take_items::<4>(at, customers)?, |entered| {
-        next.next().expect("one per customer").stage_entered = u32::from_le_bytes(entered);
-    });
-    raw.release_before(*at);
-    let counter_count = raw.len64(at)?;
-    let range = raw.take_items::<4>(at, counter_count)?;
+    raw.column(&mut states, |state, [stage]| state.stage = StageId(stage))?;
+    raw.column(&mut states, |state, [armed]| {
+        state.armed = (armed != NOT_ARMED).then_some(ThresholdId(armed));
+    })?;
+    raw.column(&mut states, |state, [ladder]| state.ladder = ladder)?;
+    raw.column(&mut states, |state, entered| {
+        state.stage_entered = u32::from_le_bytes(entered);
+    })?;
+    raw.release_before(raw.at);
+    let counter_count = raw.len64()?;
+    let range = raw.take_items::<4>(counter_count)?;
     let mut counters = Vec::with_capacity(counter_count);
     raw.each::<4>(range, |counter| {
         counters.push(u32::from_le_bytes(counter));
     });
-    raw.release_before(*at);
-    let dedup_count = raw.len64(at)?;
-    let range = raw.take_items::<20>(at, dedup_count)?;
+    raw.release_before(raw.at);
+    let dedup_count = raw.len64()?;
+    let range = raw.take_items::<20>(dedup_count)?;
     let mut dedup = Vec::with_capacity(dedup_count);
     raw.each::<20>(range, |entry| {
         dedup.push(DedupEntry {
@@ -761,10 +783,10 @@ fn decode_body(mut raw: RawBody) -> Result<EngineImage, CorruptSnapshot> {
             seen_at: EventTime::from_millis(i64::from_le_bytes(entry[12..].try_into().expect("8 bytes"))),
         });
     });
-    if *at != raw.len {
+    if raw.at != raw.len {
         return Err(CorruptSnapshot::Body(format!(
             "{} bytes after the state",
-            raw.len - *at
+            raw.len - raw.at
         )));
     }
     Ok(EngineImage {
@@ -812,50 +834,26 @@ impl<'a> Reader<'a> {
         Ok(taken)
     }
 
-    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], CorruptSnapshot> {
-        Ok(self.take(N)?.try_into().expect("took N bytes"))
-    }
-
     /// `count` fixed-size items.
     fn array<const N: usize>(
         &mut self,
         count: usize,
     ) -> Result<impl ExactSizeIterator<Item = [u8; N]> + 'a, CorruptSnapshot> {
-        let len = count
-            .checked_mul(N)
-            .ok_or_else(|| CorruptSnapshot::Body(format!("{count} items overflow")))?;
-        let bytes = self.take(len)?;
+        let bytes = self.take(items_len::<N>(count)?)?;
         Ok(bytes
             .chunks_exact(N)
             .map(|chunk| chunk.try_into().expect("chunks of N")))
     }
 
-    fn u32(&mut self) -> Result<u32, CorruptSnapshot> {
-        self.fixed().map(u32::from_le_bytes)
-    }
-
-    fn i32(&mut self) -> Result<i32, CorruptSnapshot> {
-        self.fixed().map(i32::from_le_bytes)
-    }
-
-    fn u64(&mut self) -> Result<u64, CorruptSnapshot> {
-        self.fixed().map(u64::from_le_bytes)
-    }
-
-    fn i64(&mut self) -> Result<i64, CorruptSnapshot> {
-        self.fixed().map(i64::from_le_bytes)
-    }
-
-    /// A u64 length or count; what it sizes is checked against the bytes left when read.
-    fn len64(&mut self) -> Result<usize, CorruptSnapshot> {
-        let len = self.u64()?;
-        usize::try_from(len)
-            .map_err(|_| CorruptSnapshot::Body(format!("length {len} does not fit in memory")))
-    }
-
     fn str16(&mut self) -> Result<&'a str, CorruptSnapshot> {
         let len = u16::from_le_bytes(self.fixed()?);
         utf8(self.take(usize::from(len))?)
+    }
+}
+
+impl Fields for Reader<'_> {
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], CorruptSnapshot> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
     }
 }
 
@@ -955,10 +953,10 @@ mod tests {
             chunks: whole.chunks(7).map(<[u8]>::to_vec).collect(),
             chunk_size: 7,
             len: whole.len(),
+            at: 3,
             released: 0,
         };
-        let at = &mut 3;
-        let range = raw.take_items::<4>(at, 24).unwrap();
+        let range = raw.take_items::<4>(24).unwrap();
         let mut items: Vec<[u8; 4]> = Vec::new();
         raw.each(range, |item| items.push(item));
         let expected: Vec<[u8; 4]> = whole[3..99]
@@ -966,11 +964,11 @@ mod tests {
             .map(|c| c.try_into().unwrap())
             .collect();
         assert_eq!(items, expected);
-        assert_eq!(*at, 99);
+        assert_eq!(raw.at, 99);
         let mut wide: Vec<[u8; 20]> = Vec::new();
         raw.each(0..100, |item| wide.push(item));
         assert_eq!(wide.concat(), whole, "items wider than a chunk");
-        assert!(raw.take(at, 2).is_err(), "one byte left");
+        assert!(raw.take(2).is_err(), "one byte left");
         for range in [0..0, 0..7, 5..9, 6..30, 98..100] {
             assert_eq!(&*raw.bytes(range.clone()), &whole[range]);
         }
