@@ -252,9 +252,8 @@ impl CustomerIds {
             ..CustomerIds::default()
         };
         // A block's text, checked against where its ids end.
-        let mut text_of = |block: usize, block_start: usize, ends: &[u32]| {
-            let end = block_start + ends.last().map_or(0, |&end| end as usize);
-            let text = block_text(block_start..end)?;
+        let mut text_of = |block: usize, range: Range<usize>, ends: &[u32]| {
+            let text = block_text(range)?;
             match ends.iter().position(|&end| !text.is_char_boundary(end as usize)) {
                 Some(i) => Err(format!(
                     "customer id {} ends inside a character",
@@ -263,11 +262,10 @@ impl CustomerIds {
                 None => Ok(text),
             }
         };
-        let mut block_start = 0usize;
+        let (mut block_start, mut end) = (0usize, 0usize);
         let mut ends = Vec::with_capacity(BLOCK_LEN.min(count));
         for (i, length) in lengths.enumerate() {
-            let start = block_start + ends.last().map_or(0, |&end| end as usize);
-            let end = start + length as usize;
+            end += length as usize;
             if end > text_len {
                 return Err(format!("customer id {i} ends at {end}, outside the id arena"));
             }
@@ -275,20 +273,19 @@ impl CustomerIds {
                 .map_err(|_| format!("block {} of customer ids is over 4 GiB", i >> BLOCK_SHIFT))?;
             ends.push(local_end);
             if ends.len() == BLOCK_LEN {
-                let text = text_of(ids.frozen.len(), block_start, &ends)?;
+                let text = text_of(ids.frozen.len(), block_start..end, &ends)?;
                 ids.frozen.push(IdChunk::new(text, &ends));
                 ends.clear();
                 block_start = end;
             }
         }
-        let last_end = block_start + ends.last().map_or(0, |&end| end as usize);
-        if last_end != text_len {
+        if end != text_len {
             return Err(format!(
                 "{} bytes of the id arena after the last customer id",
-                text_len - last_end
+                text_len - end
             ));
         }
-        ids.open_text = text_of(ids.frozen.len(), block_start, &ends)?.to_string();
+        ids.open_text = text_of(ids.frozen.len(), block_start..end, &ends)?.to_string();
         ids.open_ends = ends;
         Ok(ids)
     }
