@@ -171,9 +171,14 @@ mod tests {
             partition: 0,
             offset,
         };
-        store
-            .write("events", 0, offset, &format::encode(&header, &engine.image()))
-            .unwrap();
+        store::write_whole(
+            store,
+            "events",
+            0,
+            offset,
+            &format::encode(&header, &engine.image()),
+        )
+        .unwrap();
     }
 
     #[test]

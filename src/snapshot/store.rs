@@ -40,17 +40,6 @@ pub trait SnapshotStore: Send + Sync {
     /// It cannot be created (permissions, disk full...).
     fn create(&self, topic: &str, partition: i32, offset: i64) -> io::Result<Box<dyn SnapshotFile>>;
 
-    /// Saves a snapshot of `bytes` atomically and durably, then deletes all but the
-    /// newest `keep`.
-    ///
-    /// # Errors
-    /// Any I/O error (disk full...); the previous snapshots are then untouched.
-    fn write(&self, topic: &str, partition: i32, offset: i64, bytes: &[u8]) -> io::Result<()> {
-        let mut file = self.create(topic, partition, offset)?;
-        file.write_all(bytes)?;
-        file.publish()
-    }
-
     /// Sets a corrupt snapshot aside so it is never read again.
     ///
     /// # Errors
@@ -213,6 +202,20 @@ fn remove_stale(dir: &Path, keep: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Saves `bytes` as one snapshot, created and published at once (tests' shorthand).
+#[cfg(test)]
+pub(crate) fn write_whole(
+    store: &dyn SnapshotStore,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    bytes: &[u8],
+) -> io::Result<()> {
+    let mut file = store.create(topic, partition, offset)?;
+    file.write_all(bytes)?;
+    file.publish()
+}
+
 /// Offsets of the `*.snap` files in `dir`.
 fn offsets_in(dir: &Path) -> io::Result<Vec<i64>> {
     let mut offsets = Vec::new();
@@ -240,9 +243,7 @@ mod tests {
         let store = DirectoryStore::new(dir.path(), 2);
         assert_eq!(store.list("events", 0).unwrap(), Vec::<i64>::new());
         for offset in [5, 90, 17] {
-            store
-                .write("events", 0, offset, format!("at {offset}").as_bytes())
-                .unwrap();
+            write_whole(&store, "events", 0, offset, format!("at {offset}").as_bytes()).unwrap();
         }
         assert_eq!(store.list("events", 0).unwrap(), [90, 17]);
         assert_eq!(store.read("events", 0, 17).unwrap(), b"at 17");
@@ -297,7 +298,7 @@ mod tests {
             .set_modified(long_ago)
             .unwrap();
         assert_eq!(store.list("events", 2).unwrap(), Vec::<i64>::new());
-        store.write("events", 2, 9, b"whole").unwrap();
+        write_whole(&store, "events", 2, 9, b"whole").unwrap();
         assert!(!leftover.exists());
         assert!(young.exists(), "may be another instance's write in progress");
         assert_eq!(store.list("events", 2).unwrap(), [9]);
@@ -307,10 +308,10 @@ mod tests {
     fn a_failed_write_leaves_the_previous_snapshots_alone() {
         let dir = tempfile::tempdir().unwrap();
         let store = DirectoryStore::new(dir.path(), 3);
-        store.write("events", 0, 1, b"one").unwrap();
+        write_whole(&store, "events", 0, 1, b"one").unwrap();
         // The partition directory replaced by a file: every write into it fails.
         let blocked = DirectoryStore::new(dir.path().join("events/0/00000000000000000001.snap"), 3);
-        assert!(blocked.write("events", 0, 2, b"two").is_err());
+        assert!(write_whole(&blocked, "events", 0, 2, b"two").is_err());
         assert_eq!(store.list("events", 0).unwrap(), [1]);
         assert_eq!(store.read("events", 0, 1).unwrap(), b"one");
     }
