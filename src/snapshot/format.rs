@@ -681,15 +681,11 @@ fn write_body(image: &EngineImage, out: &mut ChunkWriter<impl FnMut(Vec<u8>) -> 
     }
     out.put_array((customers as u64).to_le_bytes());
     out.put_array((image.ids.text_len() as u64).to_le_bytes());
-    for (text, _) in image.ids.blocks() {
+    for text in image.ids.block_texts() {
         out.put(text.as_bytes());
     }
-    for (_, ends) in image.ids.blocks() {
-        let mut start = 0;
-        for &end in ends {
-            out.put_array((end - start).to_le_bytes());
-            start = end;
-        }
+    for length in image.ids.lengths() {
+        out.put_array(length.to_le_bytes());
     }
     for customer in &image.customers {
         out.put_array(customer.last_activity.as_millis().to_le_bytes());
