@@ -8,9 +8,10 @@
 //! that is its total once snapshots are on), and the peak while a snapshot file is
 //! encoded from the image into a [`DirectoryStore`] under the system's temporary
 //! directory, as the snapshot thread does (a few chunks of raw body and of compressed
-//! file exist only then); then, the engine and image dropped, the peak while the file
-//! is restored as after a restart (`snapshot::restore`) and what the restored state
-//! holds. The allocator is the service's (jemalloc, with the huge pages
+//! file exist only then); then, the engine and image dropped, the peak and the time
+//! while the file is restored as after a restart (`snapshot::restore`: read, decode,
+//! `Engine::restore`; the freed pages went back to the system, so the restore faults
+//! in fresh memory as a new process does) and what the restored state holds. The allocator is the service's (jemalloc, with the huge pages
 //! `.cargo/config.toml` builds in), told to return freed pages at once
 //! (`MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`), so that tables a growing engine
 //! left behind do not count: the service returns them within jemalloc's decay time
@@ -84,8 +85,10 @@ fn measure(customers: u32, with_message_ids: bool) {
     drop(engine);
     let left = resident_bytes().saturating_sub(before);
     std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak resident size");
+    let restoring = std::time::Instant::now();
     let restored = snapshot::restore(&store, "events", 0, &settings.model, settings.engine)
         .expect("the snapshot restored");
+    let restore_took = restoring.elapsed();
     let restoring_peak = peak_resident_bytes().saturating_sub(before);
     let after_restore = resident_bytes().saturating_sub(before);
     assert_eq!(
@@ -98,7 +101,7 @@ fn measure(customers: u32, with_message_ids: bool) {
         "{customers:>10} customers, {}: {:>8.1} MiB resident, {:>6.1} bytes/customer ({armed} armed); \
          with the snapshot image kept: {:>8.1} MiB, {:>6.1} bytes/customer; \
          peak while encoding a {:.1} MB file: {:>8.1} MiB; \
-         restored from it (from {:.1} MiB left after dropping the state): peak {:>8.1} MiB, then {:>8.1} MiB",
+         restored from it in {:.2} s (from {:.1} MiB left after dropping the state): peak {:>8.1} MiB, then {:>8.1} MiB",
         if with_message_ids {
             "2 messageIds each in the dedup window"
         } else {
@@ -110,6 +113,7 @@ fn measure(customers: u32, with_message_ids: bool) {
         with_image as f64 / f64::from(customers),
         file_size as f64 / 1e6,
         mib(encoding_peak),
+        restore_took.as_secs_f64(),
         mib(left),
         mib(restoring_peak),
         mib(after_restore),
