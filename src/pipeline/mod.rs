@@ -12,25 +12,25 @@
 //! in the consumer context: the loop takes the lock only between polls, the callback
 //! only during one, so it is never contended; it exists because librdkafka requires a
 //! `Sync` context. Delivery reports arrive the same way inside `producer.poll` and
-//! become [`Delivered`] messages on a channel the owner drains.
+//! become `Delivered` messages on a channel the owner drains.
 //!
 //! Guarantees (docs/semantics.md, "Recovery and delivery"):
 //! - at-least-once: an input offset counts as safe once every output it caused is
 //!   delivered ([`offsets`]). With `snapshot.dir`, state is saved per partition
-//!   ([`snapshots`]) only up to a safe offset and only such a snapshot's offset is
+//!   (`snapshots`) only up to a safe offset and only such a snapshot's offset is
 //!   committed; without it, the safe offset itself is committed and every assigned
 //!   partition is rebuilt from its earliest retained offset. On assign, consumption
 //!   starts at the newest valid snapshot's offset, and the outputs of messages below the
 //!   committed offset (delivered before) are not sent again.
 //! - exactly-once: outputs and input offsets are committed together in one Kafka
-//!   transaction every [`TRANSACTION_EVERY`]; a snapshot is written only up to a
+//!   transaction every `TRANSACTION_EVERY`; a snapshot is written only up to a
 //!   committed transaction. A failed transaction is aborted (when librdkafka says it
 //!   must be) and the service stops: the restart rewinds to the committed state.
 //!
 //! Outputs carry content-derived ids, so anything emitted again is recognisable
 //! downstream.
 //!
-//! Telemetry: the loop counts what it does into `Control::metrics` ([`instruments`]
+//! Telemetry: the loop counts what it does into `Control::metrics` (`instruments`
 //! holds the mapping), refreshes the partition gauges every tick, and publishes
 //! readiness in [`Control`]; the HTTP endpoint (`crate::telemetry::http`) reads both.
 

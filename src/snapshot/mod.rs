@@ -10,7 +10,7 @@
 //!     -> corrupt? quarantine, count, try the next older -> none left: start empty
 //! ```
 //!
-//! - [`format`]: the file layout (versioned header, LZ4 body, crc32c).
+//! - [`format`](mod@format): the file layout (versioned header, LZ4 body, crc32c).
 //! - [`store`]: the storage trait and the directory implementation.
 //!
 //! The scheduling (when to take one, when it counts as durable) is the pipeline's:
