@@ -37,8 +37,6 @@ write_config "$work/load.toml" load "127.0.0.1:$(free_port)" "$work/snapshots-lo
     --days 60 --events "$events" --start "$(date -u -d '120 days ago' +%Y-%m-%dT%H:%M:%SZ)" --seed 1 \
     >/dev/null 2>&1
 
-ticks=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 thp_faults() { awk '/^thp_fault_alloc/ {print $2}' /proc/vmstat; }
 for round in $(seq "$rounds"); do
     for variant in "$@"; do

@@ -11,6 +11,7 @@
 #                                 the five-stage preset wired to those topics, group
 #                                 GROUP, /metrics on HTTP, snapshots under SNAPSHOTS,
 #                                 extra lines for [kafka.consumer]
+#   cpu_ticks PID                 the process's user + system CPU so far, in $ticks a second
 # Consumers use fetch.wait.max.ms=$fetch_wait_ms (5): tansu holds every fetch for the
 # full wait even when data is ready.
 
@@ -29,6 +30,9 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+
+ticks=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -13,7 +13,9 @@
 #    20) while the service runs and prints p50/p99 event-to-output latency of the stage
 #    transitions: from the Kafka timestamp `loadgen` gives each event to the moment a
 #    consumer reads the transition; and, as the floor, the same for the input events
-#    themselves (produced -> read by that consumer, without stagestream in the path).
+#    themselves (produced -> read by that consumer, without stagestream in the path);
+#    and the CPU seconds each process in the path used meanwhile (the service, tansu,
+#    loadgen, the probe), against the machine's cores times the phase's wall time.
 #
 # Both consumers use fetch.wait.max.ms=5: tansu holds every fetch for the full wait
 # even when data is ready. STAGESTREAM=PATH runs another build of the service (to
@@ -53,14 +55,27 @@ run=${run#rate=}
 
 offered="${LATENCY_RATE:-$((run / 2))}"
 echo "== latency at $offered events/s (half of (b) unless LATENCY_RATE) for ${latency_seconds}s"
-coproc LATENCY { "$probe" --bootstrap "$bootstrap" --fetch-wait-ms "$fetch_wait_ms" \
+coproc LATENCY { exec "$probe" --bootstrap "$bootstrap" --fetch-wait-ms "$fetch_wait_ms" \
     latency --input events --output journey-stages --partitions "$partitions" \
     --duration "$((latency_seconds + 2))s"; }
 pids+=("$LATENCY_PID")
 read -r ready <&"${LATENCY[0]}"
 [[ "$ready" == ready ]] || { echo "latency probe did not start: $ready" >&2; exit 1; }
-"$stagestream" loadgen --config "$config" --customers "$((offered * latency_seconds / 25 + 1000))" \
-    --days 60 --rate "$offered" --duration "${latency_seconds}s" --seed 2
+cpu_before="$(cpu_ticks "$service") $(cpu_ticks "$tansu_pid") $(cpu_ticks "$LATENCY_PID")"
+# bash's `time` gives loadgen's own CPU (its output and logs stay on stderr, fd 3).
+TIMEFORMAT='%R %U %S'
+{ time "$stagestream" loadgen --config "$config" --customers "$((offered * latency_seconds / 25 + 1000))" \
+    --days 60 --rate "$offered" --duration "${latency_seconds}s" --seed 2 2>&3; } 3>&2 2>"$work/loadgen.time"
+cpu_after="$(cpu_ticks "$service") $(cpu_ticks "$tansu_pid") $(cpu_ticks "$LATENCY_PID")"
+read -r wall loadgen_user loadgen_system <"$work/loadgen.time"
+cpu=$(awk -v before="$cpu_before" -v after="$cpu_after" -v hz="$ticks" -v wall="$wall" \
+    -v loadgen="$(awk -v u="$loadgen_user" -v s="$loadgen_system" 'BEGIN { print u + s }')" \
+    -v cores="$(nproc)" 'BEGIN {
+        split(before, b); split(after, a)
+        service = (a[1] - b[1]) / hz; broker = (a[2] - b[2]) / hz; probe = (a[3] - b[3]) / hz
+        printf "cpu_s_service=%.2f cpu_s_broker=%.2f cpu_s_loadgen=%.2f cpu_s_probe=%.2f busy=%.0f%%_of_%d_cores_over_%.1fs",
+            service, broker, loadgen, probe, 100 * (service + broker + loadgen + probe) / (cores * wall), cores, wall
+    }')
 read -r latency <&"${LATENCY[0]}"
 
 kill -TERM "$service"
@@ -72,3 +87,4 @@ echo "bare_consumer_rate=$bare"
 echo "stagestream_run_rate=$run"
 awk -v run="$run" -v bare="$bare" 'BEGIN { printf "ratio=%.2f\n", run / bare }'
 echo "offered_rate=$offered $latency"
+echo "$cpu"
