@@ -313,6 +313,18 @@ impl RawBody {
         self.take(items_len::<N>(count)?)
     }
 
+    /// The next `count` items of `N` bytes, each made into a `T`.
+    fn items<const N: usize, T>(
+        &mut self,
+        count: usize,
+        make: impl Fn([u8; N]) -> T,
+    ) -> Result<Vec<T>, CorruptSnapshot> {
+        let range = self.take_items::<N>(count)?;
+        let mut items = Vec::with_capacity(count);
+        self.each(range, |item| items.push(make(item)));
+        Ok(items)
+    }
+
     /// Sets a field of each of `states` from the next column, one `N`-byte item per
     /// customer.
     fn column<const N: usize>(
@@ -728,11 +740,7 @@ fn decode_body(mut raw: RawBody) -> Result<EngineImage, CorruptSnapshot> {
     let id_text = raw.take(arena_len)?;
     // The lengths follow the text they cut: read first, so the text is let go block by
     // block as the ids are built.
-    let range = raw.take_items::<4>(customers)?;
-    let mut lengths = Vec::with_capacity(customers);
-    raw.each::<4>(range, |length| {
-        lengths.push(u32::from_le_bytes(length));
-    });
+    let lengths = raw.items(customers, u32::from_le_bytes)?;
     let ids = CustomerIds::from_concatenated(arena_len, lengths.into_iter(), |block| {
         let block = id_text.start + block.start..id_text.start + block.end;
         let text = raw.text(block.clone(), |text| Arc::<str>::from(text))?;
@@ -741,17 +749,13 @@ fn decode_body(mut raw: RawBody) -> Result<EngineImage, CorruptSnapshot> {
     })
     .map_err(CorruptSnapshot::Body)?;
     raw.release_before(raw.at);
-    let range = raw.take_items::<8>(customers)?;
-    let mut states = Vec::with_capacity(customers);
-    raw.each::<8>(range, |time| {
-        states.push(CustomerImage {
-            last_activity: EventTime::from_millis(i64::from_le_bytes(time)),
-            stage: StageId(0),
-            armed: None,
-            ladder: 0,
-            stage_entered: 0,
-        });
-    });
+    let mut states = raw.items(customers, |time| CustomerImage {
+        last_activity: EventTime::from_millis(i64::from_le_bytes(time)),
+        stage: StageId(0),
+        armed: None,
+        ladder: 0,
+        stage_entered: 0,
+    })?;
     // The other columns, one pass each over the customers the first one made.
     raw.column(&mut states, |state, [stage]| state.stage = StageId(stage))?;
     raw.column(&mut states, |state, [armed]| {
@@ -763,22 +767,14 @@ fn decode_body(mut raw: RawBody) -> Result<EngineImage, CorruptSnapshot> {
     })?;
     raw.release_before(raw.at);
     let counter_count = raw.len64()?;
-    let range = raw.take_items::<4>(counter_count)?;
-    let mut counters = Vec::with_capacity(counter_count);
-    raw.each::<4>(range, |counter| {
-        counters.push(u32::from_le_bytes(counter));
-    });
+    let counters = raw.items(counter_count, u32::from_le_bytes)?;
     raw.release_before(raw.at);
     let dedup_count = raw.len64()?;
-    let range = raw.take_items::<20>(dedup_count)?;
-    let mut dedup = Vec::with_capacity(dedup_count);
-    raw.each::<20>(range, |entry| {
-        dedup.push(DedupEntry {
-            customer: CustomerRef(u32::from_le_bytes(entry[..4].try_into().expect("4 bytes"))),
-            digest: u64::from_le_bytes(entry[4..12].try_into().expect("8 bytes")),
-            seen_at: EventTime::from_millis(i64::from_le_bytes(entry[12..].try_into().expect("8 bytes"))),
-        });
-    });
+    let dedup = raw.items(dedup_count, |entry: [u8; 20]| DedupEntry {
+        customer: CustomerRef(u32::from_le_bytes(entry[..4].try_into().expect("4 bytes"))),
+        digest: u64::from_le_bytes(entry[4..12].try_into().expect("8 bytes")),
+        seen_at: EventTime::from_millis(i64::from_le_bytes(entry[12..].try_into().expect("8 bytes"))),
+    })?;
     if raw.at != raw.len {
         return Err(CorruptSnapshot::Body(format!(
             "{} bytes after the state",
