@@ -69,10 +69,10 @@ TIMEFORMAT='%R %U %S'
 cpu_after="$(cpu_ticks "$service") $(cpu_ticks "$tansu_pid") $(cpu_ticks "$LATENCY_PID")"
 read -r wall loadgen_user loadgen_system <"$work/loadgen.time"
 cpu=$(awk -v before="$cpu_before" -v after="$cpu_after" -v hz="$ticks" -v wall="$wall" \
-    -v loadgen="$(awk -v u="$loadgen_user" -v s="$loadgen_system" 'BEGIN { print u + s }')" \
-    -v cores="$(nproc)" 'BEGIN {
+    -v loadgen_user="$loadgen_user" -v loadgen_system="$loadgen_system" -v cores="$(nproc)" 'BEGIN {
         split(before, b); split(after, a)
         service = (a[1] - b[1]) / hz; broker = (a[2] - b[2]) / hz; probe = (a[3] - b[3]) / hz
+        loadgen = loadgen_user + loadgen_system
         printf "cpu_s_service=%.2f cpu_s_broker=%.2f cpu_s_loadgen=%.2f cpu_s_probe=%.2f busy=%.0f%%_of_%d_cores_over_%.1fs",
             service, broker, loadgen, probe, 100 * (service + broker + loadgen + probe) / (cores * wall), cores, wall
     }')
