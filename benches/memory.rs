@@ -11,11 +11,11 @@
 //! file exist only then); then, the engine and image dropped, the peak and the time
 //! while the file is restored as after a restart (`snapshot::restore`: read, decode,
 //! `Engine::restore`; the freed pages went back to the system, so the restore faults
-//! in fresh memory as a new process does) and what the restored state holds. The allocator is the service's (jemalloc, with the huge pages
-//! `.cargo/config.toml` builds in), told to return freed pages at once
-//! (`MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`), so that tables a growing engine
-//! left behind do not count: the service returns them within jemalloc's decay time
-//! (10 s by default). Run: `cargo bench --bench memory`
+//! in fresh memory as a new process does) and what the restored state holds. The
+//! allocator is the service's (jemalloc, with the huge pages `.cargo/config.toml` builds
+//! in), told to return freed pages at once (`MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`),
+//! so that tables a growing engine left behind do not count: the service returns them
+//! within jemalloc's decay time (10 s by default). Run: `cargo bench --bench memory`
 //! (optionally `-- 1000000 10000000`). Figures: README and docs/performance.md.
 
 mod support;
