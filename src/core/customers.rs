@@ -72,7 +72,7 @@ impl CustomerTable {
     /// The ref of `id`, if it was seen before.
     pub fn get(&self, id: &str) -> Option<CustomerRef> {
         let hash = self.hasher.hash_one(id);
-        self.index.find(hash, |&r| self.ids.get(r) == id).copied()
+        self.index.find(hash, |&r| self.ids.is(r, id)).copied()
     }
 
     /// The ref of `id`, interning it as the next ref if it is new.
@@ -81,7 +81,7 @@ impl CustomerTable {
     /// Past 4,294,967,295 customers in one table.
     pub fn intern(&mut self, id: &str) -> (CustomerRef, Interned) {
         let hash = self.hasher.hash_one(id);
-        if let Some(&found) = self.index.find(hash, |&r| self.ids.get(r) == id) {
+        if let Some(&found) = self.index.find(hash, |&r| self.ids.is(r, id)) {
             return (found, Interned::Existing);
         }
         let new = CustomerRef(u32::try_from(self.ids.len()).expect("at most u32::MAX customers"));
@@ -117,7 +117,7 @@ impl CustomerTable {
             .collect();
         for (hash, customer) in by_table_region(hashed) {
             // Refs now come in no order: the id is read only when a control byte matches.
-            let same_id = |&r: &CustomerRef| ids.get(r) == ids.get(customer);
+            let same_id = |&r: &CustomerRef| ids.is(r, ids.get(customer));
             if table.index.find(hash, same_id).is_some() {
                 return Err(format!("customer id {:?} appears twice", ids.get(customer)));
             }
@@ -146,8 +146,11 @@ impl CustomerTable {
 /// that keeps 381 MiB out of each image (docs/performance.md, "Memory per customer").
 ///
 /// Invariant: every block before the last is frozen (`frozen.len() == len >>
-/// BLOCK_SHIFT`), and a full block is cut `Cut::Uniform` exactly when its ids are all one
-/// length, so two equal lists of ids are chunked alike and compare equal.
+/// BLOCK_SHIFT`), a full block is cut `Cut::Uniform` exactly when its ids are all one
+/// length, and `open_length` is that length for the open block, so two equal lists of
+/// ids are chunked alike and compare equal. A lookup compares a candidate's length
+/// before its text ([`CustomerIds::is`]), and cuts one-length ids by arithmetic in the
+/// open block as in a frozen one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CustomerIds {
     frozen: Vec<IdChunk>,
@@ -155,6 +158,9 @@ pub struct CustomerIds {
     open_text: String,
     /// `open_ends[i]` is where the open block's `i`th id ends in `open_text`.
     open_ends: Vec<u32>,
+    /// The length of every id of the open block while they all have one (`None` when
+    /// it is empty or two differ): a lookup cuts them as it cuts a `Cut::Uniform` block.
+    open_length: Option<u32>,
 }
 
 /// A full block's ids, concatenated in `text` and cut where [`Cut`] says.
@@ -177,46 +183,60 @@ enum Cut {
 }
 
 impl IdChunk {
-    /// Freezes a full block's ids, `ends[i]` where the `i`th ends in `text`.
-    fn new(text: Arc<str>, ends: &[u32]) -> Self {
-        let first = u64::from(ends[0]);
-        let uniform = ends.iter().zip(1..).all(|(&end, i)| u64::from(end) == first * i);
+    /// Freezes a full block's ids, `ends[i]` where the `i`th ends in `text`, all
+    /// `uniform` bytes long if that is known.
+    fn new(text: Arc<str>, ends: &[u32], uniform: Option<u32>) -> Self {
         IdChunk {
             text,
-            cut: if uniform {
-                Cut::Uniform(ends[0])
-            } else {
-                Cut::Ends(Arc::from(ends))
+            cut: match uniform {
+                Some(length) => Cut::Uniform(length),
+                None => Cut::Ends(Arc::from(ends)),
             },
         }
     }
 
-    fn id(&self, place: usize) -> &str {
+    fn cuts(&self) -> Cuts<'_> {
         match &self.cut {
-            Cut::Uniform(length) => {
-                let length = *length as usize;
-                &self.text[place * length..(place + 1) * length]
+            Cut::Uniform(length) => Cuts::Uniform(*length),
+            Cut::Ends(ends) => Cuts::Ends(ends),
+        }
+    }
+}
+
+/// Where a block's ids end in its text, frozen ([`Cut`]) or open alike.
+#[derive(Clone, Copy)]
+enum Cuts<'a> {
+    Uniform(u32),
+    Ends(&'a [u32]),
+}
+
+impl Cuts<'_> {
+    /// The byte range of the `place`th id.
+    #[inline]
+    fn range(self, place: usize) -> Range<usize> {
+        match self {
+            Cuts::Uniform(length) => place * length as usize..(place + 1) * length as usize,
+            Cuts::Ends(ends) => {
+                let start = if place == 0 { 0 } else { ends[place - 1] as usize };
+                start..ends[place] as usize
             }
-            Cut::Ends(ends) => cut_at_ends(&self.text, ends, place),
         }
     }
 
-    fn length(&self, place: usize) -> u32 {
-        match &self.cut {
-            Cut::Uniform(length) => *length,
-            Cut::Ends(ends) => length_at_ends(ends, place),
-        }
+    /// The length of the `place`th id, known without reading the text.
+    #[inline]
+    fn length(self, place: usize) -> usize {
+        self.range(place).len()
     }
 }
 
-/// The `place`th id of `text`, cut at `ends`.
-fn cut_at_ends<'a>(text: &'a str, ends: &[u32], place: usize) -> &'a str {
-    let start = if place == 0 { 0 } else { ends[place - 1] as usize };
-    &text[start..ends[place] as usize]
-}
-
-fn length_at_ends(ends: &[u32], place: usize) -> u32 {
-    ends[place] - if place == 0 { 0 } else { ends[place - 1] }
+/// The length shared by every one of `ends`' ids, if they share one.
+fn uniform_length(ends: &[u32]) -> Option<u32> {
+    let first = u64::from(*ends.first()?);
+    ends.iter()
+        .zip(1..)
+        .all(|(&end, i)| u64::from(end) == first * i)
+        .then_some(first as u32)
 }
 
 const BLOCK_LEN: usize = 1 << BLOCK_SHIFT;
@@ -236,11 +256,34 @@ impl CustomerIds {
     /// If `customer` is not below [`CustomerIds::len`].
     #[inline]
     pub fn get(&self, customer: CustomerRef) -> &str {
+        let (text, cuts, place) = self.locate(customer);
+        &text[cuts.range(place)]
+    }
+
+    /// Whether `customer`'s id is `id`: [`CustomerIds::get`] compared, without
+    /// reading the text when the lengths differ (the lookup's check of a candidate).
+    ///
+    /// # Panics
+    /// If `customer` is not below [`CustomerIds::len`].
+    #[inline]
+    pub fn is(&self, customer: CustomerRef, id: &str) -> bool {
+        let (text, cuts, place) = self.locate(customer);
+        cuts.length(place) == id.len() && text.as_bytes()[cuts.range(place)] == *id.as_bytes()
+    }
+
+    /// The text of `customer`'s block, where its ids are cut, and the customer's place.
+    #[inline]
+    fn locate(&self, customer: CustomerRef) -> (&str, Cuts<'_>, usize) {
         let place = customer.index() & (BLOCK_LEN - 1);
         match self.frozen.get(customer.block()) {
-            Some(chunk) => chunk.id(place),
-            None => cut_at_ends(&self.open_text, &self.open_ends, place),
+            Some(chunk) => (&chunk.text, chunk.cuts(), place),
+            None => (&self.open_text, self.open_cuts(), place),
         }
+    }
+
+    fn open_cuts(&self) -> Cuts<'_> {
+        self.open_length
+            .map_or(Cuts::Ends(&self.open_ends), Cuts::Uniform)
     }
 
     /// Appends `id` as the next ref's.
@@ -249,11 +292,18 @@ impl CustomerIds {
     /// If one block's ids come to more than 4 GiB (4,096 ids of 1 MiB each would not).
     pub fn push(&mut self, id: &str) {
         let end = u32::try_from(self.open_text.len() + id.len()).expect("a block's ids fit in 4 GiB");
+        let length = end - self.open_text.len() as u32;
+        self.open_length = match self.open_length {
+            _ if self.open_ends.is_empty() => Some(length),
+            same @ Some(uniform) if uniform == length => same,
+            _ => None,
+        };
         self.open_text.push_str(id);
         self.open_ends.push(end);
         if self.open_ends.len() == BLOCK_LEN {
+            let text = Arc::from(self.open_text.as_str());
             self.frozen
-                .push(IdChunk::new(Arc::from(self.open_text.as_str()), &self.open_ends));
+                .push(IdChunk::new(text, &self.open_ends, self.open_length.take()));
             self.open_text.clear();
             self.open_ends.clear();
         }
@@ -275,12 +325,11 @@ impl CustomerIds {
     /// Each id's length in bytes, in ref order: where [`CustomerIds::block_texts`] are
     /// cut.
     pub fn lengths(&self) -> impl Iterator<Item = u32> + '_ {
-        let frozen = self
-            .frozen
-            .iter()
-            .flat_map(|chunk| (0..BLOCK_LEN).map(|place| chunk.length(place)));
-        let open = (0..self.open_ends.len()).map(|place| length_at_ends(&self.open_ends, place));
-        frozen.chain(open)
+        let frozen = self.frozen.iter().map(|chunk| (chunk.cuts(), BLOCK_LEN));
+        let open = std::iter::once((self.open_cuts(), self.open_ends.len()));
+        frozen
+            .chain(open)
+            .flat_map(|(cuts, count)| (0..count).map(move |place| cuts.length(place) as u32))
     }
 
     /// The ids cut at `lengths` from an arena of `text_len` bytes, one per ref, the
@@ -327,7 +376,7 @@ impl CustomerIds {
             ends.push(local_end);
             if ends.len() == BLOCK_LEN {
                 let text = text_of(ids.frozen.len(), block_start..end, &ends)?;
-                ids.frozen.push(IdChunk::new(text, &ends));
+                ids.frozen.push(IdChunk::new(text, &ends, uniform_length(&ends)));
                 ends.clear();
                 block_start = end;
             }
@@ -339,6 +388,7 @@ impl CustomerIds {
             ));
         }
         ids.open_text = text_of(ids.frozen.len(), block_start..end, &ends)?.to_string();
+        ids.open_length = uniform_length(&ends);
         ids.open_ends = ends;
         Ok(ids)
     }
@@ -520,6 +570,30 @@ mod tests {
         for (r, id) in ids.iter().enumerate() {
             assert_eq!(table.get(id), Some(CustomerRef(r as u32)));
         }
+    }
+
+    #[test]
+    fn cuts_the_open_block_by_one_length_until_an_id_of_another_arrives() {
+        let mut table = CustomerTable::default();
+        let mut seen = Vec::new();
+        for id in ["hi", "jk", "l", "mn"] {
+            table.intern(id);
+            seen.push(id);
+            let held = table.ids();
+            let uniform = seen.iter().all(|s| s.len() == seen[0].len());
+            assert_eq!(held.open_length, uniform.then_some(2), "after {seen:?}");
+            for (r, id) in seen.iter().enumerate() {
+                let customer = CustomerRef(r as u32);
+                assert_eq!(held.get(customer), *id);
+                assert_eq!(table.get(id), Some(customer));
+                assert!(held.is(customer, id));
+                assert!(!held.is(customer, "zz") && !held.is(customer, "") && !held.is(customer, "hij"));
+            }
+            // A rebuilt copy cuts its open block the same way.
+            let (text, lengths) = concatenated(&table);
+            assert_eq!(from_text(&text, &lengths).as_ref(), Ok(held));
+        }
+        assert_eq!(table.get("h"), None);
     }
 
     #[test]
