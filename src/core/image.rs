@@ -39,12 +39,19 @@ pub struct CustomerImage {
 /// One remembered `messageId` digest. The window keeps the digest's high 52 bits (its
 /// low [`BLOCK_SHIFT`](super::customers::BLOCK_SHIFT) bits are zero here), which is
 /// all it compares.
+///
+/// Packed to 4-byte alignment: 20 bytes instead of 24, since an image holds one per
+/// remembered id (20M at 10M customers with two each: 76 MiB less in every image).
+/// Fields are read by value; a reference to one does not compile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, packed(4))]
 pub struct DedupEntry {
     pub customer: CustomerRef,
     pub digest: u64,
     pub seen_at: EventTime,
 }
+
+const _: () = assert!(std::mem::size_of::<DedupEntry>() == 20);
 
 /// Everything an engine knows, as plain data.
 #[derive(Clone, Debug, PartialEq, Eq)]
