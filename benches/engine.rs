@@ -1,6 +1,6 @@
 //! The replay hot path over a realistic generated mix, split into its stages so the
-//! ratios say where time goes: decode only, engine only (pre-decoded), and
-//! decode + engine + CloudEvents rendering (what `replay` does, minus file I/O).
+//! ratios say where time goes: decode only, engine only (pre-decoded), decode + engine,
+//! and decode + engine + CloudEvents rendering (what `replay` does, minus file I/O).
 //! `decode/serde_json` is the yardstick issue 6 quotes (~450 ns a line): the same lines
 //! decoded by plain `serde_json` into borrowed structs, `properties` kept raw and
 //! `context` skipped, so it does less than `replay/decode` (which also validates and
@@ -93,6 +93,22 @@ fn bench(c: &mut Criterion) {
                     outputs.clear();
                     engine.on_event(event, outputs);
                 }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    // What rendering adds to the path: the same without it.
+    group.bench_function("decode+engine", |b| {
+        b.iter_batched_ref(
+            || (Engine::new(Arc::clone(&model), settings.engine), Vec::new()),
+            |(engine, outputs)| {
+                for line in &lines {
+                    let Ok(event) = decode(line, &model) else { continue };
+                    outputs.clear();
+                    engine.on_event(&event, outputs);
+                }
+                black_box(outputs.len())
             },
             BatchSize::LargeInput,
         )
