@@ -43,7 +43,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use prometheus::IntCounter;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
@@ -59,7 +58,8 @@ use crate::output::{Rendered, Renderer};
 use crate::snapshot::{self, DirectoryStore, SnapshotError, SnapshotStore};
 use crate::telemetry::Metrics;
 use instruments::{
-    count_commit, record_client_statistics, Consumed, OutputCounters, PartitionLabels, CONSUMED_RESULTS,
+    count_commit, record_client_statistics, Consumed, MessageInstruments, OutputCounters, PartitionLabels,
+    CONSUMED_RESULTS,
 };
 use offsets::OffsetTracker;
 use snapshots::{encode_into_file, Done, Pending, Progress, SnapshotThread, Ticket};
@@ -279,15 +279,7 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
         fatal: None,
         control: control.clone(),
         invalid_warnings: RateLimited::new(Duration::from_secs(10)),
-        consumed: CONSUMED_RESULTS.map(|result| control.metrics.events_consumed.with_label_values(&[result])),
-        produced: Sent::ALL.map(|sent| {
-            ["ok", "error"].map(|result| {
-                control
-                    .metrics
-                    .produced
-                    .with_label_values(&[sent.label(), result])
-            })
-        }),
+        instruments: MessageInstruments::new(&control.metrics, Sent::ALL.map(Sent::label)),
         deadline: None,
     };
     info!(properties = %consumer_properties, "creating consumer");
@@ -349,8 +341,11 @@ fn owner_loop(consumer: &BaseConsumer<ConsumerHooks>, control: &Control) -> Resu
     let mut last_tick = wall.anchor;
     let mut since_service = 0u32;
     let mut poll_timeout = POLL_TIMEOUT;
+    let mut busy = false;
     while !control.stopping() {
-        let polled = consumer.poll(poll_timeout);
+        // While messages keep coming, a poll does not wait: librdkafka reads the clock
+        // to set up a timeout, one of the six reads a message costs.
+        let polled = consumer.poll(if busy { Duration::ZERO } else { poll_timeout });
         // One monotonic reading per message serves the wall clock, the tick, the
         // produce latency and the start of the processing time: clock reads were 14% of
         // the owner thread's samples in a drain (~30 ns each; librdkafka's poll makes
@@ -374,6 +369,7 @@ fn owner_loop(consumer: &BaseConsumer<ConsumerHooks>, control: &Control) -> Resu
             }
             None => true,
         };
+        busy = !idle;
         since_service += 1;
         let tick_due = polled_at.duration_since(last_tick) >= TICK;
         if idle || since_service >= SERVICE_EVERY || tick_due {
@@ -624,12 +620,9 @@ struct Worker {
     fatal: Option<PipelineError>,
     control: Arc<Control>,
     invalid_warnings: RateLimited,
-    /// `stagestream_events_consumed_total` by [`Consumed`], resolved once: a lookup by
-    /// label value per message would hash it.
-    consumed: [IntCounter; 5],
-    /// `stagestream_produced_messages_total` by [`Sent`] and result (ok, error),
-    /// resolved once for the same reason.
-    produced: [[IntCounter; 2]; 3],
+    /// The per-message counters and histograms, flushed to the shared metrics at every
+    /// service step.
+    instruments: MessageInstruments,
     /// Set once shutdown began: flushes in callbacks must end by then.
     deadline: Option<Instant>,
     /// Exactly-once mode: the open transaction; `None` in at-least-once mode.
@@ -653,8 +646,7 @@ impl Worker {
     /// Handles one message; `polled_at` is when the poll returned it.
     fn on_message(&mut self, message: &BorrowedMessage<'_>, now: EventTime, polled_at: Instant) {
         self.handle_message(message, now, polled_at);
-        self.control
-            .metrics
+        self.instruments
             .processing
             .observe(polled_at.elapsed().as_secs_f64());
     }
@@ -677,7 +669,7 @@ impl Worker {
             transaction.work = true;
         }
         let metrics = &self.control.metrics;
-        let consumed = &self.consumed;
+        let consumed = &self.instruments.consumed;
         let offset = message.offset();
         let suppressed = state.suppress_below.is_some_and(|below| offset < below);
         if suppressed {
@@ -718,7 +710,7 @@ impl Worker {
                 consumed[Consumed::from(verdict) as usize].inc();
                 if verdict == Verdict::Applied {
                     let delay = now.as_millis().saturating_sub(event.timestamp.as_millis()).max(0);
-                    metrics.event_delay.observe(delay as f64 / 1e3);
+                    self.instruments.event_delay.observe(delay as f64 / 1e3);
                 }
                 match verdict {
                     Verdict::Late => (
@@ -1153,6 +1145,7 @@ impl Worker {
                 break;
             }
         }
+        self.instruments.flush();
         self.advance_snapshots();
         self.capture_images();
         match &self.transaction {
@@ -1220,8 +1213,8 @@ impl Worker {
         let now = Instant::now();
         while let Ok(Delivered { tag, error }) = self.deliveries.try_recv() {
             drained += 1;
-            self.produced[tag.sent as usize][usize::from(error.is_some())].inc();
-            metrics
+            self.instruments.produced[tag.sent as usize][usize::from(error.is_some())].inc();
+            self.instruments
                 .produce_latency
                 .observe(now.saturating_duration_since(tag.enqueued_at).as_secs_f64());
             if error.is_none() && tag.sent == Sent::DeadLetter {
@@ -1282,6 +1275,7 @@ impl Worker {
             warn!(%error, "flush did not complete");
         }
         self.drain_deliveries();
+        self.instruments.flush();
         self.partitions.values().map(|s| s.offsets.in_flight()).sum()
     }
 
