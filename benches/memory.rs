@@ -15,8 +15,11 @@
 //! allocator is the service's (jemalloc, with the huge pages `.cargo/config.toml` builds
 //! in), told to return freed pages at once (`MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`),
 //! so that tables a growing engine left behind do not count: the service returns them
-//! within jemalloc's decay time (10 s by default). Run: `cargo bench --bench memory`
-//! (optionally `-- 1000000 10000000`). Figures: README and docs/performance.md.
+//! within jemalloc's decay time (10 s by default). Last, a process of its own restores
+//! the same file under the service's allocator settings as they are (pages a restore
+//! frees, the file's and the raw body's, are reused rather than returned): a restart
+//! exactly, its time and peak. Run: `cargo bench --bench memory` (optionally `--
+//! 1000000 10000000`). Figures: README and docs/performance.md.
 
 mod support;
 
@@ -68,8 +71,7 @@ fn measure(customers: u32, with_message_ids: bool) {
         partition: 0,
         offset: 0,
     };
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = DirectoryStore::new(dir.path(), 1);
+    let store = case_store();
     let mut file = store.create("events", 0, 0).expect("a snapshot file");
     let file_size = encode_to(&header, &image, &mut file).expect("the snapshot written");
     let encoding_peak = peak_resident_bytes().saturating_sub(before);
@@ -121,13 +123,54 @@ fn measure(customers: u32, with_message_ids: bool) {
     std::hint::black_box(&restored);
 }
 
+/// The store in the folder the parent named, shared by a case and its restart.
+fn case_store() -> DirectoryStore {
+    let dir = std::env::var_os(DIR).expect("the parent names the snapshot folder");
+    DirectoryStore::new(std::path::Path::new(&dir), 1)
+}
+
+/// Restores the snapshot [`measure`] left in the folder, in this fresh process.
+fn restart(customers: u32, with_message_ids: bool) {
+    let settings = support::five_stage();
+    let store = case_store();
+    let before = resident_bytes();
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak resident size");
+    let restoring = std::time::Instant::now();
+    let restored = snapshot::restore(&store, "events", 0, &settings.model, settings.engine)
+        .expect("the snapshot restored");
+    let restore_took = restoring.elapsed();
+    let restoring_peak = peak_resident_bytes().saturating_sub(before);
+    let after_restore = resident_bytes().saturating_sub(before);
+    assert_eq!(
+        restored.engine.customer_count(),
+        customers as usize,
+        "every customer restored"
+    );
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    println!(
+        "{customers:>10} customers, {}: restored in a process of its own, the allocator's settings \
+         as the service's: {:.2} s, peak {:>8.1} MiB, then {:>8.1} MiB",
+        if with_message_ids {
+            "2 messageIds each"
+        } else {
+            "no messageIds"
+        },
+        restore_took.as_secs_f64(),
+        mib(restoring_peak),
+        mib(after_restore),
+    );
+    std::hint::black_box(&restored);
+}
+
 fn main() {
     // Each case runs in a fresh process: memory a previous engine left to the
     // allocator would otherwise be reused and go uncounted.
-    if let Ok(case) = std::env::var(CASE) {
-        let (count, ids) = case.split_once(':').expect("N:ids or N:none");
-        measure(count.parse().expect("a customer count"), ids == "ids");
-        return;
+    for (variable, run) in [(CASE, measure as fn(u32, bool)), (RESTART, restart)] {
+        if let Ok(case) = std::env::var(variable) {
+            let (count, ids) = case.split_once(':').expect("N:ids or N:none");
+            run(count.parse().expect("a customer count"), ids == "ids");
+            return;
+        }
     }
     let counts: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let counts = if counts.is_empty() {
@@ -138,15 +181,29 @@ fn main() {
     let me = std::env::current_exe().expect("the bench binary");
     for count in counts {
         for ids in ["none", "ids"] {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let case = format!("{count}:{ids}");
             let status = std::process::Command::new(&me)
-                .env(CASE, format!("{count}:{ids}"))
+                .env(CASE, &case)
+                .env(DIR, dir.path())
                 .env("MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
                 .status()
                 .expect("run one case");
-            assert!(status.success(), "case {count}:{ids} failed");
+            assert!(status.success(), "case {case} failed");
+            let status = std::process::Command::new(&me)
+                .env(RESTART, &case)
+                .env(DIR, dir.path())
+                .env_remove("MALLOC_CONF")
+                .status()
+                .expect("restore the case's snapshot");
+            assert!(status.success(), "restart of case {case} failed");
         }
     }
 }
 
 /// Set to `N:ids` or `N:none` to measure one case in this process.
 const CASE: &str = "MEMORY_BENCH_CASE";
+/// Set to `N:ids` or `N:none` to restore that case's snapshot in this process.
+const RESTART: &str = "MEMORY_BENCH_RESTART";
+/// The folder a case writes its snapshot to and its restart reads it from.
+const DIR: &str = "MEMORY_BENCH_DIR";
