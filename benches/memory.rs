@@ -25,6 +25,7 @@ mod support;
 
 use std::sync::Arc;
 
+use stagestream::config::Settings;
 use stagestream::core::Engine;
 use stagestream::snapshot::format::{encode_to, Header};
 use stagestream::snapshot::{self, DirectoryStore, SnapshotStore};
@@ -86,19 +87,7 @@ fn measure(customers: u32, with_message_ids: bool) {
     drop(image);
     drop(engine);
     let left = resident_bytes().saturating_sub(before);
-    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak resident size");
-    let restoring = std::time::Instant::now();
-    let restored = snapshot::restore(&store, "events", 0, &settings.model, settings.engine)
-        .expect("the snapshot restored");
-    let restore_took = restoring.elapsed();
-    let restoring_peak = peak_resident_bytes().saturating_sub(before);
-    let after_restore = resident_bytes().saturating_sub(before);
-    assert_eq!(
-        restored.engine.customer_count(),
-        customers as usize,
-        "every customer restored"
-    );
-    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let restore = Restore::from(&store, &settings, customers, before);
     println!(
         "{customers:>10} customers, {}: {:>8.1} MiB resident, {:>6.1} bytes/customer ({armed} armed); \
          with the snapshot image kept: {:>8.1} MiB, {:>6.1} bytes/customer; \
@@ -115,12 +104,12 @@ fn measure(customers: u32, with_message_ids: bool) {
         with_image as f64 / f64::from(customers),
         file_size as f64 / 1e6,
         mib(encoding_peak),
-        restore_took.as_secs_f64(),
+        restore.took.as_secs_f64(),
         mib(left),
-        mib(restoring_peak),
-        mib(after_restore),
+        mib(restore.peak),
+        mib(restore.after),
     );
-    std::hint::black_box(&restored);
+    std::hint::black_box(&restore.restored);
 }
 
 /// The store in the folder the parent named, shared by a case and its restart.
@@ -131,22 +120,7 @@ fn case_store() -> DirectoryStore {
 
 /// Restores the snapshot [`measure`] left in the folder, in this fresh process.
 fn restart(customers: u32, with_message_ids: bool) {
-    let settings = support::five_stage();
-    let store = case_store();
-    let before = resident_bytes();
-    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak resident size");
-    let restoring = std::time::Instant::now();
-    let restored = snapshot::restore(&store, "events", 0, &settings.model, settings.engine)
-        .expect("the snapshot restored");
-    let restore_took = restoring.elapsed();
-    let restoring_peak = peak_resident_bytes().saturating_sub(before);
-    let after_restore = resident_bytes().saturating_sub(before);
-    assert_eq!(
-        restored.engine.customer_count(),
-        customers as usize,
-        "every customer restored"
-    );
-    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let restore = Restore::from(&case_store(), &support::five_stage(), customers, resident_bytes());
     println!(
         "{customers:>10} customers, {}: restored in a process of its own, the allocator's settings \
          as the service's: {:.2} s, peak {:>8.1} MiB, then {:>8.1} MiB",
@@ -155,11 +129,47 @@ fn restart(customers: u32, with_message_ids: bool) {
         } else {
             "no messageIds"
         },
-        restore_took.as_secs_f64(),
-        mib(restoring_peak),
-        mib(after_restore),
+        restore.took.as_secs_f64(),
+        mib(restore.peak),
+        mib(restore.after),
     );
-    std::hint::black_box(&restored);
+    std::hint::black_box(&restore.restored);
+}
+
+/// One restore of the store's snapshot as the service restores a partition, timed, with
+/// the peak and final resident memory above `before`.
+struct Restore {
+    restored: snapshot::Restored,
+    took: std::time::Duration,
+    peak: u64,
+    after: u64,
+}
+
+impl Restore {
+    fn from(store: &DirectoryStore, settings: &Settings, customers: u32, before: u64) -> Self {
+        std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak resident size");
+        let restoring = std::time::Instant::now();
+        let restored = snapshot::restore(store, "events", 0, &settings.model, settings.engine)
+            .expect("the snapshot restored");
+        let took = restoring.elapsed();
+        let peak = peak_resident_bytes().saturating_sub(before);
+        let after = resident_bytes().saturating_sub(before);
+        assert_eq!(
+            restored.engine.customer_count(),
+            customers as usize,
+            "every customer restored"
+        );
+        Restore {
+            restored,
+            took,
+            peak,
+            after,
+        }
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
 }
 
 fn main() {
