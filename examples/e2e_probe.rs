@@ -9,7 +9,9 @@
 //!   Kafka timestamp (set by `stagestream loadgen` when it produced it) to the moment
 //!   the transition is read from the output topic. It also reports the same latency
 //!   for the input events themselves (produced -> read by this probe): the floor the
-//!   broker and two librdkafka clients set, without stagestream in the path.
+//!   broker and two librdkafka clients set, without stagestream in the path. Both are
+//!   also given as p99 per 5 s of production, which shows whether latency grows with
+//!   the topics (it does against tansu's in-memory store: docs/performance.md).
 //!
 //! Each prints one `key=value` line on stdout for the script, and a sentence on stderr.
 //! Build: `cargo build --release --example e2e_probe`.
@@ -17,12 +19,13 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, Subcommand};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -233,17 +236,74 @@ fn latency(
     duration: Duration,
     quiet: Duration,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let since = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)?
-        .as_millis() as i64;
-    let consumer = consumer(
-        bootstrap,
-        fetch_wait_ms,
-        &[(input, partitions), (output, partitions)],
-    )?;
+    let since = unix_millis();
+    // One consumer (its own connection and fetch requests) per topic: tansu serves the
+    // partitions of a fetch one after another, listing every stored batch of each, so
+    // once those listings outgrow the fetch wait a transition read alongside the input
+    // would wait for the input's listings, a delay of the measuring side.
+    let inputs = consumer(bootstrap, fetch_wait_ms, &[(input, partitions)])?;
+    let outputs = consumer(bootstrap, fetch_wait_ms, &[(output, partitions)])?;
     // Caught up on what was there before: the script starts the load once this says so.
+    catch_up(&inputs, partitions)?;
+    catch_up(&outputs, partitions)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+
+    let started = Instant::now();
+    let outputs_done = AtomicBool::new(false);
+    let (inputs_read, transitions) = std::thread::scope(|scope| {
+        let input_reader = scope.spawn(|| read_inputs(&inputs, input, since, &outputs_done));
+        let transitions = read_transitions(&outputs, since, started, duration, quiet);
+        outputs_done.store(true, Ordering::Relaxed);
+        let inputs_read = input_reader.join().expect("the input reader does not panic");
+        (inputs_read, transitions)
+    });
+    let InputsRead {
+        produced,
+        latencies: input_latencies,
+    } = inputs_read?;
+    let transitions = transitions?;
+    // The first production of a messageId counts (a client retry sends it again).
+    let mut produced_at: HashMap<String, i64> = HashMap::with_capacity(produced.len());
+    for (message_id, created) in produced {
+        produced_at.entry(message_id).or_insert(created);
+    }
+    let latencies: Vec<(i64, i64)> = transitions
+        .iter()
+        .filter_map(|(id, read_at)| produced_at.get(id).map(|created| (*created, read_at - created)))
+        .collect();
+    if latencies.is_empty() {
+        return Err("no stage transition matched an event produced during the run".into());
+    }
+    let by_window = |sample: &[(i64, i64)]| p99_by_window(sample, since);
+    let (windows, input_windows) = (by_window(&latencies), by_window(&input_latencies));
+    let mut latencies: Vec<i64> = latencies.iter().map(|&(_, latency)| latency).collect();
+    let mut input_latencies: Vec<i64> = input_latencies.iter().map(|&(_, latency)| latency).collect();
+    let (p50, p99, max) = percentiles(&mut latencies);
+    let (floor_p50, floor_p99, floor_max) = percentiles(&mut input_latencies);
+    eprintln!(
+        "event-to-output latency over {} transitions: p50 {p50} ms, p99 {p99} ms, max {max} ms; \
+         input events reached this probe in p50 {floor_p50} ms, p99 {floor_p99} ms, max {floor_max} ms; \
+         p99 by {WINDOW_SECONDS} s of production: {windows} ms (input events: {input_windows} ms)",
+        latencies.len(),
+    );
+    println!(
+        "transitions={} p50_ms={p50} p99_ms={p99} max_ms={max} \
+         input_p50_ms={floor_p50} input_p99_ms={floor_p99} input_max_ms={floor_max} \
+         p99_ms_by_{WINDOW_SECONDS}s={windows} input_p99_ms_by_{WINDOW_SECONDS}s={input_windows}",
+        latencies.len(),
+    );
+    Ok(())
+}
+
+/// The width of the windows `latency` reports p99 for, by when the event was produced:
+/// whether latency grows as the topics do.
+const WINDOW_SECONDS: i64 = 5;
+
+/// Reads the consumer's partitions until each has reported its end once.
+fn catch_up(consumer: &BaseConsumer, partitions: i32) -> Result<(), Box<dyn std::error::Error>> {
     let mut at_end = 0;
-    while at_end < 2 * partitions {
+    while at_end < partitions {
         match consumer.poll(Duration::from_secs(30)) {
             Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
             Some(Ok(_)) => {}
@@ -251,75 +311,119 @@ fn latency(
             None => return Err("no answer from the broker for 30 s".into()),
         }
     }
-    println!("ready");
-    std::io::stdout().flush()?;
+    Ok(())
+}
 
-    let started = Instant::now();
-    let mut last_output = Instant::now();
-    // (messageId, when it was produced); (trigger messageId, when the output was read).
-    // Appended to vectors sized for a million records and joined after the run: a
-    // hash map growing while reading stopped this loop for tens of milliseconds at
-    // each doubling, and those stalls showed up as latency.
-    const EXPECTED: usize = 1 << 20;
-    let mut produced: Vec<(String, i64)> = Vec::with_capacity(EXPECTED);
-    let mut transitions: Vec<(String, i64)> = Vec::with_capacity(EXPECTED / 4);
-    let mut input_latencies: Vec<i64> = Vec::with_capacity(EXPECTED);
-    while started.elapsed() < duration || last_output.elapsed() < quiet {
-        let message = match consumer.poll(Duration::from_millis(100)) {
-            None | Some(Err(KafkaError::PartitionEOF(_))) => continue,
-            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition))) => continue,
-            Some(Err(error)) => return Err(error.into()),
-            Some(Ok(message)) => message,
-        };
-        let read_at = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)?
-            .as_millis() as i64;
-        let Some(created) = message.timestamp().to_millis().filter(|&t| t >= since) else {
+// Readers append to vectors sized for a million records, joined after the run: a hash
+// map growing while reading stopped the loop for tens of milliseconds at each doubling,
+// and those stalls showed up as latency.
+const EXPECTED: usize = 1 << 20;
+
+/// What the input reader saw of events produced after `since`.
+struct InputsRead {
+    /// (messageId, Kafka timestamp) of each event.
+    produced: Vec<(String, i64)>,
+    /// (Kafka timestamp, ms from it until this probe read the event) of each record.
+    latencies: Vec<(i64, i64)>,
+}
+
+fn read_inputs(
+    consumer: &BaseConsumer,
+    topic: &str,
+    since: i64,
+    outputs_done: &AtomicBool,
+) -> Result<InputsRead, String> {
+    let mut read = InputsRead {
+        produced: Vec::with_capacity(EXPECTED),
+        latencies: Vec::with_capacity(EXPECTED),
+    };
+    while !outputs_done.load(Ordering::Relaxed) {
+        let Some((created, read_at, message)) = poll_since(consumer, since, topic)? else {
             continue;
         };
-        let Some(payload) = message.payload() else {
-            continue;
-        };
-        if message.topic() == input {
-            input_latencies.push(read_at - created);
-            if let Ok(event) = serde_json::from_slice::<Input>(payload) {
-                produced.push((event.message_id, created));
-            }
-        } else {
-            last_output = Instant::now();
-            if let Some(trigger) = serde_json::from_slice::<Output>(payload)
-                .ok()
-                .and_then(|output| output.trigger.or(output.data.and_then(|data| data.trigger)))
-            {
-                transitions.push((trigger.message_id, read_at));
-            }
+        read.latencies.push((created, read_at - created));
+        if let Some(Ok(event)) = message.payload().map(serde_json::from_slice::<Input>) {
+            read.produced.push((event.message_id, created));
         }
     }
-    // The first production of a messageId counts (a client retry sends it again).
-    let mut produced_at: HashMap<String, i64> = HashMap::with_capacity(produced.len());
-    for (message_id, created) in produced {
-        produced_at.entry(message_id).or_insert(created);
+    Ok(read)
+}
+
+/// (trigger messageId, when the transition was read), until no output arrived for
+/// `quiet` after at least `duration` from `started`.
+fn read_transitions(
+    consumer: &BaseConsumer,
+    since: i64,
+    started: Instant,
+    duration: Duration,
+    quiet: Duration,
+) -> Result<Vec<(String, i64)>, String> {
+    let mut transitions = Vec::with_capacity(EXPECTED / 4);
+    let mut last_output = Instant::now();
+    while started.elapsed() < duration || last_output.elapsed() < quiet {
+        let Some((_, read_at, message)) = poll_since(consumer, since, "the output topic")? else {
+            continue;
+        };
+        last_output = Instant::now();
+        if let Some(trigger) = message
+            .payload()
+            .and_then(|payload| serde_json::from_slice::<Output>(payload).ok())
+            .and_then(|output| output.trigger.or(output.data.and_then(|data| data.trigger)))
+        {
+            transitions.push((trigger.message_id, read_at));
+        }
     }
-    let mut latencies: Vec<i64> = transitions
-        .iter()
-        .filter_map(|(id, read_at)| produced_at.get(id).map(|created| read_at - created))
+    Ok(transitions)
+}
+
+/// One poll of up to 100 ms: (Kafka timestamp, when read, payload) of a record produced
+/// at or after `since`, or None for nothing, a partition's end, a topic not there yet,
+/// or an older record. `topic` names what is read in an error.
+fn poll_since<'c>(
+    consumer: &'c BaseConsumer,
+    since: i64,
+    topic: &str,
+) -> Result<Option<(i64, i64, BorrowedMessage<'c>)>, String> {
+    let message = match consumer.poll(Duration::from_millis(100)) {
+        None | Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
+        Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition))) => {
+            return Ok(None)
+        }
+        Some(Err(error)) => return Err(format!("reading {topic}: {error}")),
+        Some(Ok(message)) => message,
+    };
+    let read_at = unix_millis();
+    let Some(created) = message.timestamp().to_millis().filter(|&t| t >= since) else {
+        return Ok(None);
+    };
+    Ok(Some((created, read_at, message)))
+}
+
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as i64
+}
+
+/// p99 of each WINDOW_SECONDS of (Kafka timestamp, latency) from `since`, as "a/b/c".
+fn p99_by_window(sample: &[(i64, i64)], since: i64) -> String {
+    let mut windows: Vec<Vec<i64>> = Vec::new();
+    for &(created, latency) in sample {
+        let window = ((created - since) / (WINDOW_SECONDS * 1000)) as usize;
+        if windows.len() <= window {
+            windows.resize_with(window + 1, Vec::new);
+        }
+        windows[window].push(latency);
+    }
+    let p99s: Vec<String> = windows
+        .iter_mut()
+        .map(|window| match window.is_empty() {
+            true => "-".to_string(),
+            false => percentiles(window).1.to_string(),
+        })
         .collect();
-    if latencies.is_empty() {
-        return Err("no stage transition matched an event produced during the run".into());
-    }
-    let (p50, p99, max) = percentiles(&mut latencies);
-    let (floor_p50, floor_p99, floor_max) = percentiles(&mut input_latencies);
-    eprintln!(
-        "event-to-output latency over {} transitions: p50 {p50} ms, p99 {p99} ms, max {max} ms; \
-         input events reached this probe in p50 {floor_p50} ms, p99 {floor_p99} ms, max {floor_max} ms",
-        latencies.len(),
-    );
-    println!(
-        "transitions={} p50_ms={p50} p99_ms={p99} max_ms={max} \
-         input_p50_ms={floor_p50} input_p99_ms={floor_p99} input_max_ms={floor_max}",
-        latencies.len(),
-    );
-    Ok(())
+    p99s.join("/")
 }
 
 /// p50, p99 and max of a non-empty sample, sorting it.

@@ -13,13 +13,15 @@
 #                                 extra lines for [kafka.consumer]
 #   cpu_ticks PID                 the process's user + system CPU so far, in $ticks a second
 # Consumers use fetch.wait.max.ms=$fetch_wait_ms (5): tansu holds every fetch for the
-# full wait even when data is ready.
+# full wait even when data is ready. TANSU_STORAGE (default memory://tansu/) is the
+# broker's storage engine, TANSU_DIR the folder it runs in (a relative sqlite://FILE.db
+# is taken from there); E2E_PROBE=PATH runs another build of the probe.
 
 fetch_wait_ms=5
 
 cargo build --release --quiet --bin stagestream --example e2e_probe
 target="${CARGO_TARGET_DIR:-target}"
-probe="$target/release/examples/e2e_probe"
+probe="${E2E_PROBE:-$target/release/examples/e2e_probe}"
 tansu="$(scripts/tansu.sh install)"
 
 work="$(mktemp -d)"
@@ -41,8 +43,8 @@ free_port() {
 start_broker() {
     local partitions=$1
     bootstrap="127.0.0.1:$(free_port)"
-    "$tansu" broker --listener-url "tcp://$bootstrap" --advertised-listener-url "tcp://$bootstrap" \
-        --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
+    (cd "${TANSU_DIR:-.}" && exec "$tansu" broker --listener-url "tcp://$bootstrap" --advertised-listener-url "tcp://$bootstrap" \
+        --storage-engine "${TANSU_STORAGE:-memory://tansu/}") >"$work/tansu.log" 2>&1 &
     tansu_pid=$!
     pids+=("$tansu_pid")
     for _ in $(seq 100); do

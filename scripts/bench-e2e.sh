@@ -13,7 +13,8 @@
 #    20) while the service runs and prints p50/p99 event-to-output latency of the stage
 #    transitions: from the Kafka timestamp `loadgen` gives each event to the moment a
 #    consumer reads the transition; and, as the floor, the same for the input events
-#    themselves (produced -> read by that consumer, without stagestream in the path);
+#    themselves (produced -> read by that consumer, without stagestream in the path),
+#    both also as p99 per 5 s of production (tansu's fetch slows as its topics grow);
 #    and the CPU seconds each process in the path used meanwhile (the service, tansu,
 #    loadgen, the probe), against the machine's cores times the phase's wall time.
 #
