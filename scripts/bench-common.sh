@@ -42,9 +42,12 @@ free_port() {
 
 start_broker() {
     local partitions=$1
-    bootstrap="127.0.0.1:$(free_port)"
-    (cd "${TANSU_DIR:-.}" && exec "$tansu" broker --listener-url "tcp://$bootstrap" --advertised-listener-url "tcp://$bootstrap" \
-        --storage-engine "${TANSU_STORAGE:-memory://tansu/}") >"$work/tansu.log" 2>&1 &
+    local port script="$PWD/scripts/tansu.sh"
+    port=$(free_port)
+    bootstrap="127.0.0.1:$port"
+    # tansu.sh execs the broker, so $! is the broker's pid (cpu_ticks reads it).
+    (cd "${TANSU_DIR:-.}" && exec "$script" start "$port" "${TANSU_STORAGE:-memory://tansu/}") \
+        >"$work/tansu.log" 2>&1 &
     tansu_pid=$!
     pids+=("$tansu_pid")
     for _ in $(seq 100); do
