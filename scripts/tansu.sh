@@ -9,15 +9,17 @@
 #
 # The cache folder is $STAGESTREAM_CACHE (default ~/.cache/stagestream). Installing
 # takes about 10 minutes on a 2-core machine; later calls return at once.
+# TANSU_BINARY=PATH runs another build instead (benchmarks only, e.g. the one
+# scripts/tansu-fetch-patched.sh prints); nothing is installed then.
 set -euo pipefail
 
 version=0.6.0
 cache="${STAGESTREAM_CACHE:-$HOME/.cache/stagestream}"
 root="$cache/tansu-$version"
-binary="$root/bin/tansu"
+binary="${TANSU_BINARY:-$root/bin/tansu}"
 
 install() {
-    if [[ ! -x "$binary" ]]; then
+    if [[ -z "${TANSU_BINARY:-}" && ! -x "$binary" ]]; then
         echo "installing tansu $version into $root (about 10 minutes)" >&2
         mkdir -p "$root"
         cargo install tansu --version "$version" --features dynostore,libsql --locked \
