@@ -10,7 +10,9 @@
 #   write_config FILE GROUP HTTP SNAPSHOTS [CONSUMER_LINES]
 #                                 the five-stage preset wired to those topics, group
 #                                 GROUP, /metrics on HTTP, snapshots under SNAPSHOTS,
-#                                 extra lines for [kafka.consumer]
+#                                 extra lines for [kafka.consumer]; BENCH_CONFIG_EXTRA,
+#                                 if set, is TOML appended after it (a [kafka.producer]
+#                                 table, say; `loadgen` reads the same file)
 #   cpu_ticks PID                 the process's user + system CPU so far, in $ticks a second
 # Consumers use fetch.wait.max.ms=$fetch_wait_ms (5): tansu holds every fetch for the
 # full wait even when data is ready. TANSU_STORAGE (default memory://tansu/) is the
@@ -82,5 +84,6 @@ dir = "$4"
 
 [http]
 bind = "$3"
+${BENCH_CONFIG_EXTRA:-}
 EOF
 }

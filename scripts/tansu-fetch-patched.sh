@@ -19,7 +19,7 @@ root="$cache/tansu-0.6.0-fetch-patched"
 binary="$root/bin/tansu"
 
 if [[ ! -x "$binary" ]]; then
-    echo "building patched tansu 0.6.0 into $root (about 10 minutes)" >&2
+    echo "building patched tansu 0.6.0 into $root (9-20 minutes on the 2-core VMs)" >&2
     src="$(mktemp -d)"
     trap 'rm -rf "$src"' EXIT
     for crate in tansu-0.6.0 tansu-storage-0.6.0 object_store-0.13.1; do
