@@ -43,7 +43,7 @@ impl From<Verdict> for Consumed {
 /// each idle poll, each tick, and at shutdown), so a scrape sees them at most one step
 /// late. A shared histogram observation is four atomic operations and the owner made
 /// two per message; counting here, and polling without a timeout while messages keep
-/// coming, cut the owner's CPU per event by ~5% (docs/performance.md, "Fourth session
+/// coming, cut the owner's CPU per event by ~5% (docs/performance-history.md, "Fourth session
 /// of 2026-12-02").
 pub(super) struct MessageInstruments {
     /// `stagestream_events_consumed_total` by [`Consumed`].

@@ -199,7 +199,7 @@ pub(super) struct Progress {
     pub durable: Option<i64>,
     /// The previous image, whose buffers the next one reuses: copying into memory
     /// that is already mapped costs about a quarter of faulting in fresh pages
-    /// (docs/performance.md), at the cost of keeping one copy of the state.
+    /// (docs/performance-history.md), at the cost of keeping one copy of the state.
     pub spare: Option<Box<EngineImage>>,
 }
 
