@@ -67,15 +67,19 @@ write_config() {
     cat config/presets/five-stage.toml - >"$1" <<EOF
 
 [kafka]
-input_topics = ["events"]
-output_topic = "journey-stages"
-dead_letter_topic = "dead-letters"
+brokers = "$bootstrap"
+group_id = "$2"
 
-[kafka.common]
-"bootstrap.servers" = "$bootstrap"
+[input]
+topics = ["events"]
+
+[output]
+topic = "journey-stages"
+
+[dlq]
+topic = "dead-letters"
 
 [kafka.consumer]
-"group.id" = "$2"
 "fetch.wait.max.ms" = "$fetch_wait_ms"
 ${5:-}
 

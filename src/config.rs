@@ -16,14 +16,16 @@ use serde::Deserialize;
 
 use crate::core::model::parse_span;
 use crate::core::{EngineSettings, Model, ModelSpec, Problem, Span};
-use crate::kafka::{KafkaSection, KafkaSettings};
+use crate::kafka::{check_topic, KafkaSection, KafkaSettings, OutputMode};
 
 /// Everything the engine and its shell need, validated.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub model: Arc<Model>,
     pub engine: EngineSettings,
+    pub input: InputSettings,
     pub output: OutputSettings,
+    pub dlq: DlqSettings,
     pub live: LiveSettings,
     pub kafka: KafkaSettings,
     /// Where and how often partition state is saved; `None` keeps it in memory only.
@@ -85,10 +87,29 @@ pub struct LiveSettings {
     pub shutdown_grace: Span,
 }
 
+/// The `[input]` section: what the service consumes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputSettings {
+    /// `input.topics`, keyed by customer id.
+    pub topics: Vec<String>,
+}
+
+/// The `[output]` section: where and how CloudEvents are written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutputSettings {
+    /// `output.topic`.
+    pub topic: String,
+    /// `output.mode`: binary or structured CloudEvents.
+    pub mode: OutputMode,
     /// The CloudEvents `source` attribute.
     pub source: String,
+}
+
+/// The `[dlq]` section: where invalid, late and far-future messages go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DlqSettings {
+    /// `dlq.topic`; without it such messages are logged and skipped.
+    pub topic: Option<String>,
 }
 
 /// Why a configuration could not be used. Never retriable: fix the file or environment.
@@ -124,7 +145,11 @@ struct FileConfig {
     #[serde(default)]
     time: TimeSection,
     #[serde(default)]
+    input: InputSection,
+    #[serde(default)]
     output: OutputSection,
+    #[serde(default)]
+    dlq: DlqSection,
     #[serde(default)]
     kafka: KafkaSection,
     #[serde(default)]
@@ -229,21 +254,87 @@ impl Default for ShutdownSection {
 }
 
 #[derive(Deserialize)]
+#[serde(default)]
+struct InputSection {
+    topics: Vec<String>,
+}
+
+impl Default for InputSection {
+    fn default() -> Self {
+        InputSection {
+            topics: vec!["events".into()],
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
 struct OutputSection {
-    #[serde(default = "default_source")]
+    topic: String,
+    mode: OutputMode,
     source: String,
 }
 
 impl Default for OutputSection {
     fn default() -> Self {
         OutputSection {
-            source: default_source(),
+            topic: "journey-stages".into(),
+            mode: OutputMode::Binary,
+            source: "stagestream".into(),
         }
     }
 }
 
-fn default_source() -> String {
-    "stagestream".into()
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct DlqSection {
+    topic: Option<String>,
+}
+
+/// Keys of earlier releases, removed, and the key that replaced each: loading one is
+/// a problem that names its replacement (docs/operations.md, "Configuration").
+const RENAMED: [(&str, &str); 4] = [
+    ("kafka.input_topics", "input.topics"),
+    ("kafka.output_topic", "output.topic"),
+    ("kafka.dead_letter_topic", "dlq.topic"),
+    ("kafka.content_mode", "output.mode"),
+];
+
+/// The environment variable prefix; `STAGESTREAM__SECTION__KEY` sets `section.key`.
+const ENV_PREFIX: &str = "STAGESTREAM__";
+
+/// The key an environment variable sets, as the `config` crate reads it.
+fn env_key(variable: &str) -> Option<String> {
+    let rest = variable.strip_prefix(ENV_PREFIX)?;
+    Some(rest.to_lowercase().replace("__", "."))
+}
+
+/// Why a key nothing reads is a problem: a removed key names its replacement, and a
+/// key set through the environment names its variable.
+fn unknown_key(path: String, env: &HashMap<String, String>) -> Problem {
+    let renamed = RENAMED.iter().find(|(old, _)| *old == path);
+    let variable = env
+        .keys()
+        .find(|name| env_key(name).as_deref() == Some(path.as_str()));
+    let mut message = match renamed {
+        Some((_, new)) => format!("unknown key (removed: use {new})"),
+        None => "unknown key".to_owned(),
+    };
+    if let Some(variable) = variable {
+        message.push_str(&format!(", set by the environment variable {variable}"));
+    }
+    Problem::new(path, message)
+}
+
+/// This machine's host name (`HOSTNAME`, else the kernel's), for defaults that must
+/// differ between instances and stay the same across one instance's restarts.
+pub(crate) fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Loads `path` with overrides from the process environment.
@@ -285,6 +376,15 @@ fn load_source(
         path: path.to_owned(),
         source,
     };
+    let env: HashMap<String, String> = env
+        .unwrap_or_else(|| {
+            std::env::vars_os()
+                .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+                .collect()
+        })
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
     let source = config::Config::builder()
         .add_source(file)
         .add_source(
@@ -293,8 +393,8 @@ fn load_source(
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("kafka.input_topics")
-                .source(env),
+                .with_list_parse_key("input.topics")
+                .source(Some(env.clone())),
         )
         .build()
         .map_err(unreadable)?;
@@ -304,7 +404,7 @@ fn load_source(
         source,
         &mut |key: serde_ignored::Path<'_>| unknown.push(key.to_string()),
     ));
-    problems.extend(unknown.into_iter().map(|key| Problem::new(key, "unknown key")));
+    problems.extend(unknown.into_iter().map(|key| unknown_key(key, &env)));
     let settings = match parsed {
         Ok(file) => validate(file, &mut problems),
         Err(error) => {
@@ -378,6 +478,7 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
     if file.output.source.trim().is_empty() {
         problems.push(Problem::new("output.source", "must not be empty"));
     }
+    validate_topics(&file.input, &file.output, &file.dlq, problems);
     let kafka = file.kafka.validate(problems);
     let model = Model::compile(&file.model)
         .map_err(|found| problems.extend(found))
@@ -388,8 +489,16 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
             allowed_lateness: allowed_lateness?,
             dedup_window: dedup_window?,
         },
+        input: InputSettings {
+            topics: file.input.topics,
+        },
         output: OutputSettings {
+            topic: file.output.topic,
+            mode: file.output.mode,
             source: file.output.source,
+        },
+        dlq: DlqSettings {
+            topic: file.dlq.topic,
         },
         live: LiveSettings {
             max_future_skew: max_future_skew?,
@@ -415,6 +524,37 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
             ready_max_lag: file.http.ready_max_lag,
         },
     })
+}
+
+/// The topics of `input`, `output` and `dlq`: legal names, at least one input, and no
+/// output read back as input.
+fn validate_topics(
+    input: &InputSection,
+    output: &OutputSection,
+    dlq: &DlqSection,
+    problems: &mut Vec<Problem>,
+) {
+    if input.topics.is_empty() {
+        problems.push(Problem::new("input.topics", "must name at least one topic"));
+    }
+    for (i, topic) in input.topics.iter().enumerate() {
+        check_topic(&format!("input.topics[{i}]"), topic, problems);
+    }
+    check_topic("output.topic", &output.topic, problems);
+    if let Some(topic) = &dlq.topic {
+        check_topic("dlq.topic", topic, problems);
+    }
+    for (path, topic) in [
+        ("output.topic", Some(&output.topic)),
+        ("dlq.topic", dlq.topic.as_ref()),
+    ] {
+        if topic.is_some_and(|topic| input.topics.contains(topic)) {
+            problems.push(Problem::new(
+                path,
+                "must not also be an input topic (it would be read back as events)",
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -445,25 +585,149 @@ events = ["Go"]
     #[test]
     fn kafka_properties_keep_their_dots_and_the_environment_overrides_them() {
         let text = format!(
-            "{MODEL}\n[kafka]\ninput_topics = [\"a\"]\n[kafka.common]\n\"bootstrap.servers\" = \"file:9092\"\n\
+            "{MODEL}\n[input]\ntopics = [\"a\"]\n[kafka.common]\n\"bootstrap.servers\" = \"file:9092\"\n\
              [kafka.consumer]\n\"fetch.wait.max.ms\" = \"7\"\n"
         );
         let settings = load_text(
             &text,
             &[
                 ("STAGESTREAM__KAFKA__COMMON__BOOTSTRAP_SERVERS", "env:9092"),
-                ("STAGESTREAM__KAFKA__INPUT_TOPICS", "clicks,orders"),
-                ("STAGESTREAM__KAFKA__DEAD_LETTER_TOPIC", "dead"),
+                ("STAGESTREAM__INPUT__TOPICS", "clicks,orders"),
+                ("STAGESTREAM__DLQ__TOPIC", "dead"),
                 ("STAGESTREAM__TIME__MAX_FUTURE_SKEW", "2h"),
             ],
         )
         .unwrap();
-        let consumer = settings.kafka.consumer_properties();
+        let consumer = settings.kafka.consumer_properties(DeliveryMode::AtLeastOnce);
         assert_eq!(consumer.get("bootstrap.servers"), Some("env:9092"));
         assert_eq!(consumer.get("fetch.wait.max.ms"), Some("7"));
-        assert_eq!(settings.kafka.input_topics, ["clicks", "orders"]);
-        assert_eq!(settings.kafka.dead_letter_topic.as_deref(), Some("dead"));
+        assert_eq!(settings.input.topics, ["clicks", "orders"]);
+        assert_eq!(settings.dlq.topic.as_deref(), Some("dead"));
         assert_eq!(settings.live.max_future_skew, Span::from_millis(2 * 3_600_000));
+    }
+
+    #[test]
+    fn the_deployment_keys_come_from_the_file_or_the_environment() {
+        let text = format!(
+            "{MODEL}\n[kafka]\nbrokers = \"file:9092\"\ngroup_id = \"file-group\"\n[input]\ntopics = [\"in\"]\n\
+             [output]\ntopic = \"out\"\nmode = \"structured\"\n[dlq]\ntopic = \"dead\"\n"
+        );
+        let settings = load_text(&text, &[]).unwrap();
+        let (consumer, producer) = settings.kafka.service_properties(&settings.delivery);
+        assert_eq!(consumer.get("bootstrap.servers"), Some("file:9092"));
+        assert_eq!(producer.get("bootstrap.servers"), Some("file:9092"));
+        assert_eq!(consumer.get("group.id"), Some("file-group"));
+        assert_eq!(settings.input.topics, ["in"]);
+        assert_eq!(settings.output.topic, "out");
+        assert_eq!(settings.output.mode, OutputMode::Structured);
+        assert_eq!(settings.dlq.topic.as_deref(), Some("dead"));
+        let settings = load_text(
+            MODEL,
+            &[
+                ("STAGESTREAM__KAFKA__BROKERS", "a:9092,b:9092"),
+                ("STAGESTREAM__KAFKA__GROUP_ID", "env-group"),
+                ("STAGESTREAM__INPUT__TOPICS", "a,b"),
+                ("STAGESTREAM__OUTPUT__TOPIC", "out"),
+                ("STAGESTREAM__OUTPUT__MODE", "structured"),
+                ("STAGESTREAM__DLQ__TOPIC", "dead"),
+                ("STAGESTREAM__HTTP__BIND", "127.0.0.1:9000"),
+                ("STAGESTREAM__SNAPSHOT__DIR", "/data"),
+                ("STAGESTREAM__SNAPSHOT__INTERVAL", "5s"),
+            ],
+        )
+        .unwrap();
+        let (consumer, _) = settings.kafka.service_properties(&settings.delivery);
+        assert_eq!(consumer.get("bootstrap.servers"), Some("a:9092,b:9092"));
+        assert_eq!(consumer.get("group.id"), Some("env-group"));
+        assert_eq!(settings.input.topics, ["a", "b"]);
+        assert_eq!(settings.output.topic, "out");
+        assert_eq!(settings.output.mode, OutputMode::Structured);
+        assert_eq!(settings.dlq.topic.as_deref(), Some("dead"));
+        assert_eq!(settings.http.bind, "127.0.0.1:9000".parse().unwrap());
+        let snapshot = settings.snapshot.unwrap();
+        assert_eq!(snapshot.dir, PathBuf::from("/data"));
+        assert_eq!(snapshot.interval, Span::from_millis(5_000));
+    }
+
+    fn problems_of(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+        match load_text(text, env) {
+            Err(ConfigError::Invalid { problems, .. }) => problems.iter().map(ToString::to_string).collect(),
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn removed_keys_name_their_replacement() {
+        let found = problems_of(
+            &format!(
+                "{MODEL}\n[kafka]\ninput_topics = [\"a\"]\noutput_topic = \"o\"\ndead_letter_topic = \"d\"\n\
+                 content_mode = \"binary\"\n"
+            ),
+            &[],
+        );
+        assert_eq!(found.len(), 4, "{found:?}");
+        for (old, new) in RENAMED {
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.starts_with(old) && p.contains(&format!("use {new}"))),
+                "{old}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_from_the_environment_names_its_variable() {
+        let found = problems_of(
+            MODEL,
+            &[
+                ("STAGESTREAM__KAFKA__BROKER", "a:9092"),
+                ("STAGESTREAM__OUTPUT__TOPICS", "o"),
+            ],
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("kafka.broker:") && p.contains("STAGESTREAM__KAFKA__BROKER")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("output.topics:") && p.contains("STAGESTREAM__OUTPUT__TOPICS")),
+            "{found:?}"
+        );
+        let from_file = problems_of(&format!("{MODEL}\n[kafka]\nbroker = \"a\"\n"), &[]);
+        assert_eq!(from_file, ["kafka.broker: unknown key"]);
+    }
+
+    #[test]
+    fn topics_are_checked_and_never_read_back() {
+        let found = problems_of(
+            &format!(
+                "{MODEL}\n[input]\ntopics = [\"events\", \"bad topic\"]\n[output]\ntopic = \"events\"\n"
+            ),
+            &[("STAGESTREAM__DLQ__TOPIC", "events")],
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("input.topics[1]")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("output.topic") && p.contains("input topic")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("dlq.topic") && p.contains("input topic")),
+            "{found:?}"
+        );
+        let found = problems_of(&format!("{MODEL}\n[input]\ntopics = []\n"), &[]);
+        assert_eq!(found, ["input.topics: must name at least one topic"]);
     }
 
     #[test]
@@ -472,10 +736,10 @@ events = ["Go"]
         assert_eq!(settings.live.max_future_skew, Span::from_millis(3_600_000));
         assert!(!settings.live.use_record_timestamp);
         assert_eq!(settings.live.shutdown_grace, Span::from_millis(30_000));
-        assert_eq!(settings.kafka.input_topics, ["events"]);
-        assert_eq!(settings.kafka.output_topic, "journey-stages");
-        assert_eq!(settings.kafka.dead_letter_topic, None);
-        assert_eq!(settings.kafka.content_mode, crate::kafka::ContentMode::Binary);
+        assert_eq!(settings.input.topics, ["events"]);
+        assert_eq!(settings.output.topic, "journey-stages");
+        assert_eq!(settings.output.mode, OutputMode::Binary);
+        assert_eq!(settings.dlq.topic, None);
         assert_eq!(settings.snapshot, None);
         assert_eq!(settings.delivery.mode, DeliveryMode::AtLeastOnce);
     }

@@ -74,12 +74,12 @@ pub fn demo(
         cluster.create_topic(topic, PARTITIONS, 1)?;
     }
     let bootstrap = cluster.bootstrap_servers();
+    settings.input.topics = vec![INPUT_TOPIC.into()];
+    settings.output.topic = OUTPUT_TOPIC.into();
+    settings.dlq.topic = Some(DEAD_LETTER_TOPIC.into());
     let kafka = &mut settings.kafka;
-    kafka.input_topics = vec![INPUT_TOPIC.into()];
-    kafka.output_topic = OUTPUT_TOPIC.into();
-    kafka.dead_letter_topic = Some(DEAD_LETTER_TOPIC.into());
-    kafka.common.set("bootstrap.servers", &bootstrap);
-    kafka.consumer.set("group.id", "stagestream-demo");
+    kafka.brokers = Some(bootstrap.clone());
+    kafka.group_id = Some("stagestream-demo".into());
     kafka.consumer.set("fetch.wait.max.ms", "10");
     // Snapshots go to a fresh directory removed afterwards: the mock cluster lives only
     // as long as the demo, so state saved against another one must never be restored.
@@ -98,7 +98,7 @@ pub fn demo(
         duration: None,
         max_events: None,
     };
-    let events = loadgen::load(&settings.kafka.producer_properties(), &load)?.events;
+    let events = loadgen::load(&settings.kafka.producer_properties(None), &load)?.events;
     let control = Arc::new(Control::default());
     let service = {
         let control = control.clone();

@@ -7,13 +7,14 @@
 //! - [`config`]: configuration file + environment -> validated settings.
 //! - [`replay`]: runs the engine over a JSON-lines file (`stagestream replay`).
 //! - [`generate`]: a deterministic, realistic event stream for examples, tests and benches.
-//! - [`kafka`]: the `[kafka]` section and librdkafka client properties.
+//! - [`kafka`]: the `[kafka]` section and every librdkafka property decision.
 //! - [`pipeline`]: the live service (`stagestream run`): consume, classify per
 //!   partition, produce CloudEvents, commit what was delivered.
 //! - [`snapshot`]: per-partition state files (format, store, restore).
 //! - [`loadgen`]: `stagestream loadgen`, the generated stream produced to a topic.
 //! - [`demo`]: `stagestream demo`, the whole service on an in-process Kafka cluster.
-//! - [`telemetry`]: metrics, the `/metrics` `/livez` `/readyz` endpoint, log setup.
+//! - [`http`]: the service's endpoint: `/metrics`, `/livez`, `/readyz`, `/progress`.
+//! - [`telemetry`]: the metrics, their label values, log setup.
 //!
 //! Data flows one way: input line -> `decode` -> `Engine::on_event` -> `Output`s ->
 //! `output` -> output line; `Engine::advance_to` moves time forward without input.
@@ -23,6 +24,7 @@ pub mod core;
 pub mod decode;
 pub mod demo;
 pub mod generate;
+pub mod http;
 pub mod kafka;
 pub mod loadgen;
 pub mod output;

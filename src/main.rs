@@ -19,11 +19,12 @@ use stagestream::config::{self, Settings};
 use stagestream::core::EventTime;
 use stagestream::demo::demo;
 use stagestream::generate::{generate, GeneratorSettings};
+use stagestream::http;
 use stagestream::loadgen::{self, demo_stream, LoadError, LoadSettings};
 use stagestream::pipeline::{self, Control};
 use stagestream::replay::{replay, ReplayError};
 use stagestream::snapshot::SnapshotError;
-use stagestream::telemetry::{http, init_logs, LogFormat, LogTarget};
+use stagestream::telemetry::{init_logs, LogFormat, LogTarget};
 
 /// jemalloc for Rust and, through its unprefixed `malloc`, for librdkafka too: with
 /// glibc's allocator the owner thread freed every consumed message into the arena of
@@ -265,19 +266,20 @@ fn run(command: Command) -> Result<(), Failure> {
             let settings = load_settings(&config)?;
             init_logs(LogFormat::Human, LogTarget::Stderr, "warn");
             let load = LoadSettings {
-                topic: topic.unwrap_or_else(|| settings.kafka.input_topics[0].clone()),
+                topic: topic.unwrap_or_else(|| settings.input.topics[0].clone()),
                 generator: demo_stream(customers, days, start, seed),
                 rate,
                 duration,
                 max_events: events,
             };
-            let summary = loadgen::load(&settings.kafka.producer_properties(), &load).map_err(|error| {
-                let code = match error {
-                    LoadError::Client(_) => EX_USAGE,
-                    LoadError::Produce { .. } | LoadError::Undelivered { .. } => EX_TEMPFAIL,
-                };
-                Failure::new(code, error)
-            })?;
+            let summary =
+                loadgen::load(&settings.kafka.producer_properties(None), &load).map_err(|error| {
+                    let code = match error {
+                        LoadError::Client(_) => EX_USAGE,
+                        LoadError::Produce { .. } | LoadError::Undelivered { .. } => EX_TEMPFAIL,
+                    };
+                    Failure::new(code, error)
+                })?;
             let seconds = summary.elapsed.as_secs_f64();
             eprintln!(
                 "stagestream loadgen: {} events ({} invalid, unkeyed) delivered to {} in {seconds:.2} s: \
@@ -323,7 +325,7 @@ fn run(command: Command) -> Result<(), Failure> {
             let settings = load_settings(&config)?;
             settings
                 .kafka
-                .check_clients()
+                .check_clients(&settings.delivery)
                 .map_err(|error| Failure::new(EX_USAGE, format!("{}: {error}", config.display())))?;
             let model = &settings.model;
             let stages: Vec<&str> = model.stage_names().collect();
@@ -400,7 +402,7 @@ fn serve(settings: Settings) -> Result<(), Failure> {
         .block_on(http::bind(bind))
         .map_err(|e| Failure::new(EX_UNAVAILABLE, format!("cannot listen on http.bind {bind}: {e}")))?;
     let address = listener.local_addr().unwrap_or(bind);
-    info!(%address, "serving /metrics, /livez and /readyz");
+    info!(%address, "serving /metrics, /livez, /readyz and /progress");
     runtime.spawn({
         let control = control.clone();
         async move {

@@ -27,10 +27,10 @@ const DAY: i64 = 86_400_000;
 fn settings(bootstrap: &str, group: &str) -> Settings {
     let mut settings = config::load(&common::repo("config/presets/five-stage.toml")).unwrap();
     let kafka = &mut settings.kafka;
-    kafka.common.set("bootstrap.servers", bootstrap);
-    kafka.consumer.set("group.id", group);
+    kafka.brokers = Some(bootstrap.into());
+    kafka.group_id = Some(group.into());
     kafka.consumer.set("fetch.wait.max.ms", "5");
-    kafka.dead_letter_topic = Some("dead-letters".into());
+    settings.dlq.topic = Some("dead-letters".into());
     settings
 }
 
@@ -227,7 +227,7 @@ fn inactivity_fires_by_the_wall_clock_within_a_second_on_a_quiet_partition() {
 fn structured_mode_writes_the_same_lines_replay_prints() {
     let (_cluster, bootstrap) = cluster();
     let mut settings = settings(&bootstrap, "structured");
-    settings.kafka.content_mode = stagestream::kafka::ContentMode::Structured;
+    settings.output.mode = stagestream::kafka::OutputMode::Structured;
     // History that ended over a fortnight ago: every deadline is long past.
     let lines = generated_lines(200, 20, now().minus(Span::from_millis(40 * DAY)), 3);
     let (_, expected) = produce_and_replay(&bootstrap, &settings, &lines);

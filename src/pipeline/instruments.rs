@@ -1,39 +1,25 @@
 //! The service's instruments: what the owner loop and the client callbacks count, and
 //! the label lookups resolved once so the per-message path only increments.
 //!
-//! Metrics are declared in `crate::telemetry::metrics`; this module maps the pipeline's
-//! events onto them (outputs, consumed messages, commits, librdkafka statistics).
+//! Metrics are declared in `crate::telemetry::metrics`; this module maps the owner's
+//! per-message work onto them (outputs, consumed messages, librdkafka statistics).
+//! Rarer happenings are typed events of their own (`super::events`).
 
 use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{Histogram, IntCounter};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::Statistics;
 
 use crate::core::{Model, Output, Verdict};
+use crate::telemetry::labels::{Client, Consumed, Direction, Outcome, Produced};
 use crate::telemetry::Metrics;
 
-/// The `result` label values of `stagestream_events_consumed_total`, indexed by
-/// [`Consumed`].
-pub(super) const CONSUMED_RESULTS: [&str; 5] = ["ok", "invalid", "duplicate", "ignored", "late"];
-
-/// What became of an input message, as counted.
-#[derive(Clone, Copy)]
-pub(super) enum Consumed {
-    Ok,
-    Invalid,
-    Duplicate,
-    Ignored,
-    Late,
-}
-
-impl From<Verdict> for Consumed {
-    fn from(verdict: Verdict) -> Self {
-        match verdict {
-            Verdict::Applied => Consumed::Ok,
-            Verdict::Ignored => Consumed::Ignored,
-            Verdict::Duplicate => Consumed::Duplicate,
-            Verdict::Late => Consumed::Late,
-        }
+/// What the engine's verdict on an applied-or-not event counts as.
+pub(super) fn consumed(verdict: Verdict) -> Consumed {
+    match verdict {
+        Verdict::Applied => Consumed::Ok,
+        Verdict::Ignored => Consumed::Ignored,
+        Verdict::Duplicate => Consumed::Duplicate,
+        Verdict::Late => Consumed::Late,
     }
 }
 
@@ -43,33 +29,54 @@ impl From<Verdict> for Consumed {
 /// each idle poll, each tick, and at shutdown), so a scrape sees them at most one step
 /// late. A shared histogram observation is four atomic operations and the owner made
 /// two per message; counting here, and polling without a timeout while messages keep
-/// coming, cut the owner's CPU per event by ~5% (docs/performance-history.md, "Fourth session
-/// of 2026-12-02").
+/// coming, cut the owner's CPU per event by ~5% (docs/performance.md).
 pub(super) struct MessageInstruments {
     /// `stagestream_events_consumed_total` by [`Consumed`].
-    pub consumed: [LocalIntCounter; 5],
-    /// `stagestream_produced_messages_total` by what was sent (the pipeline's `Sent`)
-    /// and result (ok, error).
-    pub produced: [[LocalIntCounter; 2]; 3],
+    consumed: Vec<LocalIntCounter>,
+    /// `stagestream_produced_messages_total` by [`Produced`] and [`Outcome`].
+    produced: Vec<[LocalIntCounter; 2]>,
     pub processing: LocalHistogram,
     pub event_delay: LocalHistogram,
     pub produce_latency: LocalHistogram,
 }
 
 impl MessageInstruments {
-    /// `sent_labels` are the `type` label values of the produced counter, in the order
-    /// the pipeline indexes them.
-    pub fn new(metrics: &Metrics, sent_labels: [&str; 3]) -> Self {
+    pub fn new(metrics: &Metrics) -> Self {
         MessageInstruments {
-            consumed: CONSUMED_RESULTS
-                .map(|result| metrics.events_consumed.with_label_values(&[result]).local()),
-            produced: sent_labels.map(|sent| {
-                ["ok", "error"].map(|result| metrics.produced.with_label_values(&[sent, result]).local())
-            }),
+            consumed: Consumed::ALL
+                .iter()
+                .map(|result| {
+                    metrics
+                        .events_consumed
+                        .with_label_values(&[result.as_str()])
+                        .local()
+                })
+                .collect(),
+            produced: Produced::ALL
+                .iter()
+                .map(|sent| {
+                    [Outcome::Ok, Outcome::Error].map(|result| {
+                        metrics
+                            .produced
+                            .with_label_values(&[sent.as_str(), result.as_str()])
+                            .local()
+                    })
+                })
+                .collect(),
             processing: metrics.processing.local(),
             event_delay: metrics.event_delay.local(),
             produce_latency: metrics.produce_latency.local(),
         }
+    }
+
+    /// Counts one input message.
+    pub fn consumed(&self, result: Consumed) {
+        self.consumed[result as usize].inc();
+    }
+
+    /// Counts one delivery report.
+    pub fn produced(&self, sent: Produced, outcome: Outcome) {
+        self.produced[sent as usize][outcome as usize].inc();
     }
 
     /// Adds what was counted since the last flush to the shared metrics.
@@ -153,21 +160,10 @@ impl PartitionLabels {
     }
 }
 
-/// Counts a commit in `stagestream_commits_total`; "nothing to commit" is not one.
-/// Consumer commits (automatic or explicit) are counted from the commit callback,
-/// which librdkafka calls for both; transactions where they are committed.
-pub(super) fn count_commit(metrics: &Metrics, result: &KafkaResult<()>) {
-    let result = match result {
-        Ok(()) => "ok",
-        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => return,
-        Err(_) => "error",
-    };
-    metrics.commits.with_label_values(&[result]).inc();
-}
-
 /// The Kafka-client gauges of one client's statistics: queue depth and, per broker,
 /// connection state, round-trip time and errors.
-pub(super) fn record_client_statistics(metrics: &Metrics, client: &str, statistics: &Statistics) {
+pub(super) fn record_client_statistics(metrics: &Metrics, client: Client, statistics: &Statistics) {
+    let client = client.as_str();
     metrics
         .kafka_queue_messages
         .with_label_values(&[client])
@@ -185,11 +181,9 @@ pub(super) fn record_client_statistics(metrics: &Metrics, client: &str, statisti
                 .with_label_values(&labels)
                 .set(rtt.p99 as f64 / 1e6);
         }
-        for (direction, total) in [("tx", broker.txerrs), ("rx", broker.rxerrs)] {
-            let counter =
-                metrics
-                    .kafka_broker_errors
-                    .with_label_values(&[client, broker.name.as_str(), direction]);
+        for (direction, total) in [(Direction::Tx, broker.txerrs), (Direction::Rx, broker.rxerrs)] {
+            let labels = [client, broker.name.as_str(), direction.as_str()];
+            let counter = metrics.kafka_broker_errors.with_label_values(&labels);
             // librdkafka reports running totals; the counter follows them.
             counter.inc_by(total.saturating_sub(counter.get()));
         }
@@ -203,10 +197,9 @@ mod tests {
     #[test]
     fn message_instruments_reach_the_shared_metrics_only_when_flushed() {
         let metrics = Metrics::new();
-        let instruments =
-            MessageInstruments::new(&metrics, ["stage_changed", "customer_inactive", "dead_letter"]);
-        instruments.consumed[Consumed::Duplicate as usize].inc();
-        instruments.produced[2][1].inc();
+        let instruments = MessageInstruments::new(&metrics);
+        instruments.consumed(Consumed::Duplicate);
+        instruments.produced(Produced::DeadLetter, Outcome::Error);
         instruments.processing.observe(0.001);
         instruments.event_delay.observe(2.0);
         instruments.produce_latency.observe(0.003);

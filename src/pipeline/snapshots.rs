@@ -20,11 +20,18 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::warn;
+use tracing::{debug, warn};
 
+use super::clock::wall_clock;
+use super::events::{ImageEncoded, ImageStep, SnapshotWritten};
+use super::owner::{Owner, PartitionState};
 use super::PartitionKey;
 use crate::core::EngineImage;
 use crate::snapshot::{format, Header, SnapshotFile, SnapshotStore};
+
+/// How long one service may spend copying snapshot images: the longest a snapshot
+/// stops consumption (plus one block of customers, well under a millisecond).
+const CAPTURE_STEP: Duration = Duration::from_millis(2);
 
 /// Identifies one snapshot through the background thread.
 #[derive(Clone, Debug)]
@@ -195,11 +202,9 @@ pub(super) struct Progress {
     /// When the last image was taken (or the partition assigned).
     pub taken_at: Instant,
     pub pending: Pending,
-    /// The offset of the newest snapshot known to be written, to be committed.
-    pub durable: Option<i64>,
     /// The previous image, whose buffers the next one reuses: copying into memory
-    /// that is already mapped costs about a quarter of faulting in fresh pages
-    /// (docs/performance-history.md), at the cost of keeping one copy of the state.
+    /// that is already mapped costs about a quarter of faulting in fresh pages, at the
+    /// cost of keeping one copy of the state.
     pub spare: Option<Box<EngineImage>>,
 }
 
@@ -225,12 +230,11 @@ pub(super) enum Pending {
 }
 
 impl Progress {
-    pub fn new(durable: Option<i64>) -> Self {
+    pub fn new() -> Self {
         Progress {
             dirty: false,
             taken_at: Instant::now(),
             pending: Pending::None,
-            durable,
             spare: None,
         }
     }
@@ -244,4 +248,240 @@ impl Progress {
     pub fn unsaved(&self) -> bool {
         self.dirty || !matches!(self.pending, Pending::None)
     }
+}
+
+impl Owner {
+    /// Starts copying an image of every partition whose snapshot is due; the copy
+    /// proceeds in [`Owner::capture_images`].
+    pub(super) fn start_due_snapshots(&mut self) {
+        let (Some(_), Some(snapshot)) = (&self.snapshot_thread, &self.settings.snapshot) else {
+            return;
+        };
+        let interval = snapshot.interval.as_duration();
+        for (&key, state) in &mut self.partitions {
+            let Some(offset) = state
+                .ledger
+                .next_offset()
+                .filter(|_| state.snapshot.due(interval))
+            else {
+                continue;
+            };
+            let ticket = Ticket::new(&self.settings.input.topics, key, state.epoch, offset);
+            state
+                .engine
+                .begin_image(state.snapshot.spare.take().unwrap_or_default());
+            state.snapshot.dirty = false;
+            state.snapshot.taken_at = Instant::now();
+            state.snapshot.pending = Pending::Capturing {
+                ticket,
+                started: Instant::now(),
+                longest_step: Duration::ZERO,
+            };
+        }
+    }
+
+    /// Whether an image is being copied: the loop then polls without waiting, so the
+    /// copy goes on while no message comes.
+    pub(super) fn capturing(&self) -> bool {
+        self.partitions
+            .values()
+            .any(|state| matches!(state.snapshot.pending, Pending::Capturing { .. }))
+    }
+
+    /// Copies images for at most [`CAPTURE_STEP`] (plus one block), the only time a
+    /// snapshot stops consumption, and hands complete ones to the snapshot thread.
+    pub(super) fn capture_images(&mut self) {
+        let Some(thread) = &self.snapshot_thread else {
+            return;
+        };
+        let started = Instant::now();
+        for state in self.partitions.values_mut() {
+            let Pending::Capturing {
+                ticket,
+                started: capture_started,
+                longest_step,
+            } = &mut state.snapshot.pending
+            else {
+                continue;
+            };
+            let step_started = Instant::now();
+            let image = loop {
+                if let Some(image) = state.engine.continue_image(1) {
+                    break Some(image);
+                }
+                if started.elapsed() >= CAPTURE_STEP {
+                    break None;
+                }
+            };
+            let step = step_started.elapsed();
+            *longest_step = (*longest_step).max(step);
+            ImageStep { step }.emit(&self.control.metrics);
+            if let Some(image) = image {
+                debug!(
+                    topic = %ticket.topic,
+                    partition = ticket.partition.partition,
+                    offset = ticket.offset,
+                    customers = image.customers.len(),
+                    capture_ms = capture_started.elapsed().as_secs_f64() * 1e3,
+                    longest_step_ms = longest_step.as_secs_f64() * 1e3,
+                    "snapshot image taken"
+                );
+                let ticket = ticket.clone();
+                let header = ticket.header(image.shape.fingerprint);
+                thread.encode(ticket, header, image);
+                state.snapshot.pending = Pending::Encoding;
+            }
+            if started.elapsed() >= CAPTURE_STEP {
+                break;
+            }
+        }
+    }
+
+    /// Handles what the snapshot thread finished, and sends encoded snapshots to be
+    /// written once their ledger says every output before their offset is safe.
+    pub(super) fn advance_snapshots(&mut self) {
+        let Some(thread) = &self.snapshot_thread else {
+            return;
+        };
+        while let Ok(done) = thread.done.try_recv() {
+            let (Done::Encoded { ticket, .. } | Done::Written { ticket, .. }) = &done;
+            let Some(state) = self
+                .partitions
+                .get_mut(&ticket.partition)
+                .filter(|s| s.epoch == ticket.epoch)
+            else {
+                continue;
+            };
+            match done {
+                Done::Encoded {
+                    ticket,
+                    file,
+                    image,
+                    took,
+                } => {
+                    ImageEncoded { took }.emit(&self.control.metrics);
+                    state.snapshot.spare = Some(image);
+                    state.snapshot.pending = Pending::None;
+                    match file {
+                        Ok((file, size)) => {
+                            state.snapshot.pending = Pending::Encoded {
+                                offset: ticket.offset,
+                                file,
+                                size,
+                            };
+                        }
+                        // Counted and logged as a failed write; its time is the
+                        // encode's, observed above.
+                        Err(error) => {
+                            self.totals.snapshots_written +=
+                                written(state, &ticket, 0, None, Err(error), &self.control.metrics)
+                        }
+                    }
+                }
+                Done::Written {
+                    ticket,
+                    size,
+                    took,
+                    result,
+                } => {
+                    state.snapshot.pending = Pending::None;
+                    self.totals.snapshots_written +=
+                        written(state, &ticket, size, Some(took), result, &self.control.metrics);
+                }
+            }
+        }
+        for (&key, state) in &mut self.partitions {
+            let publishable = match &state.snapshot.pending {
+                Pending::Encoded { offset, .. } => state.ledger.may_publish(*offset),
+                _ => false,
+            };
+            if !publishable {
+                continue;
+            }
+            let Pending::Encoded { offset, file, size } =
+                std::mem::replace(&mut state.snapshot.pending, Pending::Writing)
+            else {
+                unreachable!("checked above");
+            };
+            let ticket = Ticket::new(&self.settings.input.topics, key, state.epoch, offset);
+            thread.publish(ticket, file, size);
+        }
+    }
+
+    /// Writes a snapshot of `key` on this thread (revoke, shutdown), if its state holds
+    /// anything unsaved and every output is safe.
+    pub(super) fn snapshot_now(&mut self, key: PartitionKey) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let topics = &self.settings.input.topics;
+        let state = self.partitions.get_mut(&key).expect("an assigned partition");
+        if !state.snapshot.unsaved() {
+            return;
+        }
+        let offset = match state.ledger.final_snapshot() {
+            Ok(Some(offset)) => offset,
+            Ok(None) => return,
+            Err(undelivered) => {
+                warn!(
+                    topic = key.topic_in(topics),
+                    partition = key.partition,
+                    undelivered,
+                    "outputs undelivered: no final snapshot; the next owner replays from the last one"
+                );
+                return;
+            }
+        };
+        let ticket = Ticket::new(topics, key, state.epoch, offset);
+        let started = Instant::now();
+        let header = ticket.header(state.engine.model().shape().fingerprint);
+        let (size, result) = match encode_into_file(&**store, &ticket, &header, &state.engine.image()) {
+            Ok((file, size)) => (size, file.publish()),
+            Err(error) => (0, Err(error)),
+        };
+        state.snapshot.dirty = false;
+        self.totals.snapshots_written += written(
+            state,
+            &ticket,
+            size,
+            Some(started.elapsed()),
+            result,
+            &self.control.metrics,
+        );
+    }
+}
+
+/// Accounts for a finished write of `state`'s snapshot: durable in its ledger on
+/// success, retried at the next interval on failure; logged and counted either way.
+/// Returns 1 when a snapshot was written.
+fn written(
+    state: &mut PartitionState,
+    ticket: &Ticket,
+    size: u64,
+    took: Option<Duration>,
+    result: io::Result<()>,
+    metrics: &crate::telemetry::Metrics,
+) -> u64 {
+    SnapshotWritten {
+        ticket,
+        size,
+        took,
+        result: &result,
+    }
+    .emit(metrics);
+    if result.is_err() {
+        state.snapshot.dirty = true;
+        return 0;
+    }
+    state.ledger.snapshot_written(ticket.offset);
+    let labels = state.labels.values();
+    metrics
+        .snapshot_size
+        .with_label_values(&labels)
+        .set(i64::try_from(size).unwrap_or(i64::MAX));
+    metrics
+        .last_snapshot_time
+        .with_label_values(&labels)
+        .set(wall_clock().as_millis().div_euclid(1_000));
+    1
 }

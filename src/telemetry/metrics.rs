@@ -1,9 +1,10 @@
 //! Every metric stagestream exports, declared in one place and registered once.
 //!
-//! The service thread updates them as it works (`crate::pipeline`); the HTTP endpoint
-//! (`super::http`) renders the registry for Prometheus. Label values come from small
-//! fixed sets: results, reasons, stage and threshold names from the configured model,
-//! topic and partition numbers. A customer id, message or event name is never a label.
+//! The service's owner (`crate::pipeline`) updates them as it works; the HTTP endpoint
+//! (`crate::http`) renders the registry for Prometheus. Label values come from small
+//! fixed sets: the enums of [`super::labels`], reasons, stage and threshold names from
+//! the configured model, topic and partition numbers. A customer id, message or event
+//! name is never a label.
 //! docs/operations.md lists each metric with what it is for.
 
 use prometheus::core::Collector;
@@ -12,6 +13,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use super::labels::{Consumed, Outcome, Produced, RebalanceKind};
 use crate::core::Model;
 
 /// Seconds, 10 µs to 30 s: processing one event, producing, snapshot steps.
@@ -333,23 +335,23 @@ impl Metrics {
     /// stages, thresholds), so a counter reads 0 before it first moves: rates and
     /// alerts then see its first increment.
     pub fn initialise(&self, model: &Model, reasons: &[&str]) {
-        for result in ["ok", "invalid", "duplicate", "ignored", "late"] {
-            self.events_consumed.with_label_values(&[result]);
+        for result in Consumed::ALL {
+            self.events_consumed.with_label_values(&[result.as_str()]);
         }
         for reason in reasons {
             self.invalid_events.with_label_values(&[reason]);
         }
-        for kind in ["stage_changed", "customer_inactive", "dead_letter"] {
-            for result in ["ok", "error"] {
-                self.produced.with_label_values(&[kind, result]);
+        for kind in Produced::ALL {
+            for result in Outcome::ALL {
+                self.produced.with_label_values(&[kind.as_str(), result.as_str()]);
             }
         }
-        for kind in ["assign", "revoke"] {
-            self.rebalances.with_label_values(&[kind]);
+        for kind in RebalanceKind::ALL {
+            self.rebalances.with_label_values(&[kind.as_str()]);
         }
-        for result in ["ok", "error"] {
-            self.snapshots.with_label_values(&[result]);
-            self.commits.with_label_values(&[result]);
+        for result in Outcome::ALL {
+            self.snapshots.with_label_values(&[result.as_str()]);
+            self.commits.with_label_values(&[result.as_str()]);
         }
         for stage in model.stage_names() {
             self.customers.with_label_values(&[stage]);

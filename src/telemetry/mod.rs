@@ -1,12 +1,12 @@
-//! Telemetry: metrics ([`metrics`]), the HTTP endpoint that serves them with the health
-//! checks ([`http`]), and log setup ([`init_logs`]).
+//! Telemetry: the metrics ([`metrics`]) and their fixed label values ([`labels`]), and
+//! log setup ([`init_logs`]).
 //!
-//! The service thread (`crate::pipeline`) writes metrics and readiness into
-//! `pipeline::Control`; the endpoint reads them. Logs are `tracing` events: one
+//! Telemetry is called by the shell and never calls it: the owner (`crate::pipeline`)
+//! counts into [`Metrics`], `crate::http` renders them. Logs are `tracing` events: one
 //! structured line per notable event, JSON by default for `run` (stdout, for a log
 //! collector), human-readable on stderr for the commands whose stdout carries data.
 
-pub mod http;
+pub mod labels;
 pub mod metrics;
 
 use std::io;

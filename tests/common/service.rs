@@ -31,15 +31,19 @@ pub fn write_config(
     let text = format!(
         r#"{preset}
 [kafka]
-input_topics = ["events"]
-output_topic = "journey-stages"
-dead_letter_topic = "dead-letters"
+brokers = "{bootstrap}"
+group_id = "{group}"
 
-[kafka.common]
-"bootstrap.servers" = "{bootstrap}"
+[input]
+topics = ["events"]
+
+[output]
+topic = "journey-stages"
+
+[dlq]
+topic = "dead-letters"
 
 [kafka.consumer]
-"group.id" = "{group}"
 {fetch_wait}
 {consumer}
 [shutdown]

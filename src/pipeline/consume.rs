@@ -1,0 +1,172 @@
+//! One input message through the owner: decode, check against the wall clock, apply
+//! to its partition's engine, send the outputs (or the dead letter), and record in the
+//! partition's ledger what the commit must wait for.
+
+use std::time::Instant;
+
+use rdkafka::message::BorrowedMessage;
+use rdkafka::Message;
+use tracing::{debug, info};
+
+use super::events::{Rejected, FUTURE_TIMESTAMP};
+use super::hooks::DeliveryTag;
+use super::instruments::consumed;
+use super::ledger::Replay;
+use super::owner::Owner;
+use super::sink::produced;
+use super::PartitionKey;
+use crate::core::{EventTime, Verdict};
+use crate::decode::decode_with_default_time;
+use crate::telemetry::labels::{Consumed, Produced};
+
+impl Owner {
+    /// Handles one message; `polled_at` is when the poll returned it.
+    pub(super) fn on_message(&mut self, message: &BorrowedMessage<'_>, now: EventTime, polled_at: Instant) {
+        self.handle_message(message, now, polled_at);
+        self.instruments
+            .processing
+            .observe(polled_at.elapsed().as_secs_f64());
+    }
+
+    fn handle_message(&mut self, message: &BorrowedMessage<'_>, now: EventTime, polled_at: Instant) {
+        let Some(key) = self.key_of(message.topic(), message.partition()) else {
+            return;
+        };
+        let Some(state) = self.partitions.get_mut(&key) else {
+            debug!(
+                topic = message.topic(),
+                partition = message.partition(),
+                "message of an unassigned partition"
+            );
+            return;
+        };
+        let offset = message.offset();
+        let replay = state.ledger.message(offset);
+        state.snapshot.dirty = true;
+        if let Some(transaction) = &mut self.transaction {
+            transaction.work = true;
+        }
+        if replay == Replay::Silent {
+            self.control.metrics.replayed_without_output.inc();
+        }
+        let settings = &self.settings;
+        let payload = message.payload().unwrap_or_default();
+        let record_time = settings
+            .live
+            .use_record_timestamp
+            .then(|| message.timestamp().to_millis().map(EventTime::from_millis))
+            .flatten();
+        let epoch = state.epoch;
+        let tag = |sent| DeliveryTag {
+            partition: key,
+            epoch,
+            offset,
+            sent,
+            enqueued_at: polled_at,
+        };
+        let (reason, detail) = match decode_with_default_time(payload, &settings.model, record_time) {
+            Err(error) => (error.reason().as_str(), error.to_string()),
+            Ok(event) if event.timestamp > now.plus(settings.live.max_future_skew) => (
+                FUTURE_TIMESTAMP,
+                format!(
+                    "timestamp {} is more than time.max_future_skew ahead of the wall clock {now}",
+                    event.timestamp
+                ),
+            ),
+            Ok(event) => {
+                self.outputs.clear();
+                let verdict = state.engine.on_event(&event, &mut self.outputs);
+                self.instruments.consumed(consumed(verdict));
+                self.totals.consumed += 1;
+                if verdict == Verdict::Applied {
+                    let delay = now.as_millis().saturating_sub(event.timestamp.as_millis()).max(0);
+                    self.instruments.event_delay.observe(delay as f64 / 1e3);
+                }
+                if verdict == Verdict::Late {
+                    let detail = format!("older than the watermark {}", state.engine.watermark());
+                    return self.reject(message, key, replay, ("late", true), &detail, polled_at);
+                }
+                if replay == Replay::Silent {
+                    state.ledger.processed(offset, 0);
+                    return;
+                }
+                for output in &self.outputs {
+                    if let Err(error) =
+                        self.sink
+                            .send_output(&state.engine, output, Some(&event), tag(produced(output)))
+                    {
+                        self.fatal.get_or_insert(error);
+                    }
+                }
+                self.totals.outputs_sent += self.outputs.len() as u64;
+                state.ledger.processed(offset, self.outputs.len() as u32);
+                return;
+            }
+        };
+        self.count_consumed(Consumed::Invalid);
+        self.reject(message, key, replay, (reason, false), &detail, polled_at);
+    }
+
+    /// An invalid or late message (`(reason, late)`): logged and counted, and
+    /// dead-lettered unless it is being replayed silently.
+    fn reject(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        key: PartitionKey,
+        replay: Replay,
+        (reason, late): (&'static str, bool),
+        detail: &str,
+        polled_at: Instant,
+    ) {
+        let state = self.partitions.get_mut(&key).expect("checked by the caller");
+        let offset = message.offset();
+        if replay == Replay::Silent {
+            state.ledger.processed(offset, 0);
+            return;
+        }
+        Rejected {
+            reason,
+            late,
+            detail,
+            topic: message.topic(),
+            partition: message.partition(),
+            offset,
+        }
+        .emit(&self.control.metrics, &mut self.invalid_warnings);
+        let tag = DeliveryTag {
+            partition: key,
+            epoch: state.epoch,
+            offset,
+            sent: Produced::DeadLetter,
+            enqueued_at: polled_at,
+        };
+        let sent = match self.sink.send_dead_letter(message, reason, detail, tag) {
+            Ok(sent) => u32::from(sent),
+            Err(error) => {
+                self.fatal.get_or_insert(error);
+                1
+            }
+        };
+        state.ledger.processed(offset, sent);
+    }
+
+    /// A partition reached its end. librdkafka names only the partition number, so
+    /// with several input topics it is attributed only when one assigned topic has that
+    /// number (docs/semantics.md: the wall clock and several input topics).
+    pub(super) fn on_partition_end(&mut self, partition: i32, now: EventTime) {
+        let mut matching = self
+            .partitions
+            .iter_mut()
+            .filter(|(key, _)| key.partition == partition);
+        let (Some((key, state)), None) = (matching.next(), matching.next()) else {
+            return;
+        };
+        if state.ledger.reached_end(now) {
+            info!(
+                topic = key.topic_in(&self.settings.input.topics),
+                partition, "partition caught up; the wall clock now drives its inactivity"
+            );
+        }
+        self.update_readiness();
+    }
+}

@@ -1,0 +1,176 @@
+//! What the outside sees of the running service and how it talks to the owner: the
+//! stop switch, readiness ([`Status`]), running totals ([`Totals`]), and the command
+//! channel whose [`Command`]s the owner answers over a oneshot.
+//!
+//! Everything here is written by the owner alone (at each service step) and read by
+//! the HTTP endpoint (`crate::http`), `main`, the demo and tests. None of it is read
+//! back from Prometheus: metrics are for scraping, this is state of its own.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::telemetry::Metrics;
+
+/// Commands waiting for the owner beyond this are refused (the owner is stuck or the
+/// callers too many): the HTTP layer answers 503.
+const COMMAND_QUEUE: usize = 1_024;
+
+/// Shared between the owner and whoever runs it (main, the demo, tests).
+#[derive(Debug)]
+pub struct Control {
+    shutdown: AtomicBool,
+    pub status: Status,
+    pub totals: Totals,
+    pub metrics: Metrics,
+    commands: mpsc::Sender<Command>,
+    /// The owner's end of the command channel, taken once when the service starts.
+    inbox: Mutex<Option<mpsc::Receiver<Command>>>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
+        Control {
+            shutdown: AtomicBool::new(false),
+            status: Status::default(),
+            totals: Totals::default(),
+            metrics: Metrics::new(),
+            commands,
+            inbox: Mutex::new(Some(inbox)),
+        }
+    }
+}
+
+impl Control {
+    /// Asks the service to stop: it stops fetching, delivers, commits and returns.
+    pub fn stop(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.status.ready.load(Ordering::SeqCst)
+    }
+
+    /// Input messages handled, valid or not.
+    pub fn consumed(&self) -> u64 {
+        self.totals.consumed.load(Ordering::SeqCst)
+    }
+
+    /// Outputs (CloudEvents) delivered to the output topic.
+    pub fn delivered(&self) -> u64 {
+        self.totals.delivered.load(Ordering::SeqCst)
+    }
+
+    /// Outputs (CloudEvents) handed to the producer: once every one is delivered,
+    /// [`Control::delivered`] equals this.
+    pub fn outputs_sent(&self) -> u64 {
+        self.totals.outputs_sent.load(Ordering::SeqCst)
+    }
+
+    /// Messages delivered to the dead-letter topic.
+    pub fn dead_lettered(&self) -> u64 {
+        self.totals.dead_lettered.load(Ordering::SeqCst)
+    }
+
+    /// Snapshots written.
+    pub fn snapshots_written(&self) -> u64 {
+        self.totals.snapshots_written.load(Ordering::SeqCst)
+    }
+
+    /// The owner's end of the command channel; `None` once taken (one service per
+    /// `Control`).
+    pub(super) fn take_inbox(&self) -> Option<mpsc::Receiver<Command>> {
+        self.inbox.lock().map(|mut inbox| inbox.take()).unwrap_or(None)
+    }
+
+    /// Sends the command `ask` builds around a reply channel and waits for the answer.
+    ///
+    /// # Errors
+    /// [`Unanswered`] when the service is not running or its queue is full.
+    pub async fn ask<T>(&self, ask: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Unanswered> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.try_send(ask(reply)).map_err(|_| Unanswered)?;
+        answer.await.map_err(|_| Unanswered)
+    }
+}
+
+/// The service did not answer a command: not running, stopping, or overloaded.
+#[derive(Debug, thiserror::Error)]
+#[error("the service is not answering (not running, stopping, or too many requests)")]
+pub struct Unanswered;
+
+/// A question for the owner, answered over its oneshot sender.
+#[derive(Debug)]
+pub enum Command {
+    /// Where every assigned partition stands.
+    Progress(oneshot::Sender<ProgressReport>),
+}
+
+/// Readiness as the owner last published it.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Partitions assigned and restored, every one caught up at least once, and none
+    /// lagging by more than `http.ready_max_lag` (when the lag is known).
+    pub ready: AtomicBool,
+    /// Partitions assigned and every one of them caught up at least once.
+    pub caught_up: AtomicBool,
+    /// The largest lag over the assigned partitions in messages, -1 until known.
+    pub max_lag: AtomicI64,
+    pub assigned_partitions: AtomicU64,
+    /// `http.ready_max_lag`, for the `/readyz` body.
+    pub ready_max_lag: AtomicU64,
+}
+
+/// Running totals since start, added by the owner at each service step.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub consumed: AtomicU64,
+    pub outputs_sent: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub snapshots_written: AtomicU64,
+}
+
+/// The answer to [`Command::Progress`]: the `/progress` body.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgressReport {
+    pub ready: bool,
+    pub consumed: u64,
+    pub outputs_sent: u64,
+    pub delivered: u64,
+    pub dead_lettered: u64,
+    pub snapshots_written: u64,
+    pub partitions: Vec<PartitionProgress>,
+}
+
+/// One assigned partition in a [`ProgressReport`].
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionProgress {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset to read (what a snapshot taken now would cover).
+    pub next_offset: Option<i64>,
+    /// The offset last stored for commit or committed with a transaction.
+    pub committed_offset: Option<i64>,
+    /// The newest written snapshot's offset.
+    pub snapshot_offset: Option<i64>,
+    /// Messages behind the high watermark, once librdkafka's statistics said.
+    pub lag: Option<i64>,
+    pub caught_up: bool,
+    /// Messages below this offset are replayed without output (delivered before).
+    pub replaying_silently_below: Option<i64>,
+    /// Outputs sent and not yet delivered.
+    pub in_flight: u64,
+    pub customers: u64,
+    /// The newest event time applied, RFC 3339.
+    pub newest_event: Option<String>,
+    /// The watermark, RFC 3339, once an event was applied.
+    pub watermark: Option<String>,
+}
