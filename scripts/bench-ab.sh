@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Alternates variants of `stagestream run` on one loaded topic, so that a change can be
-# judged on a noisy machine (docs/performance-history.md, "End to end"):
+# judged on a noisy machine:
 #
 #   scripts/bench-ab.sh EVENTS ROUNDS VARIANT...
 #

@@ -6,8 +6,8 @@
 #
 # Released tansu lists every batch object of a partition on each fetch (tansu-storage
 # DynoStore::fetch), and object_store's InMemory store clones the whole listing, so a
-# broker's fetch cost grows with the data it holds ("Sixth session of 2026-12-02" in
-# docs/performance-history.md). The two patches beside this script list from the fetch offset:
+# broker's fetch cost grows with the data it holds. The two patches beside this script
+# list from the fetch offset:
 # InMemory gains a ranged list_with_offset, tansu's object-store wrappers forward it,
 # and fetch calls it with the key before the requested offset. Run the benchmarks on it
 # with TANSU_BINARY="$(scripts/tansu-fetch-patched.sh)" scripts/bench-e2e.sh ...

@@ -82,7 +82,7 @@ pub const CONSUMER_DEFAULTS: [(&str, &str); 7] = [
     ("fetch.wait.max.ms", "100"),
     // Once the prefetch queue is full, librdkafka waits this long before fetching again
     // (default 1 s): catching up on a backlog, the service emptied the queue first and
-    // then sat idle ~0.7 s per cycle (docs/performance-history.md, "End to end").
+    // then sat idle ~0.7 s per cycle.
     ("fetch.queue.backoff.ms", "10"),
     // Feeds the lag gauge, readiness and the Kafka-client metrics.
     ("statistics.interval.ms", "5000"),

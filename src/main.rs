@@ -29,7 +29,7 @@ use stagestream::telemetry::{init_logs, LogFormat, LogTarget};
 /// jemalloc for Rust and, through its unprefixed `malloc`, for librdkafka too: with
 /// glibc's allocator the owner thread freed every consumed message into the arena of
 /// librdkafka's fetch thread and waited on that arena's lock (~1,000-2,000 sleeps per
-/// 500K events); jemalloc frees through per-thread caches (docs/performance-history.md). Its
+/// 500K events); jemalloc frees through per-thread caches. Its
 /// built-in options (huge pages) are set at build time in `.cargo/config.toml`.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

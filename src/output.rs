@@ -26,7 +26,7 @@ pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f0c_9a51_3d2e_4b7a_9c1e_5a7d_2
 ///
 /// `data` is written by hand rather than through serde: every stage, rule, threshold
 /// and model name is escaped once here, and per-output strings are copied verbatim when
-/// they need no escaping, which cut rendering cost by about half (docs/performance-history.md).
+/// they need no escaping, which cut rendering cost by about half.
 /// Escaping itself is serde_json's, so the bytes are what serde_json would write.
 #[derive(Debug)]
 pub struct Renderer {

@@ -37,7 +37,7 @@ impl CustomerRef {
 /// ids are stored in ([`CustomerIds`]), the de-duplication window is sharded by and a
 /// snapshot image is copied in ([`crate::core::Engine::begin_image`]). A block of 4,096
 /// customers holds ~100 KB of state plus their messageIds, and is copied in ~25-50 us
-/// (median) on the development VM (docs/performance-history.md); its ids are shared, not
+/// (median) on the development VM; its ids are shared, not
 /// copied. Unit tests use blocks of four, so that their few customers cross many block
 /// boundaries.
 pub const BLOCK_SHIFT: u32 = if cfg!(test) { 2 } else { 12 };
@@ -143,7 +143,7 @@ impl CustomerTable {
 /// changes again, so it is frozen behind an `Arc`, and a clone (the snapshot image's
 /// copy, [`crate::core::Engine::begin_image`]) shares every frozen chunk and copies
 /// only the open one, at most one block's ids. At 10M customers with 36-character ids
-/// that keeps 381 MiB out of each image (docs/performance-history.md, "Memory per customer").
+/// that keeps 381 MiB out of each image.
 ///
 /// Invariant: every block before the last is frozen (`frozen.len() == len >>
 /// BLOCK_SHIFT`), a full block is cut `Cut::Uniform` exactly when its ids are all one
@@ -176,7 +176,7 @@ enum Cut {
     /// Every id of the block is this many bytes long (UUIDs, the usual case): the
     /// `i`th starts at `i * length`, so a lookup goes from its ref straight to the text
     /// and the block keeps no table of ends (16 KiB a block: at 10M customers the
-    /// engine's resident memory fell by 57 MiB, docs/performance-history.md).
+    /// engine's resident memory fell by 57 MiB).
     Uniform(u32),
     /// `ends[i]` is where the `i`th id ends.
     Ends(Arc<[u32]>),
@@ -410,11 +410,11 @@ const TABLE_REGIONS: usize = 1 << 8;
 /// fills it one region at a time: each hash goes to the region of the table its probe
 /// starts in (the hash's low bits, as in hashbrown). Inserted in ref order instead,
 /// every insert lands somewhere random in a table far bigger than the caches: at 10M
-/// customers the inserts took 0.8-1.2 s that way, 0.22-0.31 s in region order
-/// (docs/performance-history.md, "Snapshots"). Only the order changes, never the entries, so a
+/// customers the inserts took 0.8-1.2 s that way, 0.22-0.31 s in region order.
+/// Only the order changes, never the entries, so a
 /// wrong guess at the table's layout would only cost speed. In place (one digit of an
 /// American flag sort) because a reordered copy was 160 MB at 10M customers, during a
-/// restore's peak (docs/performance-history.md, "2026-12-02").
+/// restore's peak.
 fn by_table_region(mut hashed: Vec<(u64, CustomerRef)>) -> Vec<(u64, CustomerRef)> {
     // hashbrown's slot count: a power of two at most 7/8 full.
     let slots = (hashed.len().max(8) * 8 / 7).next_power_of_two();

@@ -14,7 +14,7 @@
 //! block's table per applied event, so no event waits for more than one table (a few
 //! thousand customers' ids, tens of microseconds): the whole pass at once held one event
 //! for 100 ms (every id kept) to 155 ms (every id dropped) at 10M customers with two ids
-//! each (`cargo bench --bench sweep`, docs/performance-history.md).
+//! each (`cargo bench --bench sweep`).
 //!
 //! The entries are sharded by [customer block](super::customers::BLOCK_SHIFT), one
 //! hash table per block, so a snapshot can copy one block's entries without scanning

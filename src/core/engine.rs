@@ -258,7 +258,7 @@ impl Engine {
     /// [`Engine::continue_image`] copies it a block of customers at a time between
     /// events, and a block about to change is copied first, so the finished image is
     /// exactly the state now, while no single step stops processing for longer than a
-    /// few blocks' copy (docs/performance-history.md, "Snapshots"). A capture already running
+    /// few blocks' copy. A capture already running
     /// is dropped.
     pub fn begin_image(&mut self, mut image: Box<EngineImage>) {
         image.shape.clone_from(self.model.shape());

@@ -272,7 +272,7 @@ struct RulesForType {
 /// A table keyed by the names a configuration gives, looked up with names from events.
 ///
 /// Every event looks its name up once, so the hash is XXH3 without a secret, a little
-/// cheaper than the keyed hasher used for ids (docs/performance-history.md, 2026-12-01): the
+/// cheaper than the keyed hasher used for ids: the
 /// keys are fixed at load, so an input can only land among them, never lengthen a
 /// probe sequence.
 #[derive(Clone, Debug, Default)]
