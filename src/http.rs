@@ -18,6 +18,9 @@ use tokio::net::TcpListener;
 
 use crate::pipeline::{Command, Control};
 
+/// How long a request waits for the owner's answer before a 503.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Binds `address` (before the service starts, so a taken port is a clear error).
 ///
 /// # Errors
@@ -75,7 +78,7 @@ async fn readyz(State(control): State<Arc<Control>>) -> impl IntoResponse {
 /// committed and snapshotted, lag, customers, outputs in flight. 503 while the service
 /// does not answer (starting, stopping, stopped).
 async fn progress(State(control): State<Arc<Control>>) -> Response {
-    match control.ask(Command::Progress).await {
+    match control.ask(Command::Progress, ANSWER_WITHIN).await {
         Ok(report) => (StatusCode::OK, json(&report)).into_response(),
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,

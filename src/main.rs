@@ -231,27 +231,7 @@ fn run(command: Command) -> Result<(), Failure> {
             customers,
             days,
             seed,
-        } => {
-            let settings = match config {
-                Some(path) => load_settings(&path)?,
-                None => config::load_embedded("five-stage preset (built in)", DEMO_PRESET)
-                    .map_err(|error| Failure::new(EX_USAGE, error))?,
-            };
-            init_logs(LogFormat::Human, LogTarget::Stderr, "warn");
-            let mut out = io::stdout().lock();
-            let summary = demo(settings, customers, days, seed, &mut out)
-                .map_err(|error| Failure::new(EX_TEMPFAIL, error))?;
-            eprintln!(
-                "stagestream demo: {} events through an in-process Kafka cluster, {} CloudEvents \
-                 printed, {} invalid events dead-lettered, {} snapshots written, in {:.1} s",
-                summary.events,
-                summary.printed,
-                summary.dead_lettered,
-                summary.snapshots,
-                summary.elapsed.as_secs_f64()
-            );
-            Ok(())
-        }
+        } => demo_command(config, customers, days, seed),
         Command::Loadgen {
             config,
             topic,
@@ -272,30 +252,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 duration,
                 max_events: events,
             };
-            let summary =
-                loadgen::load(&settings.kafka.producer_properties(None), &load).map_err(|error| {
-                    let code = match error {
-                        LoadError::Client(_) => EX_USAGE,
-                        LoadError::Produce { .. } | LoadError::Undelivered { .. } => EX_TEMPFAIL,
-                    };
-                    Failure::new(code, error)
-                })?;
-            let seconds = summary.elapsed.as_secs_f64();
-            eprintln!(
-                "stagestream loadgen: {} events ({} invalid, unkeyed) delivered to {} in {seconds:.2} s: \
-                 {:.0} events/s",
-                summary.events,
-                summary.unkeyed,
-                load.topic,
-                summary.events as f64 / seconds.max(1e-9)
-            );
-            if summary.stream_ended {
-                eprintln!(
-                    "stagestream loadgen: the generated stream ended first; raise --customers or --days \
-                     for more events"
-                );
-            }
-            Ok(())
+            loadgen_command(&settings, &load)
         }
         Command::Replay {
             config,
@@ -303,52 +260,8 @@ fn run(command: Command) -> Result<(), Failure> {
             output,
             until,
             rejects,
-        } => {
-            let settings = load_settings(&config)?;
-            let input = open_input(&input)?;
-            let output = create_output(&output)?;
-            let mut rejects = rejects
-                .map(|path| create_output(&path.to_string_lossy()))
-                .transpose()?;
-            let summary = replay(
-                &settings,
-                input,
-                output,
-                rejects.as_mut().map(|w| w as &mut dyn Write),
-                until,
-            )
-            .map_err(|error: ReplayError| Failure::new(EX_IOERR, error))?;
-            eprint!("{summary}");
-            Ok(())
-        }
-        Command::Check { config } => {
-            let settings = load_settings(&config)?;
-            settings
-                .kafka
-                .check_clients(&settings.delivery)
-                .map_err(|error| Failure::new(EX_USAGE, format!("{}: {error}", config.display())))?;
-            let model = &settings.model;
-            let stages: Vec<&str> = model.stage_names().collect();
-            let ladder: Vec<String> = model
-                .thresholds()
-                .iter()
-                .map(|t| {
-                    let after = std::time::Duration::from_millis(t.after.as_millis().unsigned_abs());
-                    format!("{} after {}", t.name, humantime::format_duration(after))
-                })
-                .collect();
-            println!(
-                "configuration ok: model {} with stages {}; inactivity: {}",
-                model.name(),
-                stages.join(" -> "),
-                if ladder.is_empty() {
-                    "none".to_owned()
-                } else {
-                    ladder.join(", ")
-                }
-            );
-            Ok(())
-        }
+        } => replay_command(&config, &input, &output, until, rejects),
+        Command::Check { config } => check_command(&config),
         Command::Generate {
             customers,
             days,
@@ -386,6 +299,112 @@ fn run(command: Command) -> Result<(), Failure> {
                 .map_err(|e| Failure::new(EX_IOERR, format!("cannot write output: {e}")))
         }
     }
+}
+
+/// `stagestream demo`: the service on an in-process cluster, its outputs printed.
+fn demo_command(config: Option<PathBuf>, customers: u32, days: u32, seed: u64) -> Result<(), Failure> {
+    let settings = match config {
+        Some(path) => load_settings(&path)?,
+        None => config::load_embedded("five-stage preset (built in)", DEMO_PRESET)
+            .map_err(|error| Failure::new(EX_USAGE, error))?,
+    };
+    init_logs(LogFormat::Human, LogTarget::Stderr, "warn");
+    let mut out = io::stdout().lock();
+    let summary =
+        demo(settings, customers, days, seed, &mut out).map_err(|error| Failure::new(EX_TEMPFAIL, error))?;
+    eprintln!(
+        "stagestream demo: {} events through an in-process Kafka cluster, {} CloudEvents \
+         printed, {} invalid events dead-lettered, {} snapshots written, in {:.1} s",
+        summary.events,
+        summary.printed,
+        summary.dead_lettered,
+        summary.snapshots,
+        summary.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `stagestream loadgen`: the generated stream produced to a topic.
+fn loadgen_command(settings: &Settings, load: &LoadSettings) -> Result<(), Failure> {
+    let summary = loadgen::load(&settings.kafka.producer_properties(None), load).map_err(|error| {
+        let code = match error {
+            LoadError::Client(_) => EX_USAGE,
+            LoadError::Produce { .. } | LoadError::Undelivered { .. } => EX_TEMPFAIL,
+        };
+        Failure::new(code, error)
+    })?;
+    let seconds = summary.elapsed.as_secs_f64();
+    eprintln!(
+        "stagestream loadgen: {} events ({} invalid, unkeyed) delivered to {} in {seconds:.2} s: \
+         {:.0} events/s",
+        summary.events,
+        summary.unkeyed,
+        load.topic,
+        summary.events as f64 / seconds.max(1e-9)
+    );
+    if summary.stream_ended {
+        eprintln!(
+            "stagestream loadgen: the generated stream ended first; raise --customers or --days \
+             for more events"
+        );
+    }
+    Ok(())
+}
+
+/// `stagestream replay`: the engine over a file, CloudEvents out.
+fn replay_command(
+    config: &Path,
+    input: &str,
+    output: &str,
+    until: Option<EventTime>,
+    rejects: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let settings = load_settings(config)?;
+    let input = open_input(input)?;
+    let output = create_output(output)?;
+    let mut rejects = rejects
+        .map(|path| create_output(&path.to_string_lossy()))
+        .transpose()?;
+    let summary = replay(
+        &settings,
+        input,
+        output,
+        rejects.as_mut().map(|w| w as &mut dyn Write),
+        until,
+    )
+    .map_err(|error: ReplayError| Failure::new(EX_IOERR, error))?;
+    eprint!("{summary}");
+    Ok(())
+}
+
+/// `stagestream check`: validates a configuration and describes its model.
+fn check_command(config: &Path) -> Result<(), Failure> {
+    let settings = load_settings(config)?;
+    settings
+        .kafka
+        .check_clients(&settings.delivery)
+        .map_err(|error| Failure::new(EX_USAGE, format!("{}: {error}", config.display())))?;
+    let model = &settings.model;
+    let stages: Vec<&str> = model.stage_names().collect();
+    let ladder: Vec<String> = model
+        .thresholds()
+        .iter()
+        .map(|t| {
+            let after = std::time::Duration::from_millis(t.after.as_millis().unsigned_abs());
+            format!("{} after {}", t.name, humantime::format_duration(after))
+        })
+        .collect();
+    println!(
+        "configuration ok: model {} with stages {}; inactivity: {}",
+        model.name(),
+        stages.join(" -> "),
+        if ladder.is_empty() {
+            "none".to_owned()
+        } else {
+            ladder.join(", ")
+        }
+    );
+    Ok(())
 }
 
 /// Runs the service on its own thread until it fails or SIGTERM/SIGINT arrives; then

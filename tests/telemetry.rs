@@ -442,6 +442,9 @@ fn health_endpoints_answer_without_a_broker() {
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["ready"], false);
     assert_eq!(body["assigned_partitions"], 0);
+    // The owner answers no command while it waits for the cluster.
+    let (status, body) = get(&http, "/progress").unwrap();
+    assert_eq!(status, 503, "{body}");
     let (_, metrics) = scrape(&http);
     assert_eq!(value(&metrics, "stagestream_ready"), 0.0);
     assert!(terminate(service).success());
@@ -477,6 +480,17 @@ fn readiness_fails_while_the_lag_is_above_the_bound() {
     wait_for("/readyz 200", Duration::from_secs(60), || {
         get(&http, "/readyz").is_some_and(|(status, _)| status == 200)
     });
+    let (status, body) = get(&http, "/progress").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let progress: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(progress["ready"], true, "{progress}");
+    assert_eq!(progress["consumed"], 0, "{progress}");
+    let partitions = progress["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 1, "{progress}");
+    assert_eq!(partitions[0]["topic"], "events");
+    assert_eq!(partitions[0]["partition"], 0);
+    assert_eq!(partitions[0]["caught_up"], true);
+    assert_eq!(partitions[0]["customers"], 0);
     let start = now().minus(Span::from_millis(DAY));
     let lines: Vec<Vec<u8>> = (0..1_000)
         .map(|i| {
@@ -502,6 +516,14 @@ fn readiness_fails_while_the_lag_is_above_the_bound() {
     });
     let body = seen.unwrap();
     assert_eq!(body["ready_max_lag"], 50, "{body}");
+    let (status, body) = get(&http, "/progress").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let progress: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(progress["ready"], false, "{progress}");
+    let partition = &progress["partitions"][0];
+    assert!(partition["next_offset"].as_i64() > Some(0), "{progress}");
+    assert!(partition["customers"].as_u64() > Some(0), "{progress}");
+    assert!(progress["consumed"].as_u64() > Some(0), "{progress}");
     let (_, metrics) = scrape(&http);
     assert_eq!(value(&metrics, "stagestream_ready"), 0.0);
     assert!(

@@ -90,20 +90,31 @@ impl Control {
         self.inbox.lock().map(|mut inbox| inbox.take()).unwrap_or(None)
     }
 
-    /// Sends the command `ask` builds around a reply channel and waits for the answer.
+    /// Sends the command `ask` builds around a reply channel and waits up to `within`
+    /// for the answer. The owner answers between messages, within a poll's wait
+    /// (50 ms) when idle; it does not answer while it connects to the cluster or
+    /// restores partitions.
     ///
     /// # Errors
-    /// [`Unanswered`] when the service is not running or its queue is full.
-    pub async fn ask<T>(&self, ask: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Unanswered> {
+    /// [`Unanswered`] when the service is not running, its queue is full, or no answer
+    /// came in time.
+    pub async fn ask<T>(
+        &self,
+        ask: impl FnOnce(oneshot::Sender<T>) -> Command,
+        within: std::time::Duration,
+    ) -> Result<T, Unanswered> {
         let (reply, answer) = oneshot::channel();
         self.commands.try_send(ask(reply)).map_err(|_| Unanswered)?;
-        answer.await.map_err(|_| Unanswered)
+        match tokio::time::timeout(within, answer).await {
+            Ok(Ok(answer)) => Ok(answer),
+            _ => Err(Unanswered),
+        }
     }
 }
 
 /// The service did not answer a command: not running, stopping, or overloaded.
 #[derive(Debug, thiserror::Error)]
-#[error("the service is not answering (not running, stopping, or too many requests)")]
+#[error("the service is not answering (starting, restoring, stopping, or too many requests)")]
 pub struct Unanswered;
 
 /// A question for the owner, answered over its oneshot sender.

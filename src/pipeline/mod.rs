@@ -137,7 +137,6 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
     let (events_tx, events) = mpsc::channel();
     let (deliveries_tx, deliveries) = mpsc::channel();
     let (consumer_properties, producer_properties) = settings.kafka.service_properties(&settings.delivery);
-    let exactly_once = settings.delivery.mode == DeliveryMode::ExactlyOnce;
     if let Some(id) = producer_properties.get("transactional.id") {
         info!(transactional_id = %id, "exactly-once: outputs and offsets commit in transactions");
     }
@@ -152,6 +151,55 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
             role: "producer",
             source,
         })?;
+    let mut owner = owner(settings, &control, producer, (events, deliveries, commands))?;
+    info!(properties = %consumer_properties, "creating consumer");
+    let consumer: BaseConsumer<ConsumerHooks> = ClientConfig::from(&consumer_properties)
+        .set_log_level(librdkafka_log_level())
+        .create_with_context(ConsumerHooks { events: events_tx })
+        .map_err(|source| PipelineError::Client {
+            role: "consumer",
+            source,
+        })?;
+    wait_for_broker(&consumer, &control);
+    if !control.stopping() {
+        owner.sink.connect();
+    }
+    let topics: Vec<&str> = settings.input.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|source| PipelineError::Subscribe {
+            topics: settings.input.topics.clone(),
+            source,
+        })?;
+    info!(topics = ?topics, output = %settings.output.topic, "consuming");
+    let result = owner.run_loop(&consumer);
+    let grace = settings.live.shutdown_grace.as_duration();
+    let finished = owner.finish(&consumer, grace);
+    // The owner (and its end of the callbacks' channel) goes first: the consumer's
+    // final revoke, while it closes, then finds nobody to hand over to and applies itself.
+    drop(owner);
+    leave_group(consumer);
+    control.status.ready.store(false, Ordering::SeqCst);
+    control.metrics.ready.set(0);
+    result.and(finished)
+}
+
+/// The owner's ends of its channels: client events, delivery reports, commands.
+type Inboxes = (
+    mpsc::Receiver<hooks::ClientEvent>,
+    mpsc::Receiver<hooks::Delivered>,
+    tokio::sync::mpsc::Receiver<Command>,
+);
+
+/// The owner, with its producer (transactions begun in exactly-once mode) and its
+/// snapshot thread (with `snapshot.dir`).
+fn owner(
+    settings: &Settings,
+    control: &Arc<Control>,
+    producer: BaseProducer<ProducerHooks>,
+    (events, deliveries, commands): Inboxes,
+) -> Result<Owner, PipelineError> {
+    let exactly_once = settings.delivery.mode == DeliveryMode::ExactlyOnce;
     if exactly_once {
         producer
             .init_transactions(TRANSACTION_TIMEOUT)
@@ -170,7 +218,7 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
         .map(SnapshotThread::start)
         .transpose()
         .map_err(PipelineError::SnapshotThread)?;
-    let mut owner = Owner {
+    Ok(Owner {
         guarantee: match exactly_once {
             true => Guarantee::ExactlyOnce,
             false => Guarantee::AtLeastOnce {
@@ -205,37 +253,7 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
         totals: OwnerTotals::default(),
         deadline: None,
         control: control.clone(),
-    };
-    info!(properties = %consumer_properties, "creating consumer");
-    let consumer: BaseConsumer<ConsumerHooks> = ClientConfig::from(&consumer_properties)
-        .set_log_level(librdkafka_log_level())
-        .create_with_context(ConsumerHooks { events: events_tx })
-        .map_err(|source| PipelineError::Client {
-            role: "consumer",
-            source,
-        })?;
-    wait_for_broker(&consumer, &control);
-    if !control.stopping() {
-        owner.sink.connect();
-    }
-    let topics: Vec<&str> = settings.input.topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|source| PipelineError::Subscribe {
-            topics: settings.input.topics.clone(),
-            source,
-        })?;
-    info!(topics = ?topics, output = %settings.output.topic, "consuming");
-    let result = owner.run_loop(&consumer);
-    let grace = settings.live.shutdown_grace.as_duration();
-    let finished = owner.finish(&consumer, grace);
-    // The owner (and its end of the callbacks' channel) goes first: the consumer's
-    // final revoke, while it closes, then finds nobody to hand over to and applies itself.
-    drop(owner);
-    leave_group(consumer);
-    control.status.ready.store(false, Ordering::SeqCst);
-    control.metrics.ready.set(0);
-    result.and(finished)
+    })
 }
 
 /// Closes the consumer, which leaves the group (its final revoke finds nothing in
