@@ -111,30 +111,19 @@ impl SnapshotWritten<'_> {
     }
 }
 
-/// One step of an image copy on the owner thread, or a finished image.
-pub(super) struct ImageStep {
-    pub step: Duration,
-}
-
-impl ImageStep {
-    pub fn emit(self, metrics: &Metrics) {
-        metrics
-            .snapshot_duration
-            .with_label_values(&[SnapshotStep::Pause.as_str()])
-            .observe(self.step.as_secs_f64());
-    }
-}
-
-/// A snapshot image encoded on the snapshot thread.
-pub(super) struct ImageEncoded {
+/// A step of taking a snapshot finished: one step of the image copy on the owner
+/// thread (`Pause`), or the encode on the snapshot thread. Writes are
+/// [`SnapshotWritten`].
+pub(super) struct SnapshotStepTaken {
+    pub step: SnapshotStep,
     pub took: Duration,
 }
 
-impl ImageEncoded {
+impl SnapshotStepTaken {
     pub fn emit(self, metrics: &Metrics) {
         metrics
             .snapshot_duration
-            .with_label_values(&[SnapshotStep::Encode.as_str()])
+            .with_label_values(&[self.step.as_str()])
             .observe(self.took.as_secs_f64());
     }
 }

@@ -63,6 +63,16 @@ pub(super) struct PartitionState {
     pub snapshot: Progress,
 }
 
+/// The state of `key` if it is still the assignment `epoch` (a result or report for an
+/// earlier assignment of a partition revoked and assigned again is not counted).
+pub(super) fn current(
+    partitions: &mut BTreeMap<PartitionKey, PartitionState>,
+    key: PartitionKey,
+    epoch: u64,
+) -> Option<&mut PartitionState> {
+    partitions.get_mut(&key).filter(|state| state.epoch == epoch)
+}
+
 /// Exactly-once bookkeeping: the open transaction.
 pub(super) struct Transaction {
     pub committed_at: Instant,
@@ -370,11 +380,7 @@ impl Owner {
                     Produced::StageChanged | Produced::CustomerInactive => self.totals.delivered += 1,
                 }
             }
-            let Some(state) = self
-                .partitions
-                .get_mut(&tag.partition)
-                .filter(|s| s.epoch == tag.epoch)
-            else {
+            let Some(state) = current(&mut self.partitions, tag.partition, tag.epoch) else {
                 continue;
             };
             match error {

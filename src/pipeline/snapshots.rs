@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use super::clock::wall_clock;
-use super::events::{ImageEncoded, ImageStep, SnapshotWritten};
-use super::owner::{Owner, PartitionState};
+use super::events::{SnapshotStepTaken, SnapshotWritten};
+use super::owner::{current, Owner, PartitionState};
 use super::PartitionKey;
 use crate::core::EngineImage;
 use crate::snapshot::{format, Header, SnapshotFile, SnapshotStore};
+use crate::telemetry::labels::SnapshotStep;
 
 /// How long one service may spend copying snapshot images: the longest a snapshot
 /// stops consumption (plus one block of customers, well under a millisecond).
@@ -315,7 +316,11 @@ impl Owner {
             };
             let step = step_started.elapsed();
             *longest_step = (*longest_step).max(step);
-            ImageStep { step }.emit(&self.control.metrics);
+            SnapshotStepTaken {
+                step: SnapshotStep::Pause,
+                took: step,
+            }
+            .emit(&self.control.metrics);
             if let Some(image) = image {
                 debug!(
                     topic = %ticket.topic,
@@ -345,11 +350,7 @@ impl Owner {
         };
         while let Ok(done) = thread.done.try_recv() {
             let (Done::Encoded { ticket, .. } | Done::Written { ticket, .. }) = &done;
-            let Some(state) = self
-                .partitions
-                .get_mut(&ticket.partition)
-                .filter(|s| s.epoch == ticket.epoch)
-            else {
+            let Some(state) = current(&mut self.partitions, ticket.partition, ticket.epoch) else {
                 continue;
             };
             match done {
@@ -359,7 +360,11 @@ impl Owner {
                     image,
                     took,
                 } => {
-                    ImageEncoded { took }.emit(&self.control.metrics);
+                    SnapshotStepTaken {
+                        step: SnapshotStep::Encode,
+                        took,
+                    }
+                    .emit(&self.control.metrics);
                     state.snapshot.spare = Some(image);
                     state.snapshot.pending = Pending::None;
                     match file {
