@@ -16,14 +16,15 @@
 //! ([`super::hooks::ClientEvent`], [`super::control::Command`]) that this loop answers.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, Statistics, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::clock::{wall_clock, WallClock};
 use super::control::{Command, Control, PartitionProgress, ProgressReport};
@@ -37,7 +38,7 @@ use super::{PartitionKey, PipelineError};
 use crate::config::Settings;
 use crate::core::{Engine, EventTime, Output};
 use crate::snapshot::SnapshotStore;
-use crate::telemetry::labels::{Consumed, Outcome, Produced};
+use crate::telemetry::labels::{Client, Consumed, Outcome, Produced};
 
 /// How often the wall clock advances caught-up partitions: inactivity fires within
 /// this (plus `time.firing_delay`) of its deadline.
@@ -187,7 +188,7 @@ impl Owner {
                 ClientEvent::Rebalance(rebalance) => self.rebalance(consumer, rebalance),
                 ClientEvent::Statistics(client, statistics) => {
                     record_client_statistics(&self.control.metrics, client, &statistics);
-                    if client == crate::telemetry::labels::Client::Consumer {
+                    if client == Client::Consumer {
                         self.on_statistics(&statistics);
                     }
                 }
@@ -297,8 +298,7 @@ impl Owner {
     /// Publishes the totals for `Control`'s readers.
     pub fn publish_totals(&self) {
         let totals = &self.control.totals;
-        let store =
-            |to: &std::sync::atomic::AtomicU64, value| to.store(value, std::sync::atomic::Ordering::SeqCst);
+        let store = |to: &AtomicU64, value| to.store(value, Ordering::SeqCst);
         store(&totals.consumed, self.totals.consumed);
         store(&totals.outputs_sent, self.totals.outputs_sent);
         store(&totals.delivered, self.totals.delivered);
@@ -321,7 +321,7 @@ impl Owner {
             }
         }
         let producer = &self.sink.producer;
-        let committed = match rdkafka::consumer::Consumer::group_metadata(consumer) {
+        let committed = match consumer.group_metadata() {
             Some(group) if offsets.count() > 0 => {
                 producer.send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)
             }
@@ -386,7 +386,7 @@ impl Owner {
             match error {
                 None => state.ledger.delivered(tag.offset),
                 Some(source) => {
-                    tracing::error!(%source, offset = tag.offset, "output delivery failed; stopping without committing it");
+                    error!(%source, offset = tag.offset, "output delivery failed; stopping without committing it");
                     let topic = self.sink.topic_of(tag.sent);
                     self.fatal
                         .get_or_insert(PipelineError::Delivery { topic, source });
@@ -413,7 +413,7 @@ impl Owner {
             }
         }
         if list.count() > 0 {
-            if let Err(error) = rdkafka::consumer::Consumer::store_offsets(consumer, &list) {
+            if let Err(error) = consumer.store_offsets(&list) {
                 warn!(%error, "cannot store offsets for commit");
             }
         }
@@ -512,7 +512,6 @@ impl Owner {
     /// Readiness: partitions assigned (restoring happens inside the assignment), each
     /// caught up once, and none lagging by more than `http.ready_max_lag` messages.
     pub fn update_readiness(&self) {
-        use std::sync::atomic::Ordering;
         let status = &self.control.status;
         let caught_up =
             !self.partitions.is_empty() && self.partitions.values().all(|s| s.ledger.ever_caught_up());
