@@ -18,15 +18,14 @@
 //! global minimum: thresholds fire in exact `(deadline, first-seen order)`, a function
 //! of the input alone.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 
 use super::capture::{Capture, Live};
 use super::customers::{CustomerRef, CustomerTable, Interned};
+use super::deadlines::DeadlineIndex;
 use super::dedup::DedupWindow;
 use super::event::Event;
-use super::image::{CustomerImage, EngineImage, Migration, RestoreError};
+use super::image::{CustomerImage, EngineImage};
 use super::model::{Model, RuleId, StageId, ThresholdId};
 use super::time::{EventTime, Span};
 
@@ -304,101 +303,6 @@ impl Engine {
         (self.capture.as_mut(), live)
     }
 
-    /// Rebuilds an engine from an image, carrying it into `model` when it was made
-    /// under another one (policy: [`super::image`]). The restored engine behaves
-    /// exactly as the imaged one would have.
-    ///
-    /// The de-duplication window, the biggest table, is rebuilt on a second thread from
-    /// the start while this one rebuilds the rest: pure computation, same result either
-    /// way.
-    ///
-    /// # Errors
-    /// [`RestoreError::IncompatibleModel`] when the policy refuses the model change;
-    /// [`RestoreError::Inconsistent`] when the image contradicts itself.
-    pub fn restore(
-        model: Arc<Model>,
-        settings: EngineSettings,
-        image: EngineImage,
-    ) -> Result<Self, RestoreError> {
-        let inconsistent = |what: String| RestoreError::Inconsistent(what);
-        let migration = (image.shape.fingerprint != model.shape().fingerprint)
-            .then(|| Migration::plan(&image.shape, model.shape()))
-            .transpose()?;
-        let EngineImage {
-            shape: saved,
-            newest_event,
-            clock,
-            dedup_next_sweep,
-            ids,
-            customers: saved_customers,
-            counters: saved_counter_values,
-            dedup: saved_dedup,
-        } = image;
-        let customer_count = saved_customers.len();
-        if ids.len() != customer_count {
-            return Err(inconsistent(format!(
-                "{} customer ids for {customer_count} customers",
-                ids.len()
-            )));
-        }
-        let saved_counters = saved.counters.len();
-        if saved_counter_values.len() != customer_count * saved_counters {
-            return Err(inconsistent(format!(
-                "{} occurrence counters for {customer_count} customers x {saved_counters}",
-                saved_counter_values.len()
-            )));
-        }
-        std::thread::scope(|scope| {
-            let dedup = scope.spawn(|| {
-                if let Some(entry) = saved_dedup.iter().find(|e| e.customer.index() >= customer_count) {
-                    return Err(inconsistent(format!(
-                        "a messageId of unknown customer {}",
-                        entry.customer.0
-                    )));
-                }
-                Ok(DedupWindow::from_entries(
-                    settings.dedup_window,
-                    saved_dedup.iter().copied(),
-                    dedup_next_sweep,
-                ))
-            });
-            let RestoredStates {
-                states,
-                population,
-                armed_customers,
-                due,
-            } = RestoredStates::of(&model, migration.as_ref(), &saved_customers)?;
-            // Let go of each image column as soon as it is converted: restoring 10M
-            // customers peaked at 1.4 GB with them all held to the end.
-            drop(saved_customers);
-            let deadlines = DeadlineIndex::from_entries(due);
-            let counters = match &migration {
-                Some(migration) => saved_counter_values
-                    .chunks_exact(saved_counters.max(1))
-                    .take(customer_count)
-                    .flat_map(|saved| migration.counters.iter().map(|&from| saved[from]))
-                    .collect(),
-                None => saved_counter_values,
-            };
-            let customers = CustomerTable::from_ids(ids).map_err(inconsistent)?;
-            let dedup = dedup.join().expect("rebuilding the dedup window panicked")?;
-            Ok(Engine {
-                model,
-                settings,
-                customers,
-                states,
-                counters,
-                deadlines,
-                armed_customers,
-                dedup,
-                newest_event,
-                clock,
-                population,
-                capture: None,
-            })
-        })
-    }
-
     /// Applies one valid event, appending what it caused to `out`.
     pub fn on_event(&mut self, event: &Event<'_>, out: &mut Vec<Output>) -> Verdict {
         let at = event.timestamp;
@@ -645,194 +549,6 @@ impl Engine {
     }
 }
 
-/// The deadline index: an entry `(key, customer)` per armed customer, popped in
-/// `(key, customer)` order.
-///
-/// Entries are kept in buckets of `1 << BUCKET_SHIFT` ms of key, each an
-/// unsorted `Vec` of 8-byte entries, and a bucket is sorted only when the clock reaches
-/// it: an insertion is a push, a firing a pop from the end of a sorted run, where a
-/// B-tree of every armed customer walked several cache-missing nodes for each and
-/// held ~24 bytes per entry. Entries inserted into the bucket being drained, or
-/// before it, go to a small heap beside the sorted run. Removal is lazy: a replaced
-/// entry stays until it comes up, and the engine skips entries that no longer match
-/// the customer's `indexed` key.
-#[derive(Clone, Debug)]
-struct DeadlineIndex {
-    /// Buckets after `drained`, by bucket number (`key >> BUCKET_SHIFT`): each entry
-    /// is the key's offset in its bucket and the customer.
-    later: BTreeMap<i64, Vec<(u32, CustomerRef)>>,
-    /// Where the first bucket of `later` starts ([`EventTime::MAX`] when none).
-    later_start: EventTime,
-    /// The bucket whose entries (and any before it) are in `sorted` and `inserted`.
-    drained: i64,
-    /// Entries of the drained buckets, sorted descending: the next due is last.
-    sorted: Vec<(EventTime, CustomerRef)>,
-    /// Entries inserted at or before the drained bucket since it was sorted.
-    inserted: BinaryHeap<Reverse<(EventTime, CustomerRef)>>,
-}
-
-/// Deadline-index buckets span `1 << BUCKET_SHIFT` ms of key (about 70 minutes).
-const BUCKET_SHIFT: u32 = 22;
-
-impl Default for DeadlineIndex {
-    fn default() -> Self {
-        DeadlineIndex {
-            later: BTreeMap::new(),
-            later_start: EventTime::MAX,
-            drained: i64::MIN,
-            sorted: Vec::new(),
-            inserted: BinaryHeap::new(),
-        }
-    }
-}
-
-impl DeadlineIndex {
-    fn from_entries(entries: Vec<(EventTime, CustomerRef)>) -> Self {
-        let mut sizes: BTreeMap<i64, usize> = BTreeMap::new();
-        for &(key, _) in &entries {
-            *sizes.entry(bucket_of(key)).or_default() += 1;
-        }
-        let mut index = DeadlineIndex {
-            later: sizes
-                .into_iter()
-                .map(|(bucket, len)| (bucket, Vec::with_capacity(len)))
-                .collect(),
-            ..DeadlineIndex::default()
-        };
-        for (key, customer) in entries {
-            index.insert(key, customer);
-        }
-        index
-    }
-
-    fn insert(&mut self, key: EventTime, customer: CustomerRef) {
-        let bucket = bucket_of(key);
-        if bucket <= self.drained {
-            self.inserted.push(Reverse((key, customer)));
-            return;
-        }
-        let start = bucket_start(bucket);
-        let offset = (key.as_millis() - start.as_millis()) as u32;
-        self.later.entry(bucket).or_default().push((offset, customer));
-        self.later_start = self.later_start.min(start);
-    }
-
-    /// Removes and returns the first entry if its key is at or before `clock`.
-    fn pop_due(&mut self, clock: EventTime) -> Option<(EventTime, CustomerRef)> {
-        loop {
-            let from_sorted = self.sorted.last().copied();
-            let from_inserted = self.inserted.peek().map(|&Reverse(entry)| entry);
-            let first = match (from_sorted, from_inserted) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if let Some(first) = first {
-                if first.0 > clock {
-                    return None;
-                }
-                if Some(first) == from_sorted {
-                    self.sorted.pop();
-                } else {
-                    self.inserted.pop();
-                }
-                return Some(first);
-            }
-            // Both empty: the next bucket, once the clock reaches where it starts.
-            if self.later_start > clock {
-                return None;
-            }
-            let (bucket, entries) = self.later.pop_first().expect("later_start names a bucket");
-            let start = bucket_start(bucket).as_millis();
-            self.sorted.clear();
-            self.sorted.extend(
-                entries
-                    .into_iter()
-                    .map(|(offset, customer)| (EventTime::from_millis(start + i64::from(offset)), customer)),
-            );
-            self.sorted.sort_unstable_by(|a, b| b.cmp(a));
-            self.drained = bucket;
-            self.later_start = self
-                .later
-                .first_key_value()
-                .map_or(EventTime::MAX, |(&b, _)| bucket_start(b));
-        }
-    }
-}
-
-fn bucket_of(key: EventTime) -> i64 {
-    key.as_millis() >> BUCKET_SHIFT
-}
-
-fn bucket_start(bucket: i64) -> EventTime {
-    EventTime::from_millis(bucket << BUCKET_SHIFT)
-}
-
-/// The per-customer state of a restored engine, rebuilt from its image.
-struct RestoredStates {
-    states: Vec<CustomerState>,
-    population: Vec<u64>,
-    armed_customers: usize,
-    /// Each armed customer's deadline-index entry.
-    due: Vec<(EventTime, CustomerRef)>,
-}
-
-impl RestoredStates {
-    /// Validates every saved customer against `model` (through `migration` when the
-    /// image was made under another model) and rebuilds its state.
-    fn of(
-        model: &Model,
-        migration: Option<&Migration>,
-        saved: &[CustomerImage],
-    ) -> Result<Self, RestoreError> {
-        let inconsistent = |what: String| RestoreError::Inconsistent(what);
-        let thresholds = model.thresholds().len();
-        let mut states = Vec::with_capacity(saved.len());
-        let mut population = vec![0u64; model.stage_count()];
-        let mut armed_customers = 0;
-        let mut due = Vec::new();
-        for (i, customer) in saved.iter().enumerate() {
-            let stage = match migration {
-                Some(migration) => migration.stages.get(usize::from(customer.stage.0)).copied(),
-                None => Some(customer.stage).filter(|s| usize::from(s.0) < model.stage_count()),
-            }
-            .ok_or_else(|| inconsistent(format!("customer {i} is in unknown stage {}", customer.stage.0)))?;
-            let armed = match customer.armed {
-                Some(ThresholdId(t)) if usize::from(t) < thresholds => {
-                    armed_customers += 1;
-                    let after = model.threshold(ThresholdId(t)).after;
-                    due.push((customer.last_activity.plus(after), CustomerRef(i as u32)));
-                    t
-                }
-                None => UNARMED,
-                Some(ThresholdId(t)) => {
-                    return Err(inconsistent(format!("customer {i} armed unknown threshold {t}")))
-                }
-            };
-            if usize::from(customer.ladder) > thresholds {
-                return Err(inconsistent(format!("customer {i} is past the ladder's end")));
-            }
-            population[usize::from(stage.0)] += 1;
-            states.push(CustomerState {
-                last_activity: customer.last_activity,
-                indexed: NOT_INDEXED,
-                stage,
-                armed,
-                ladder: customer.ladder,
-                stage_entered: StageEntered(customer.stage_entered),
-            });
-        }
-        for &(key, customer) in &due {
-            states[customer.index()].indexed = key;
-        }
-        Ok(RestoredStates {
-            states,
-            population,
-            armed_customers,
-            due,
-        })
-    }
-}
-
 fn next_threshold(model: &Model, from: u8, stage: StageId) -> u8 {
     model
         .thresholds()
@@ -842,6 +558,8 @@ fn next_threshold(model: &Model, from: u8, stage: StageId) -> u8 {
         .find(|(_, threshold)| threshold.applies_to(stage))
         .map_or(UNARMED, |(i, _)| i as u8)
 }
+
+mod restore;
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::*;
 use crate::core::event::{EventType, PropertyValue};
 use crate::core::image::DedupEntry;
+use crate::core::image::RestoreError;
 use crate::core::model::test_model;
 
 const FIVE_STAGE: &str = r#"
@@ -973,63 +974,4 @@ fn the_stage_entry_time_costs_no_memory() {
     // bytes in 24 (the entry time fills what was padding). Issue 6 budgets memory per
     // customer; a field that grows this shows up here first.
     assert_eq!(std::mem::size_of::<CustomerState>(), 24);
-}
-
-/// One step against the deadline index: an insertion (key relative to the clock,
-/// customer), or the clock moved on by some milliseconds and everything due popped.
-#[derive(Clone, Debug)]
-enum IndexStep {
-    Insert(i64, u32),
-    Advance(i64),
-}
-
-fn index_steps() -> impl proptest::strategy::Strategy<Value = Vec<IndexStep>> {
-    use proptest::prelude::*;
-    let step = prop_oneof![
-        3 => (0i64..6 << BUCKET_SHIFT, 0u32..50).prop_map(|(key, customer)| IndexStep::Insert(key, customer)),
-        1 => (0i64..(1 << BUCKET_SHIFT) + 5).prop_map(IndexStep::Advance),
-    ];
-    proptest::collection::vec(step, 0..200)
-}
-
-proptest::proptest! {
-    /// The bucketed deadline index pops exactly what an ordered multiset of its
-    /// entries would, in the same order, whatever the insertions: into buckets ahead,
-    /// into the bucket being drained, or behind it.
-    #[test]
-    fn the_deadline_index_pops_in_key_then_customer_order(
-        steps in index_steps(),
-        initial in proptest::collection::vec((0i64..6 << BUCKET_SHIFT, 0u32..50), 0..50),
-    ) {
-        let entry = |key: i64, customer: u32| (EventTime::from_millis(key), CustomerRef(customer));
-        let mut reference: std::collections::BTreeMap<(EventTime, CustomerRef), usize> = Default::default();
-        for &(key, customer) in &initial {
-            *reference.entry(entry(key, customer)).or_default() += 1;
-        }
-        let mut index = DeadlineIndex::from_entries(initial.iter().map(|&(k, c)| entry(k, c)).collect());
-        let mut clock = EventTime::from_millis(0);
-        for step in steps {
-            let advance = match step {
-                IndexStep::Insert(offset, customer) => {
-                    // Keys from well behind the clock to well ahead of it.
-                    let key = clock.as_millis() - (3 << BUCKET_SHIFT) + offset;
-                    index.insert(EventTime::from_millis(key), CustomerRef(customer));
-                    *reference.entry(entry(key, customer)).or_default() += 1;
-                    continue;
-                }
-                IndexStep::Advance(millis) => millis,
-            };
-            clock = EventTime::from_millis(clock.as_millis() + advance);
-            loop {
-                let expected = reference.first_key_value().map(|(&e, _)| e).filter(|e| e.0 <= clock);
-                proptest::prop_assert_eq!(index.pop_due(clock), expected);
-                let Some(expected) = expected else { break };
-                let count = reference.get_mut(&expected).expect("present");
-                *count -= 1;
-                if *count == 0 {
-                    reference.remove(&expected);
-                }
-            }
-        }
-    }
 }

@@ -10,13 +10,15 @@
 //! - [`model`]: stages, rules and the inactivity ladder, compiled from configuration.
 //! - [`customers`]: customer ids interned to dense refs, hash-flooding resistant.
 //! - [`dedup`]: the `messageId` de-duplication window.
-//! - [`engine`]: the state machine itself.
+//! - [`engine`]: the state machine itself; `deadlines`: its index of inactivity
+//!   deadlines.
 //! - [`image`]: the engine's state as plain data (for snapshots) and the policy for
 //!   carrying it into a changed model.
 //! - `capture`: an image copied out of a live engine a block of customers at a time.
 
 mod capture;
 pub mod customers;
+mod deadlines;
 pub mod dedup;
 pub mod engine;
 pub mod event;

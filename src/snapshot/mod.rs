@@ -10,12 +10,14 @@
 //!     -> corrupt? quarantine, count, try the next older -> none left: start empty
 //! ```
 //!
-//! - [`format`](mod@format): the file layout (versioned header, LZ4 body, crc32c).
+//! - [`format`](mod@format): the file layout (versioned header, LZ4 body, crc32c);
+//!   `chunks`: the body written and compressed in chunks on every core.
 //! - [`store`]: the storage trait and the directory implementation.
 //!
 //! The scheduling (when to take one, when it counts as durable) is the pipeline's:
 //! `crate::pipeline::snapshots`.
 
+mod chunks;
 pub mod format;
 pub mod store;
 
