@@ -423,58 +423,14 @@ fn load_source(
 }
 
 fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
-    let mut span = |path: &str, text: &str| match parse_span(text) {
-        Ok(span) => Some(span),
-        Err(message) => {
-            problems.push(Problem::new(path, message));
-            None
-        }
-    };
-    let allowed_lateness = span("time.allowed_lateness", &file.time.allowed_lateness);
-    let dedup_window = span("time.dedup_window", &file.time.dedup_window);
-    let max_future_skew = span("time.max_future_skew", &file.time.max_future_skew);
-    let firing_delay = span("time.firing_delay", &file.time.firing_delay);
-    let shutdown_grace = span("shutdown.grace_period", &file.shutdown.grace_period);
-    let snapshot_interval = span("snapshot.interval", &file.snapshot.interval);
-    if snapshot_interval.is_some_and(|interval| interval.as_millis() == 0) {
-        problems.push(Problem::new("snapshot.interval", "must be longer than 0s"));
-    }
-    if file.snapshot.keep == 0 {
-        problems.push(Problem::new("snapshot.keep", "must keep at least one snapshot"));
-    }
-    if file
-        .snapshot
-        .dir
-        .as_ref()
-        .is_some_and(|dir| dir.as_os_str().is_empty())
-    {
-        problems.push(Problem::new(
-            "snapshot.dir",
-            "must not be empty (leave it out to keep state in memory only)",
-        ));
-    }
-    if file
-        .delivery
-        .transactional_id
-        .as_ref()
-        .is_some_and(|id| id.trim().is_empty())
-    {
-        problems.push(Problem::new("delivery.transactional_id", "must not be empty"));
-    }
-    let http_bind = file
-        .http
-        .bind
-        .parse::<SocketAddr>()
-        .map_err(|_| {
-            problems.push(Problem::new(
-                "http.bind",
-                format!(
-                    "{:?} is not an address and port such as 0.0.0.0:9464",
-                    file.http.bind
-                ),
-            ))
-        })
-        .ok();
+    let allowed_lateness = span("time.allowed_lateness", &file.time.allowed_lateness, problems);
+    let dedup_window = span("time.dedup_window", &file.time.dedup_window, problems);
+    let max_future_skew = span("time.max_future_skew", &file.time.max_future_skew, problems);
+    let firing_delay = span("time.firing_delay", &file.time.firing_delay, problems);
+    let shutdown_grace = span("shutdown.grace_period", &file.shutdown.grace_period, problems);
+    let snapshot = file.snapshot.validate(problems);
+    let delivery = file.delivery.validate(problems);
+    let http = file.http.validate(problems);
     if file.output.source.trim().is_empty() {
         problems.push(Problem::new("output.source", "must not be empty"));
     }
@@ -507,23 +463,74 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
             shutdown_grace: shutdown_grace?,
         },
         kafka: kafka?,
-        snapshot: match file.snapshot.dir {
-            Some(dir) => Some(SnapshotSettings {
-                dir,
-                interval: snapshot_interval?,
-                keep: file.snapshot.keep,
-            }),
-            None => None,
-        },
-        delivery: DeliverySettings {
-            mode: file.delivery.mode,
-            transactional_id: file.delivery.transactional_id,
-        },
-        http: HttpSettings {
-            bind: http_bind?,
-            ready_max_lag: file.http.ready_max_lag,
-        },
+        snapshot: snapshot?,
+        delivery,
+        http: http?,
     })
+}
+
+/// `text` as a duration, or a problem at `path`.
+fn span(path: &str, text: &str, problems: &mut Vec<Problem>) -> Option<Span> {
+    parse_span(text)
+        .map_err(|message| problems.push(Problem::new(path, message)))
+        .ok()
+}
+
+impl SnapshotSection {
+    /// `Some(None)`: no `snapshot.dir`, state in memory only; `None`: a problem.
+    fn validate(self, problems: &mut Vec<Problem>) -> Option<Option<SnapshotSettings>> {
+        let interval = span("snapshot.interval", &self.interval, problems);
+        if interval.is_some_and(|interval| interval.as_millis() == 0) {
+            problems.push(Problem::new("snapshot.interval", "must be longer than 0s"));
+        }
+        if self.keep == 0 {
+            problems.push(Problem::new("snapshot.keep", "must keep at least one snapshot"));
+        }
+        if self.dir.as_ref().is_some_and(|dir| dir.as_os_str().is_empty()) {
+            problems.push(Problem::new(
+                "snapshot.dir",
+                "must not be empty (leave it out to keep state in memory only)",
+            ));
+        }
+        match self.dir {
+            Some(dir) => Some(Some(SnapshotSettings {
+                dir,
+                interval: interval?,
+                keep: self.keep,
+            })),
+            None => Some(None),
+        }
+    }
+}
+
+impl DeliverySection {
+    fn validate(self, problems: &mut Vec<Problem>) -> DeliverySettings {
+        if self
+            .transactional_id
+            .as_ref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            problems.push(Problem::new("delivery.transactional_id", "must not be empty"));
+        }
+        DeliverySettings {
+            mode: self.mode,
+            transactional_id: self.transactional_id,
+        }
+    }
+}
+
+impl HttpSection {
+    fn validate(self, problems: &mut Vec<Problem>) -> Option<HttpSettings> {
+        let Ok(bind) = self.bind.parse::<SocketAddr>() else {
+            let message = format!("{:?} is not an address and port such as 0.0.0.0:9464", self.bind);
+            problems.push(Problem::new("http.bind", message));
+            return None;
+        };
+        Some(HttpSettings {
+            bind,
+            ready_max_lag: self.ready_max_lag,
+        })
+    }
 }
 
 /// The topics of `input`, `output` and `dlq`: legal names, at least one input, and no
