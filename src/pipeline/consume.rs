@@ -42,6 +42,7 @@ impl Owner {
         };
         let offset = message.offset();
         let replay = state.ledger.message(offset);
+        self.totals.consumed += 1;
         state.snapshot.dirty = true;
         if let Some(transaction) = &mut self.transaction {
             transaction.work = true;
@@ -77,14 +78,14 @@ impl Owner {
                 self.outputs.clear();
                 let verdict = state.engine.on_event(&event, &mut self.outputs);
                 self.instruments.consumed(consumed(verdict));
-                self.totals.consumed += 1;
                 if verdict == Verdict::Applied {
                     let delay = now.as_millis().saturating_sub(event.timestamp.as_millis()).max(0);
                     self.instruments.event_delay.observe(delay as f64 / 1e3);
                 }
                 if verdict == Verdict::Late {
                     let detail = format!("older than the watermark {}", state.engine.watermark());
-                    return self.reject(message, key, replay, ("late", true), &detail, polled_at);
+                    let tag = tag(Produced::DeadLetter);
+                    return self.reject(message, key, replay, ("late", true), &detail, tag);
                 }
                 if replay == Replay::Silent {
                     state.ledger.processed(offset, 0);
@@ -103,8 +104,9 @@ impl Owner {
                 return;
             }
         };
-        self.count_consumed(Consumed::Invalid);
-        self.reject(message, key, replay, (reason, false), &detail, polled_at);
+        self.instruments.consumed(Consumed::Invalid);
+        let tag = tag(Produced::DeadLetter);
+        self.reject(message, key, replay, (reason, false), &detail, tag);
     }
 
     /// An invalid or late message (`(reason, late)`): logged and counted, and
@@ -116,7 +118,7 @@ impl Owner {
         replay: Replay,
         (reason, late): (&'static str, bool),
         detail: &str,
-        polled_at: Instant,
+        tag: DeliveryTag,
     ) {
         let state = self.partitions.get_mut(&key).expect("checked by the caller");
         let offset = message.offset();
@@ -133,13 +135,6 @@ impl Owner {
             offset,
         }
         .emit(&self.control.metrics, &mut self.invalid_warnings);
-        let tag = DeliveryTag {
-            partition: key,
-            epoch: state.epoch,
-            offset,
-            sent: Produced::DeadLetter,
-            enqueued_at: polled_at,
-        };
         let sent = match self.sink.send_dead_letter(message, reason, detail, tag) {
             Ok(sent) => u32::from(sent),
             Err(error) => {

@@ -38,7 +38,7 @@ use super::{PartitionKey, PipelineError};
 use crate::config::Settings;
 use crate::core::{Engine, EventTime, Output};
 use crate::snapshot::SnapshotStore;
-use crate::telemetry::labels::{Client, Consumed, Outcome, Produced};
+use crate::telemetry::labels::{Client, Outcome, Produced};
 
 /// How often the wall clock advances caught-up partitions: inactivity fires within
 /// this (plus `time.firing_delay`) of its deadline.
@@ -212,12 +212,6 @@ impl Owner {
 
     pub fn topic_name(&self, key: PartitionKey) -> &str {
         key.topic_in(&self.settings.input.topics)
-    }
-
-    /// Counts one input message, in the metrics and the totals.
-    pub fn count_consumed(&mut self, result: Consumed) {
-        self.instruments.consumed(result);
-        self.totals.consumed += 1;
     }
 
     /// Serves delivery reports, moves snapshots on, stores offsets (or commits the
