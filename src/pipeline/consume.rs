@@ -122,19 +122,20 @@ impl Owner {
     ) {
         let state = self.partitions.get_mut(&key).expect("checked by the caller");
         let offset = message.offset();
-        if replay == Replay::Silent {
-            state.ledger.processed(offset, 0);
-            return;
-        }
         Rejected {
             reason,
             late,
+            silent: replay == Replay::Silent,
             detail,
             topic: message.topic(),
             partition: message.partition(),
             offset,
         }
         .emit(&self.control.metrics, &mut self.invalid_warnings);
+        if replay == Replay::Silent {
+            state.ledger.processed(offset, 0);
+            return;
+        }
         let sent = match self.sink.send_dead_letter(message, reason, detail, tag) {
             Ok(sent) => u32::from(sent),
             Err(error) => {

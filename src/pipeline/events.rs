@@ -21,6 +21,9 @@ pub(super) const FUTURE_TIMESTAMP: &str = "future_timestamp";
 pub(super) struct Rejected<'a> {
     pub reason: &'static str,
     pub late: bool,
+    /// Replayed to rebuild state after a restart or handover: it was logged and
+    /// dead-lettered when first read, so it is only counted.
+    pub silent: bool,
     /// May quote the payload (a JSON parser shows where it failed), so it is logged at
     /// debug only; the dead letter carries it in its headers.
     pub detail: &'a str,
@@ -33,6 +36,9 @@ impl Rejected<'_> {
     pub fn emit(self, metrics: &Metrics, warnings: &mut RateLimited) {
         if !self.late {
             metrics.invalid_events.with_label_values(&[self.reason]).inc();
+        }
+        if self.silent {
+            return;
         }
         let (reason, topic, partition, offset) = (self.reason, self.topic, self.partition, self.offset);
         warnings.warn(|suppressed| {
