@@ -71,6 +71,7 @@ fn measure(customers: u32, with_message_ids: bool) {
         topic: "events".into(),
         partition: 0,
         offset: 0,
+        about: None,
     };
     let store = case_store();
     let mut file = store.create("events", 0, 0).expect("a snapshot file");

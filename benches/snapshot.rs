@@ -49,6 +49,7 @@ fn main() {
         topic: "events".into(),
         partition: 0,
         offset: 1,
+        about: None,
     };
     let bytes = encode(&header, &engine.image());
     println!(

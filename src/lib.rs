@@ -11,6 +11,7 @@
 //! - [`pipeline`]: the live service (`stagestream run`): consume, classify per
 //!   partition, produce CloudEvents, commit what was delivered.
 //! - [`snapshot`]: per-partition state files (format, store, restore).
+//! - [`inspect`]: `stagestream inspect`, what snapshot files hold.
 //! - [`loadgen`]: `stagestream loadgen`, the generated stream produced to a topic.
 //! - [`demo`]: `stagestream demo`, the whole service on an in-process Kafka cluster.
 //! - [`http`]: the service's endpoint: `/metrics`, `/livez`, `/readyz`, `/progress`.
@@ -25,6 +26,7 @@ pub mod decode;
 pub mod demo;
 pub mod generate;
 pub mod http;
+pub mod inspect;
 pub mod kafka;
 pub mod loadgen;
 pub mod output;

@@ -1,5 +1,6 @@
 //! The `stagestream` command line: parses arguments, loads configuration, runs a command,
-//! and maps failures to sysexits-style exit codes (64 usage/config, 66 no input,
+//! and maps failures to sysexits-style exit codes (1 `inspect --customer` found no
+//! such customer, 64 usage/config, 65 a snapshot that is not one, 66 no input,
 //! 69 cannot listen on `http.bind`, 73 cannot create output, 74 I/O error (snapshot
 //! directory unreadable), 75 the service stopped on a Kafka failure or could not deliver
 //! everything within the shutdown grace period, 78 a snapshot was made under a stage
@@ -20,6 +21,7 @@ use stagestream::core::EventTime;
 use stagestream::demo::demo;
 use stagestream::generate::{generate, GeneratorSettings};
 use stagestream::http;
+use stagestream::inspect;
 use stagestream::loadgen::{self, demo_stream, LoadError, LoadSettings};
 use stagestream::pipeline::{self, Control};
 use stagestream::replay::{replay, ReplayError};
@@ -37,7 +39,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// The model `demo` uses without `--config`.
 const DEMO_PRESET: &str = include_str!("../config/presets/five-stage.toml");
 
+/// `inspect --customer`: no snapshot holds the customer.
+const EX_NOT_FOUND: u8 = 1;
 const EX_USAGE: u8 = 64;
+const EX_DATAERR: u8 = 65;
 const EX_NOINPUT: u8 = 66;
 const EX_UNAVAILABLE: u8 = 69;
 const EX_CANTCREAT: u8 = 73;
@@ -139,6 +144,18 @@ enum Command {
         /// Seed of the generated stream.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// Show what snapshots hold: each header, one customer's state (JSON), or every
+    /// customer's state as JSON lines. PATH is a snapshot file or a snapshot directory
+    /// (then the newest valid snapshot of each partition).
+    Inspect {
+        path: PathBuf,
+        /// Print this customer's state in each snapshot that holds it, as JSON.
+        #[arg(long, conflicts_with = "export")]
+        customer: Option<String>,
+        /// Write every customer's state as JSON lines.
+        #[arg(long)]
+        export: bool,
     },
     /// Write a realistic, deterministic stream of e-commerce events as JSON lines.
     Generate {
@@ -262,6 +279,11 @@ fn run(command: Command) -> Result<(), Failure> {
             rejects,
         } => replay_command(&config, &input, &output, until, rejects),
         Command::Check { config } => check_command(&config),
+        Command::Inspect {
+            path,
+            customer,
+            export,
+        } => inspect_command(&path, customer.as_deref(), export),
         Command::Generate {
             customers,
             days,
@@ -375,6 +397,30 @@ fn replay_command(
     .map_err(|error: ReplayError| Failure::new(EX_IOERR, error))?;
     eprint!("{summary}");
     Ok(())
+}
+
+/// `stagestream inspect`: what snapshot files hold.
+fn inspect_command(path: &Path, customer: Option<&str>, export: bool) -> Result<(), Failure> {
+    let failed = |error: inspect::InspectError| {
+        let code = match error {
+            inspect::InspectError::Corrupt { .. } => EX_DATAERR,
+            inspect::InspectError::UnknownCustomer(_) => EX_NOT_FOUND,
+            inspect::InspectError::Write(_) => EX_IOERR,
+            inspect::InspectError::Unreadable { .. } | inspect::InspectError::NoSnapshot { .. } => EX_NOINPUT,
+        };
+        Failure::new(code, error)
+    };
+    let snapshots = inspect::read(path, &mut io::stderr()).map_err(failed)?;
+    let mut out = BufWriter::new(io::stdout().lock());
+    match (customer, export) {
+        (Some(id), _) => {
+            let state = inspect::customer(&snapshots, id).map_err(failed)?;
+            writeln!(out, "{state:#}").map_err(|e| failed(inspect::InspectError::Write(e)))?;
+        }
+        (None, true) => inspect::export(&snapshots, &mut out).map_err(failed)?,
+        (None, false) => inspect::describe(&snapshots, &mut out).map_err(failed)?,
+    }
+    out.flush().map_err(|e| failed(inspect::InspectError::Write(e)))
 }
 
 /// `stagestream check`: validates a configuration and describes its model.

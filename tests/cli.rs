@@ -288,3 +288,120 @@ fn check_runs_librdkafkas_own_rules() {
         );
     }
 }
+
+/// An engine that applied the bundled example's lines, saved as a snapshot of
+/// `events/0` at `offset` under `dir`, as the service writes it.
+fn snapshot_of_the_example(dir: &std::path::Path, offset: i64) -> stagestream::core::Engine {
+    use stagestream::snapshot::format::{encode, About, Header};
+    let settings = stagestream::config::load(&repo(FIVE_STAGE)).unwrap();
+    let mut engine = stagestream::core::Engine::new(settings.model.clone(), settings.engine);
+    let text = std::fs::read_to_string(repo("examples/five-stage.jsonl")).unwrap();
+    let mut outputs = Vec::new();
+    for line in text.lines() {
+        if let Ok(event) = stagestream::decode::decode(line.as_bytes(), &settings.model) {
+            engine.on_event(&event, &mut outputs);
+        }
+    }
+    let header = Header {
+        fingerprint: settings.model.shape().fingerprint,
+        topic: "events".into(),
+        partition: 0,
+        offset,
+        about: Some(About {
+            model: "five-stage".into(),
+            watermark: engine.watermark(),
+            written_at: stagestream::core::EventTime::parse_rfc3339("2026-03-02T10:00:00.000Z").unwrap(),
+        }),
+    };
+    let folder = dir.join("events").join("0");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join(format!("{offset:020}.snap")),
+        encode(&header, &engine.image()),
+    )
+    .unwrap();
+    engine
+}
+
+#[test]
+fn inspect_shows_a_snapshot_its_customers_and_refuses_a_corrupt_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = snapshot_of_the_example(dir.path(), 3_503);
+    let customers = engine.customer_count();
+    let described = run(stagestream().arg("inspect").arg(dir.path()));
+    assert_eq!(described.status.code(), Some(0), "{described:?}");
+    let text = String::from_utf8(described.stdout).unwrap();
+    for expected in [
+        "  format     4\n",
+        "  model      five-stage (fingerprint ",
+        "  topic      events\n",
+        "  partition  0\n",
+        "  offset     3503\n",
+        "  written at 2026-03-02T10:00:00.000Z\n",
+        &format!("  watermark  {}\n", engine.watermark()),
+        &format!("  customers  {customers}: awareness 5, consideration 44, purchase 19, retention 6, advocacy 46\n"),
+    ] {
+        assert!(text.contains(expected), "{expected:?} in\n{text}");
+    }
+
+    let exported = run(stagestream().arg("inspect").arg(dir.path()).arg("--export"));
+    assert_eq!(exported.status.code(), Some(0));
+    let lines: Vec<serde_json::Value> = String::from_utf8(exported.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), customers);
+    let id = lines[7]["customer_id"].as_str().unwrap().to_owned();
+    let stage = engine.stage_of(&id).unwrap();
+    assert_eq!(
+        lines[7]["stage"].as_str(),
+        Some(engine.model().stage_names().nth(usize::from(stage.0)).unwrap())
+    );
+
+    let one = run(stagestream()
+        .arg("inspect")
+        .arg(dir.path())
+        .args(["--customer", &id]));
+    assert_eq!(one.status.code(), Some(0), "{one:?}");
+    let state: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(state["customer_id"], id.as_str());
+    assert_eq!(state["model"], "five-stage");
+    let states = state["states"].as_array().unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0]["topic"], "events");
+    assert_eq!(states[0]["partition"], 0);
+    assert_eq!(states[0]["as_of"]["offset"], 3_503);
+    assert_eq!(states[0]["stage"], lines[7]["stage"]);
+    let thresholds: Vec<&str> = states[0]["inactivity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["threshold"].as_str().unwrap())
+        .collect();
+    assert_eq!(thresholds, ["winback_7d", "winback_14d"]);
+
+    let unknown = run(stagestream()
+        .arg("inspect")
+        .arg(dir.path())
+        .args(["--customer", "nobody"]));
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+
+    // A truncated file is a clear error, never a panic; in a directory it is skipped.
+    let file = dir.path().join("events/0").join(format!("{:020}.snap", 3_503));
+    let bytes = std::fs::read(&file).unwrap();
+    let truncated = dir.path().join("truncated.snap");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let corrupt = run(stagestream().arg("inspect").arg(&truncated));
+    assert_eq!(corrupt.status.code(), Some(65), "{corrupt:?}");
+    assert!(String::from_utf8_lossy(&corrupt.stderr).contains("is not a usable snapshot"));
+    std::fs::write(
+        dir.path().join("events/0").join(format!("{:020}.snap", 9_999)),
+        b"garbage",
+    )
+    .unwrap();
+    let skipped = run(stagestream().arg("inspect").arg(dir.path()));
+    assert_eq!(skipped.status.code(), Some(0), "{skipped:?}");
+    assert!(String::from_utf8_lossy(&skipped.stdout).contains("offset     3503"));
+    assert!(String::from_utf8_lossy(&skipped.stderr).contains("skipped"));
+}

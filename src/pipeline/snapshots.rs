@@ -26,7 +26,8 @@ use super::clock::wall_clock;
 use super::events::{SnapshotStepTaken, SnapshotWritten};
 use super::owner::{current, Owner, PartitionState};
 use super::PartitionKey;
-use crate::core::EngineImage;
+use crate::core::{EngineImage, EventTime, ModelShape};
+use crate::snapshot::format::About;
 use crate::snapshot::{format, Header, SnapshotFile, SnapshotStore};
 use crate::telemetry::labels::SnapshotStep;
 
@@ -42,25 +43,40 @@ pub(super) struct Ticket {
     pub epoch: u64,
     pub topic: String,
     pub offset: i64,
+    /// The partition's watermark when the image began.
+    pub watermark: EventTime,
 }
 
 impl Ticket {
-    pub fn new(input_topics: &[String], partition: PartitionKey, epoch: u64, offset: i64) -> Self {
+    pub fn new(
+        input_topics: &[String],
+        partition: PartitionKey,
+        epoch: u64,
+        offset: i64,
+        watermark: EventTime,
+    ) -> Self {
         Ticket {
             partition,
             epoch,
             topic: partition.topic_in(input_topics).to_owned(),
             offset,
+            watermark,
         }
     }
 
-    /// The file header of this snapshot, for state built under model `fingerprint`.
-    pub fn header(&self, fingerprint: u64) -> Header {
+    /// The file header of this snapshot of `engine`'s state: its model, and the
+    /// watermark it was at when the image began.
+    pub fn header(&self, shape: &ModelShape, model: &str) -> Header {
         Header {
-            fingerprint,
+            fingerprint: shape.fingerprint,
             topic: self.topic.clone(),
             partition: self.partition.partition,
             offset: self.offset,
+            about: Some(About {
+                model: model.to_owned(),
+                watermark: self.watermark,
+                written_at: wall_clock(),
+            }),
         }
     }
 }
@@ -221,9 +237,9 @@ pub(super) enum Pending {
     },
     Encoding,
     /// Encoded into an unpublished file of `size` bytes; published once everything
-    /// before `offset` is delivered.
+    /// before the ticket's offset is safe.
     Encoded {
-        offset: i64,
+        ticket: Ticket,
         file: Box<dyn SnapshotFile>,
         size: u64,
     },
@@ -267,7 +283,13 @@ impl Owner {
             else {
                 continue;
             };
-            let ticket = Ticket::new(&self.settings.input.topics, key, state.epoch, offset);
+            let ticket = Ticket::new(
+                &self.settings.input.topics,
+                key,
+                state.epoch,
+                offset,
+                state.engine.watermark(),
+            );
             state
                 .engine
                 .begin_image(state.snapshot.spare.take().unwrap_or_default());
@@ -332,7 +354,7 @@ impl Owner {
                     "snapshot image taken"
                 );
                 let ticket = ticket.clone();
-                let header = ticket.header(image.shape.fingerprint);
+                let header = ticket.header(&image.shape, state.engine.model().name());
                 thread.encode(ticket, header, image);
                 state.snapshot.pending = Pending::Encoding;
             }
@@ -369,11 +391,7 @@ impl Owner {
                     state.snapshot.pending = Pending::None;
                     match file {
                         Ok((file, size)) => {
-                            state.snapshot.pending = Pending::Encoded {
-                                offset: ticket.offset,
-                                file,
-                                size,
-                            };
+                            state.snapshot.pending = Pending::Encoded { ticket, file, size };
                         }
                         // Counted and logged as a failed write; its time is the
                         // encode's, observed above.
@@ -395,20 +413,19 @@ impl Owner {
                 }
             }
         }
-        for (&key, state) in &mut self.partitions {
+        for state in self.partitions.values_mut() {
             let publishable = match &state.snapshot.pending {
-                Pending::Encoded { offset, .. } => state.ledger.may_publish(*offset),
+                Pending::Encoded { ticket, .. } => state.ledger.may_publish(ticket.offset),
                 _ => false,
             };
             if !publishable {
                 continue;
             }
-            let Pending::Encoded { offset, file, size } =
+            let Pending::Encoded { ticket, file, size } =
                 std::mem::replace(&mut state.snapshot.pending, Pending::Writing)
             else {
                 unreachable!("checked above");
             };
-            let ticket = Ticket::new(&self.settings.input.topics, key, state.epoch, offset);
             thread.publish(ticket, file, size);
         }
     }
@@ -437,9 +454,10 @@ impl Owner {
                 return;
             }
         };
-        let ticket = Ticket::new(topics, key, state.epoch, offset);
+        let ticket = Ticket::new(topics, key, state.epoch, offset, state.engine.watermark());
         let started = Instant::now();
-        let header = ticket.header(state.engine.model().shape().fingerprint);
+        let model = state.engine.model();
+        let header = ticket.header(model.shape(), model.name());
         let (size, result) = match encode_into_file(&**store, &ticket, &header, &state.engine.image()) {
             Ok((file, size)) => (size, file.publish()),
             Err(error) => (0, Err(error)),

@@ -4,11 +4,13 @@
 //! ```text
 //! magic        8 bytes  "STGSNAP\0"
 //! version      u16      FORMAT_VERSION
-//! flags        u16      0 (reserved)
+//! flags        u16      bit 0: the "about" fields below are present (version 4)
 //! fingerprint  u64      the model the state was built under
 //! partition    i32
 //! offset       i64      the next input offset: every message before it is in the state
 //! topic        u16 length + UTF-8
+//! about        (flag bit 0) model name (u16 length + UTF-8), watermark (i64 ms),
+//!              written at (i64 ms, wall clock): what `stagestream inspect` shows
 //! body         u64 length of what follows:
 //!                u64 raw length, u32 chunk size, u32 chunk count, a u32 compressed
 //!                length per chunk, then the chunks: the raw body cut every chunk size
@@ -16,7 +18,7 @@
 //! crc32c       u32      over every byte before it
 //! ```
 //!
-//! Version 3 cut the body into chunks so that encoding and decoding use every core (the
+//! Version 4 added the "about" fields; version 3 cut the body into chunks so that encoding and decoding use every core (the
 //! bytes do not depend on how many there are); version 2 (one LZ4 block with its size
 //! prepended) is still read. Version 2 added when each customer entered its stage;
 //! version 1 files are not read (the partition is rebuilt from the log). All integers
@@ -38,7 +40,9 @@ use crate::core::{
 };
 
 pub const MAGIC: [u8; 8] = *b"STGSNAP\0";
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
+/// The header flag saying the "about" fields follow the topic.
+const HAS_ABOUT: u16 = 1;
 /// The oldest version still read: its body is one LZ4 block, its size prepended.
 const ONE_BLOCK_VERSION: u16 = 2;
 /// How much raw body each LZ4 block of a version 3 body holds (the last holds the rest):
@@ -57,6 +61,19 @@ pub struct Header {
     pub partition: i32,
     /// The next input offset to read after restoring this state.
     pub offset: i64,
+    /// What the file says about itself for people; `None` in files before version 4.
+    pub about: Option<About>,
+}
+
+/// A snapshot's description for `stagestream inspect`: not needed to restore it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct About {
+    /// The model's name (`model.name`) when the state was saved.
+    pub model: String,
+    /// The partition's watermark when the state was saved.
+    pub watermark: EventTime,
+    /// When the snapshot was taken (wall clock).
+    pub written_at: EventTime,
 }
 
 /// Why bytes are not a usable snapshot. Never retriable: the file is bad.
@@ -67,7 +84,7 @@ pub enum CorruptSnapshot {
     #[error("not a snapshot (bad magic)")]
     BadMagic,
     #[error(
-        "format version {found} is not supported (this build reads {ONE_BLOCK_VERSION} and {FORMAT_VERSION})"
+        "format version {found} is not supported (this build reads {ONE_BLOCK_VERSION} to {FORMAT_VERSION})"
     )]
     UnsupportedVersion { found: u16 },
     #[error("checksum mismatch: stored {stored:08x}, computed {computed:08x}")]
@@ -106,11 +123,17 @@ fn encode_in_chunks(
     let mut prefix = Vec::with_capacity(64 + header.topic.len() + 4 * count);
     prefix.extend_from_slice(&MAGIC);
     prefix.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    prefix.extend_from_slice(&0u16.to_le_bytes());
+    let flags = if header.about.is_some() { HAS_ABOUT } else { 0 };
+    prefix.extend_from_slice(&flags.to_le_bytes());
     prefix.extend_from_slice(&header.fingerprint.to_le_bytes());
     prefix.extend_from_slice(&header.partition.to_le_bytes());
     prefix.extend_from_slice(&header.offset.to_le_bytes());
     put_str16(&mut prefix, &header.topic);
+    if let Some(about) = &header.about {
+        put_str16(&mut prefix, &about.model);
+        prefix.extend_from_slice(&about.watermark.as_millis().to_le_bytes());
+        prefix.extend_from_slice(&about.written_at.as_millis().to_le_bytes());
+    }
     let section_at = prefix.len();
     prefix.extend_from_slice(&[0; 8]); // the section's length, once known
     prefix.extend_from_slice(&(raw_len as u64).to_le_bytes());
@@ -167,10 +190,11 @@ pub fn decode(bytes: Vec<u8>) -> Result<(Header, EngineImage), CorruptSnapshot> 
     if bytes.len() < FIXED + 8 + 4 {
         return Err(CorruptSnapshot::Truncated(bytes.len()));
     }
-    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version != FORMAT_VERSION && version != ONE_BLOCK_VERSION {
+    let version = version_of(&bytes).expect("long enough");
+    if !(ONE_BLOCK_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(CorruptSnapshot::UnsupportedVersion { found: version });
     }
+    let flags = u16::from_le_bytes([bytes[10], bytes[11]]);
     let (covered, stored) = bytes.split_at(bytes.len() - 4);
     let stored = u32::from_le_bytes(stored.try_into().expect("split at 4"));
     let computed = crc32c::crc32c(covered);
@@ -184,6 +208,15 @@ pub fn decode(bytes: Vec<u8>) -> Result<(Header, EngineImage), CorruptSnapshot> 
     let partition = reader.i32()?;
     let offset = reader.i64()?;
     let topic = reader.str16()?.to_owned();
+    let about = if version == FORMAT_VERSION && flags & HAS_ABOUT != 0 {
+        Some(About {
+            model: reader.str16()?.to_owned(),
+            watermark: EventTime::from_millis(reader.i64()?),
+            written_at: EventTime::from_millis(reader.i64()?),
+        })
+    } else {
+        None
+    };
     let body_len = reader.len64()?;
     let body = reader.take(body_len)?;
     if !reader.bytes.is_empty() {
@@ -211,8 +244,14 @@ pub fn decode(bytes: Vec<u8>) -> Result<(Header, EngineImage), CorruptSnapshot> 
         topic,
         partition,
         offset,
+        about,
     };
     Ok((header, image))
+}
+
+/// The format version of a snapshot file's bytes, if they are long enough to say.
+pub fn version_of(bytes: &[u8]) -> Option<u16> {
+    bytes.get(8..10).map(|v| u16::from_le_bytes([v[0], v[1]]))
 }
 
 /// The raw body of a version 3 body, its chunks shared out among the cores.
@@ -701,6 +740,11 @@ mod tests {
             topic: "events".into(),
             partition: 3,
             offset: 42,
+            about: Some(About {
+                model: "five-stage".into(),
+                watermark: EventTime::from_millis(1_767_225_600_000),
+                written_at: EventTime::from_millis(1_767_225_900_000),
+            }),
         }
     }
 
@@ -719,7 +763,11 @@ mod tests {
 
     /// Where the body section starts: after the fixed fields, the topic and its length.
     fn body_at(header: &Header) -> usize {
-        8 + 2 + 2 + 8 + 4 + 8 + 2 + header.topic.len()
+        let about = header
+            .about
+            .as_ref()
+            .map_or(0, |about| 2 + about.model.len() + 8 + 8);
+        8 + 2 + 2 + 8 + 4 + 8 + 2 + header.topic.len() + about
     }
 
     /// `image` under [`header`] encoded into memory, its body cut every `chunk_size` bytes.
@@ -866,8 +914,12 @@ mod tests {
 
     #[test]
     fn version_2_files_are_still_read() {
-        let current = encode(&header(), &image());
-        let at = body_at(&header());
+        let header = Header {
+            about: None,
+            ..header()
+        };
+        let current = encode(&header, &image());
+        let at = body_at(&header);
         let mut old = current[..at].to_vec();
         old[8..10].copy_from_slice(&ONE_BLOCK_VERSION.to_le_bytes());
         let body = lz4_flex::block::compress_prepend_size(&raw_body(&image(), BODY_CHUNK));
@@ -875,8 +927,24 @@ mod tests {
         old.extend_from_slice(&body);
         old.extend_from_slice(&[0; 4]);
         let (decoded_header, decoded) = decode(resealed(old)).unwrap();
-        assert_eq!(decoded_header, header());
+        assert_eq!(decoded_header, header);
         assert_eq!(sorted(decoded), sorted(image()));
+    }
+
+    #[test]
+    fn version_3_files_are_read_without_what_version_4_says_about_them() {
+        let header = Header {
+            about: None,
+            ..header()
+        };
+        let mut old = encode(&header, &image());
+        // Version 3: chunked bodies, without the "about" fields.
+        old[8..10].copy_from_slice(&3u16.to_le_bytes());
+        let (decoded_header, decoded) = decode(resealed(old)).unwrap();
+        assert_eq!(decoded_header, header);
+        assert_eq!(sorted(decoded), sorted(image()));
+        let (with_about, _) = decode(encode(&self::header(), &image())).unwrap();
+        assert_eq!(with_about.about.unwrap().model, "five-stage");
     }
 
     #[test]

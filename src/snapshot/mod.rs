@@ -172,6 +172,7 @@ mod tests {
             topic: "events".into(),
             partition: 0,
             offset,
+            about: None,
         };
         store::write_whole(
             store,
