@@ -1,5 +1,6 @@
-//! The service's instruments: what the owner loop and the client callbacks count, and
-//! the label lookups resolved once so the per-message path only increments.
+//! The service's instruments: what the owner counts per message and per delivery
+//! report, and from librdkafka's statistics, with the label lookups resolved once so the
+//! per-message path only increments.
 //!
 //! Metrics are declared in `crate::telemetry::metrics`; this module maps the owner's
 //! per-message work onto them (outputs, consumed messages, librdkafka statistics).
