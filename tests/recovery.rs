@@ -434,6 +434,33 @@ fn state_follows_partitions_as_instances_join_and_leave() {
         restored >= 1,
         "moved partitions were restored from the shared snapshots"
     );
+    // The final snapshots as `inspect` reads them: every partition, every customer once.
+    let snapshots = dir.path().join("snapshots");
+    let described = common::run(common::stagestream().arg("inspect").arg(&snapshots));
+    assert!(described.status.success(), "{described:?}");
+    let text = String::from_utf8(described.stdout).unwrap();
+    assert_eq!(
+        text.matches("  model      five-stage (fingerprint").count(),
+        4,
+        "{text}"
+    );
+    let exported = common::run(
+        common::stagestream()
+            .arg("inspect")
+            .arg(&snapshots)
+            .arg("--export"),
+    );
+    assert!(exported.status.success(), "{exported:?}");
+    let ids: Vec<String> = String::from_utf8(exported.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let state: serde_json::Value = serde_json::from_str(line).unwrap();
+            state["customer_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!((ids.len(), distinct.len()), (3_000, 3_000));
     eprintln!(
         "{total} outputs for {} distinct; {restored} partition restores",
         union.len()
