@@ -71,11 +71,7 @@ pub fn read(path: &Path, warnings: &mut impl Write) -> Result<Vec<Snapshot>, Ins
     for (topic, partition) in partitions(path).map_err(unreadable)? {
         let offsets = store.list(&topic, partition).map_err(unreadable)?;
         for offset in offsets {
-            let file = path
-                .join(&topic)
-                .join(partition.to_string())
-                .join(format!("{offset:020}.snap"));
-            match read_file(&file) {
+            match read_file(&store.path(&topic, partition, offset)) {
                 Ok(snapshot) => {
                     snapshots.push(snapshot);
                     break;

@@ -87,7 +87,8 @@ impl DirectoryStore {
         self.root.join(topic).join(partition.to_string())
     }
 
-    fn path(&self, topic: &str, partition: i32, offset: i64) -> PathBuf {
+    /// Where the snapshot of `topic`/`partition` covering up to `offset` lives.
+    pub fn path(&self, topic: &str, partition: i32, offset: i64) -> PathBuf {
         self.partition_dir(topic, partition)
             .join(format!("{offset:020}{SUFFIX}"))
     }
