@@ -50,6 +50,9 @@ pub struct Snapshot {
     pub version: u16,
     pub header: Header,
     pub image: EngineImage,
+    /// The image's inactivity ladder, parsed once from the model shape's signatures
+    /// (by ladder position; `None` for a signature this build cannot read).
+    ladder: Vec<Option<Threshold>>,
 }
 
 /// Reads PATH: the file itself, or the newest valid snapshot of every partition under
@@ -100,11 +103,18 @@ fn read_file(path: &Path) -> Result<Snapshot, InspectError> {
         path: path.to_owned(),
         source,
     })?;
+    let ladder = image
+        .shape
+        .thresholds
+        .iter()
+        .map(|s| Threshold::parse(s))
+        .collect();
     Ok(Snapshot {
         path: path.to_owned(),
         version,
         header,
         image,
+        ladder,
     })
 }
 
@@ -238,13 +248,12 @@ fn state(snapshot: &Snapshot, index: usize) -> Value {
     let (header, image) = (&snapshot.header, &snapshot.image);
     let customer = &image.customers[index];
     let stage = image.shape.stages.get(usize::from(customer.stage.0));
-    let inactivity: Vec<Value> = image
-        .shape
-        .thresholds
+    let inactivity: Vec<Value> = snapshot
+        .ladder
         .iter()
         .enumerate()
-        .filter_map(|(i, signature)| {
-            let threshold = Threshold::parse(signature)?;
+        .filter_map(|(i, threshold)| {
+            let threshold = threshold.as_ref()?;
             let applies = threshold.stages.as_ref().is_none_or(|stages| stage.is_some_and(|s| stages.contains(s)));
             applies.then(|| {
                 json!({
