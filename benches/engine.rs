@@ -16,7 +16,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use stagestream::config;
-use stagestream::core::{Engine, EventTime};
+use stagestream::core::{Engine, EventTime, Record};
 use stagestream::decode::decode;
 use stagestream::generate::{generate, GeneratorSettings};
 use stagestream::output::Renderer;
@@ -83,7 +83,7 @@ fn bench(c: &mut Criterion) {
 
     let events: Vec<_> = lines
         .iter()
-        .filter_map(|line| decode(line, &model).ok())
+        .filter_map(|line| decode(line, &model).ok()?.into_event())
         .collect();
     group.bench_function("engine", |b| {
         b.iter_batched_ref(
@@ -104,7 +104,9 @@ fn bench(c: &mut Criterion) {
             || (Engine::new(Arc::clone(&model), settings.engine), Vec::new()),
             |(engine, outputs)| {
                 for line in &lines {
-                    let Ok(event) = decode(line, &model) else { continue };
+                    let Some(event) = decode(line, &model).ok().and_then(Record::into_event) else {
+                        continue;
+                    };
                     outputs.clear();
                     engine.on_event(&event, outputs);
                 }
@@ -129,12 +131,15 @@ fn bench(c: &mut Criterion) {
             |(engine, renderer, outputs)| {
                 sink.clear();
                 for line in &lines {
-                    let Ok(event) = decode(line, &model) else { continue };
+                    let Ok(record) = decode(line, &model) else {
+                        continue;
+                    };
+                    let Record::Event(event) = &record else { continue };
                     outputs.clear();
-                    engine.on_event(&event, outputs);
+                    engine.on_event(event, outputs);
                     for output in outputs.iter() {
                         renderer
-                            .render(engine, output, Some(&event))
+                            .render(engine, output, Some(&record))
                             .write_structured(&mut sink)
                             .unwrap();
                     }

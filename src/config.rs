@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::core::model::parse_span;
 use crate::core::{EngineSettings, Model, ModelSpec, Problem, Span};
 use crate::kafka::{check_topic, KafkaSection, KafkaSettings, OutputMode};
+use crate::partitioner::Partitioner;
 
 /// Everything the engine and its shell need, validated.
 #[derive(Clone, Debug)]
@@ -32,15 +33,44 @@ pub struct Settings {
     pub snapshot: Option<SnapshotSettings>,
     pub delivery: DeliverySettings,
     pub http: HttpSettings,
+    pub api: ApiSettings,
 }
 
-/// The `[http]` section: the metrics and health endpoint of `stagestream run`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The `[http]` section: the metrics, health and lookup endpoint of `stagestream run`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpSettings {
-    /// Where `/metrics`, `/livez` and `/readyz` are served.
+    /// Where `/metrics`, `/livez`, `/readyz` and the customer routes are served.
     pub bind: SocketAddr,
     /// `/readyz` fails while any assigned partition lags by more messages than this.
     pub ready_max_lag: u64,
+    /// The base URL other instances redirect lookups of this instance's customers to.
+    /// Defaults to `http://<hostname>:<bind port>`.
+    pub advertised_url: String,
+}
+
+/// The `[api]` section: the customer routes (`/customers/{id}`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApiSettings {
+    /// Whether `GET` and `DELETE /customers/{id}` are served.
+    pub enabled: bool,
+    /// The bearer token the customer routes require; `DELETE` is refused without one.
+    pub token: Option<Secret>,
+}
+
+/// A value never written to logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// The `[snapshot]` section, once `snapshot.dir` is set.
@@ -92,6 +122,8 @@ pub struct LiveSettings {
 pub struct InputSettings {
     /// `input.topics`, keyed by customer id.
     pub topics: Vec<String>,
+    /// The partitioner the input's producers key records with.
+    pub partitioner: Partitioner,
 }
 
 /// The `[output]` section: where and how CloudEvents are written.
@@ -160,6 +192,10 @@ struct FileConfig {
     delivery: DeliverySection,
     #[serde(default)]
     http: HttpSection,
+    #[serde(default)]
+    api: ApiSection,
+    #[serde(default)]
+    state: StateSection,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +203,7 @@ struct FileConfig {
 struct HttpSection {
     bind: String,
     ready_max_lag: u64,
+    advertised_url: Option<String>,
 }
 
 impl Default for HttpSection {
@@ -174,8 +211,22 @@ impl Default for HttpSection {
         HttpSection {
             bind: "0.0.0.0:9464".into(),
             ready_max_lag: 10_000,
+            advertised_url: None,
         }
     }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ApiSection {
+    enabled: bool,
+    token: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct StateSection {
+    expire_after: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -257,12 +308,14 @@ impl Default for ShutdownSection {
 #[serde(default)]
 struct InputSection {
     topics: Vec<String>,
+    partitioner: Partitioner,
 }
 
 impl Default for InputSection {
     fn default() -> Self {
         InputSection {
             topics: vec!["events".into()],
+            partitioner: Partitioner::default(),
         }
     }
 }
@@ -436,17 +489,21 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
     }
     validate_topics(&file.input, &file.output, &file.dlq, problems);
     let kafka = file.kafka.validate(problems);
+    let api = file.api.validate(problems);
     let model = Model::compile(&file.model)
         .map_err(|found| problems.extend(found))
         .ok();
+    let expire_after = file.state.validate(model.as_ref(), problems);
     Some(Settings {
         model: Arc::new(model?),
         engine: EngineSettings {
             allowed_lateness: allowed_lateness?,
             dedup_window: dedup_window?,
+            expire_after: expire_after?,
         },
         input: InputSettings {
             topics: file.input.topics,
+            partitioner: file.input.partitioner,
         },
         output: OutputSettings {
             topic: file.output.topic,
@@ -466,6 +523,7 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
         snapshot: snapshot?,
         delivery,
         http: http?,
+        api,
     })
 }
 
@@ -521,6 +579,18 @@ impl DeliverySection {
 
 impl HttpSection {
     fn validate(self, problems: &mut Vec<Problem>) -> Option<HttpSettings> {
+        let advertised_url = self
+            .advertised_url
+            .map(|url| url.trim_end_matches('/').to_owned());
+        if let Some(url) = &advertised_url {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.contains(char::is_whitespace)
+            {
+                let message =
+                    format!("{url:?} is not a base URL such as http://stagestream-0.stagestream:9464");
+                problems.push(Problem::new("http.advertised_url", message));
+            }
+        }
         let Ok(bind) = self.bind.parse::<SocketAddr>() else {
             let message = format!("{:?} is not an address and port such as 0.0.0.0:9464", self.bind);
             problems.push(Problem::new("http.bind", message));
@@ -529,7 +599,54 @@ impl HttpSection {
         Some(HttpSettings {
             bind,
             ready_max_lag: self.ready_max_lag,
+            advertised_url: advertised_url
+                .unwrap_or_else(|| format!("http://{}:{}", hostname(), bind.port())),
         })
+    }
+}
+
+impl ApiSection {
+    fn validate(self, problems: &mut Vec<Problem>) -> ApiSettings {
+        if self.token.as_ref().is_some_and(|token| token.trim().is_empty()) {
+            problems.push(Problem::new(
+                "api.token",
+                "must not be empty (leave it out for no token)",
+            ));
+        }
+        ApiSettings {
+            enabled: self.enabled,
+            token: self.token.map(Secret),
+        }
+    }
+}
+
+impl StateSection {
+    /// `state.expire_after`, which must outlast every inactivity threshold: expiry is the
+    /// last deadline of a gap. `Some(None)`: state never expires.
+    fn validate(self, model: Option<&Model>, problems: &mut Vec<Problem>) -> Option<Option<Span>> {
+        let Some(text) = self.expire_after else {
+            return Some(None);
+        };
+        let expire_after = span("state.expire_after", &text, problems)?;
+        let longest = model.and_then(|model| model.thresholds().iter().max_by_key(|t| t.after));
+        if let Some(longest) = longest.filter(|longest| expire_after <= longest.after) {
+            problems.push(Problem::new(
+                "state.expire_after",
+                format!(
+                    "{text} must be longer than the longest inactivity threshold ({} after {})",
+                    longest.name,
+                    humantime::format_duration(std::time::Duration::from_millis(
+                        longest.after.as_millis() as u64
+                    ))
+                ),
+            ));
+            return None;
+        }
+        if expire_after.as_millis() <= 0 {
+            problems.push(Problem::new("state.expire_after", "must be longer than 0s"));
+            return None;
+        }
+        Some(Some(expire_after))
     }
 }
 

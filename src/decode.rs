@@ -13,7 +13,7 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::core::{Event, EventTime, EventType, Model, PropertyValue};
+use crate::core::{Erase, Event, EventTime, EventType, Model, PropertyValue, Record};
 
 /// Why an input was rejected. The `as_str` codes are stable: they appear in the rejects
 /// file, dead-letter headers and metric labels.
@@ -73,7 +73,7 @@ pub enum DecodeError {
     MissingTimestamp,
     #[error("timestamp is not an RFC 3339 date-time with an offset")]
     InvalidTimestamp,
-    #[error("type is missing or not one of track, page, screen, identify, group, alias")]
+    #[error("type is missing or not one of track, page, screen, identify, group, alias, erase")]
     UnknownType,
     #[error("track call without a string `event`")]
     MissingEvent,
@@ -93,29 +93,37 @@ impl DecodeError {
     }
 }
 
-/// Decodes one event, keeping the properties `model` tests.
+/// Decodes one record: an event, keeping the properties `model` tests, or an erase
+/// request (`"type": "erase"`).
 ///
 /// Checks run in a fixed order, and the first failure is the reason: JSON syntax, object,
 /// customer, timestamp, type, event name.
 ///
 /// # Errors
-/// A [`DecodeError`] saying why the input is not a valid event.
-pub fn decode<'a>(bytes: &'a [u8], model: &Model) -> Result<Event<'a>, DecodeError> {
-    decode_with_default_time(bytes, model, None)
+/// A [`DecodeError`] saying why the input is not a valid record.
+pub fn decode<'a>(bytes: &'a [u8], model: &Model) -> Result<Record<'a>, DecodeError> {
+    decode_with_default_time(bytes, model, FallbackTime::default())
 }
 
-/// [`decode`], but an event without a `timestamp` (absent or null) takes `default_time`
-/// when one is given: the live service passes the Kafka record timestamp when
-/// `time.use_record_timestamp` allows it. A `timestamp` that is present but invalid
-/// is still rejected.
+/// The time a record without a `timestamp` of its own (absent or null) takes: the
+/// Kafka record timestamp, for an erase request always and for an event when
+/// `time.use_record_timestamp` allows it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FallbackTime {
+    pub record: Option<EventTime>,
+    pub for_events: bool,
+}
+
+/// [`decode`], with a [`FallbackTime`] for a record without a `timestamp`. A
+/// `timestamp` that is present but invalid is still rejected.
 ///
 /// # Errors
 /// As [`decode`].
 pub fn decode_with_default_time<'a>(
     bytes: &'a [u8],
     model: &Model,
-    default_time: Option<EventTime>,
-) -> Result<Event<'a>, DecodeError> {
+    fallback: FallbackTime,
+) -> Result<Record<'a>, DecodeError> {
     // One SIMD UTF-8 check of the whole line: neither parser checks the strings it skips
     // (`context`), and parsing from `&str` spares serde_json checking those it reads.
     let text = simdutf8::basic::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
@@ -134,7 +142,24 @@ pub fn decode_with_default_time<'a>(
             serde_json::Deserializer::end,
         )?
     };
-    fields.ok_or(DecodeError::NotAnObject)?.into_event(default_time)
+    fields.ok_or(DecodeError::NotAnObject)?.into_record(fallback)
+}
+
+/// The erase request a tombstone (a record without a value) makes: its key is the
+/// customer id, its time the Kafka record timestamp.
+///
+/// # Errors
+/// [`DecodeError::MissingCustomer`] for a key that is absent, empty or not UTF-8;
+/// [`DecodeError::MissingTimestamp`] without a record timestamp.
+pub fn tombstone(key: Option<&[u8]>, record_time: Option<EventTime>) -> Result<Erase<'_>, DecodeError> {
+    let customer = key
+        .and_then(|key| std::str::from_utf8(key).ok())
+        .filter(|key| !key.is_empty())
+        .ok_or(DecodeError::MissingCustomer)?;
+    Ok(Erase {
+        customer: Cow::Borrowed(customer),
+        at: record_time.ok_or(DecodeError::MissingTimestamp)?,
+    })
 }
 
 /// Reads the top-level value with one parser, then `end` checks nothing follows it.
@@ -167,17 +192,25 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn into_event(self, default_time: Option<EventTime>) -> Result<Event<'a>, DecodeError> {
+    fn into_record(self, fallback: FallbackTime) -> Result<Record<'a>, DecodeError> {
         let customer = self
             .user_id
             .non_empty()
             .or(self.anonymous_id.non_empty())
             .ok_or(DecodeError::MissingCustomer)?;
+        let erase = matches!(&self.kind, Loose::Str(text) if text == "erase");
+        let default_time = fallback.record.filter(|_| erase || fallback.for_events);
         let timestamp = match self.timestamp {
             Loose::Absent | Loose::Null => default_time.ok_or(DecodeError::MissingTimestamp)?,
             Loose::Str(text) => EventTime::parse_rfc3339(&text).ok_or(DecodeError::InvalidTimestamp)?,
             Loose::Other => return Err(DecodeError::InvalidTimestamp),
         };
+        if erase {
+            return Ok(Record::Erase(Erase {
+                customer,
+                at: timestamp,
+            }));
+        }
         let kind = match (&self.kind, &self.event) {
             (Loose::Str(text), _) => EventType::parse(text).ok_or(DecodeError::UnknownType)?,
             (Loose::Absent | Loose::Null, Loose::Str(_)) => EventType::Track,
@@ -196,14 +229,14 @@ impl<'a> Fields<'a> {
         } else {
             self.properties
         };
-        Ok(Event {
+        Ok(Record::Event(Event {
             kind,
             customer,
             message_id: self.message_id.non_empty(),
             name,
             timestamp,
             properties: properties.unwrap_or_default(),
-        })
+        }))
     }
 }
 
@@ -488,6 +521,11 @@ mod tests {
         )
     }
 
+    /// `bytes` decoded, as an event.
+    fn event<'a>(bytes: &'a [u8], model: &Model) -> Event<'a> {
+        decode(bytes, model).unwrap().into_event().expect("an event")
+    }
+
     fn reason(line: &str) -> Option<RejectReason> {
         decode(line.as_bytes(), &model()).err().map(|e| e.reason())
     }
@@ -496,19 +534,91 @@ mod tests {
     fn a_default_time_fills_only_a_missing_timestamp() {
         let model = model();
         let record_time = Some(EventTime::from_millis(1_700_000_000_000));
+        let fallback = FallbackTime {
+            record: record_time,
+            for_events: true,
+        };
+        let record_only = FallbackTime {
+            for_events: false,
+            ..fallback
+        };
         for missing in [
             r#"{"event":"x","userId":"u"}"#,
             r#"{"event":"x","userId":"u","timestamp":null}"#,
         ] {
-            let event = decode_with_default_time(missing.as_bytes(), &model, record_time).unwrap();
-            assert_eq!(Some(event.timestamp), record_time);
+            let event = decode_with_default_time(missing.as_bytes(), &model, fallback).unwrap();
+            assert_eq!(event.into_event().map(|e| e.timestamp), record_time);
+            let refused = decode_with_default_time(missing.as_bytes(), &model, record_only).unwrap_err();
+            assert_eq!(refused.reason(), RejectReason::MissingTimestamp);
         }
         let stamped = r#"{"event":"x","userId":"u","timestamp":"2026-01-01T00:00:00Z"}"#;
-        let event = decode_with_default_time(stamped.as_bytes(), &model, record_time).unwrap();
-        assert_eq!(event.timestamp.to_string(), "2026-01-01T00:00:00.000Z");
+        let event = decode_with_default_time(stamped.as_bytes(), &model, fallback).unwrap();
+        assert_eq!(
+            event.into_event().unwrap().timestamp.to_string(),
+            "2026-01-01T00:00:00.000Z"
+        );
         let invalid = r#"{"event":"x","userId":"u","timestamp":"yesterday"}"#;
-        let error = decode_with_default_time(invalid.as_bytes(), &model, record_time).unwrap_err();
+        let error = decode_with_default_time(invalid.as_bytes(), &model, fallback).unwrap_err();
         assert_eq!(error.reason(), RejectReason::InvalidTimestamp);
+    }
+
+    #[test]
+    fn an_erase_request_takes_the_record_time_when_it_has_none() {
+        let model = model();
+        let stamped = EventTime::from_millis(1_700_000_000_000);
+        let record_time = Some(stamped);
+        let record_only = FallbackTime {
+            record: record_time,
+            for_events: false,
+        };
+        let erase =
+            |line: &'static str, fallback| decode_with_default_time(line.as_bytes(), &model, fallback);
+        assert_eq!(
+            erase(r#"{"type":"erase","anonymousId":"a-1"}"#, record_only).unwrap(),
+            Record::Erase(Erase {
+                customer: Cow::Borrowed("a-1"),
+                at: stamped
+            })
+        );
+        assert_eq!(
+            erase(
+                r#"{"type":"erase","userId":"u-1","timestamp":"2026-01-01T00:00:00Z"}"#,
+                record_only
+            )
+            .unwrap(),
+            Record::Erase(Erase {
+                customer: Cow::Borrowed("u-1"),
+                at: EventTime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap()
+            })
+        );
+        let without_time = erase(r#"{"type":"erase","userId":"u"}"#, FallbackTime::default());
+        assert_eq!(without_time.unwrap_err().reason(), RejectReason::MissingTimestamp);
+        let without_customer = erase(
+            r#"{"type":"erase","timestamp":"2026-01-01T00:00:00Z"}"#,
+            record_only,
+        );
+        assert_eq!(
+            without_customer.unwrap_err().reason(),
+            RejectReason::MissingCustomer
+        );
+        // A tombstone: the key is the customer, the record's timestamp the time.
+        assert_eq!(
+            tombstone(Some(b"u-2"), record_time).unwrap(),
+            Erase {
+                customer: Cow::Borrowed("u-2"),
+                at: stamped
+            }
+        );
+        for key in [None, Some(&b""[..]), Some(&b"\xff"[..])] {
+            assert_eq!(
+                tombstone(key, record_time).unwrap_err().reason(),
+                RejectReason::MissingCustomer
+            );
+        }
+        assert_eq!(
+            tombstone(Some(b"u"), None).unwrap_err().reason(),
+            RejectReason::MissingTimestamp
+        );
     }
 
     #[test]
@@ -678,7 +788,7 @@ mod tests {
             "context":{"ip":"1.2.3.4","nested":[{"deep":true}]},
             "properties":{"revenue":120.5,"plan":{"tier":"pro"},"other":"skipped"}}"#;
         let model = model();
-        let event = decode(line, &model).unwrap();
+        let event = event(line, &model);
         assert_eq!(event.kind, EventType::Track);
         assert!(matches!(event.customer, Cow::Borrowed("u-1")));
         assert_eq!(event.message_id.as_deref(), Some("m-1"));
@@ -697,11 +807,10 @@ mod tests {
     #[test]
     fn follows_the_segment_defaults() {
         let model = model();
-        let anonymous = decode(
+        let anonymous = event(
             br#"{"event":"X","userId":null,"anonymousId":"anon","timestamp":"2024-01-01T00:00:00Z"}"#,
             &model,
-        )
-        .unwrap();
+        );
         assert_eq!(
             anonymous.kind,
             EventType::Track,
@@ -710,21 +819,19 @@ mod tests {
         assert_eq!(anonymous.customer, "anon");
         assert_eq!(anonymous.message_id, None);
 
-        let page = decode(
+        let page = event(
             br#"{"type":"page","name":"Pricing","userId":"u\u0031","timestamp":"2024-01-01T00:00:00Z","messageId":""}"#,
             &model,
-        )
-        .unwrap();
+        );
         assert_eq!(page.name.as_deref(), Some("Pricing"));
         assert_eq!(page.customer, "u1", "escaped strings are unescaped");
         assert_eq!(page.message_id, None, "an empty messageId is no messageId");
 
-        let identify = decode(
+        let identify = event(
             br#"{"type":"identify","userId":"u","timestamp":"2024-01-01T00:00:00Z",
                 "traits":{"plan":"pro"},"properties":{"plan":null}}"#,
             &model,
-        )
-        .unwrap();
+        );
         let plan = model.property_key("plan").unwrap();
         assert_eq!(
             identify.property(plan),

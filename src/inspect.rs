@@ -7,8 +7,8 @@
 //!
 //! A customer's state is shaped like an entry of the lookup's `states`: stage, when it
 //! was entered, last activity, the inactivity ladder with each threshold's due time and
-//! whether it fired in the current gap, and what the state is as of. The state does not
-//! record when a customer was first seen yet: `first_seen_at` is `null`.
+//! whether it fired in the current gap, and what the state is as of. `first_seen_at`
+//! is `null` in snapshots written before format version 5, which did not record it.
 
 use std::fs;
 use std::io::{self, Write};
@@ -268,8 +268,8 @@ fn state(snapshot: &Snapshot, index: usize) -> Value {
         "topic": header.topic,
         "partition": header.partition,
         "stage": stage,
-        "stage_entered_at": rfc3339(EventTime::from_millis(i64::from(customer.stage_entered) * 1_000)),
-        "first_seen_at": null,
+        "stage_entered_at": rfc3339(customer.stage_entered),
+        "first_seen_at": customer.first_seen.and_then(rfc3339),
         "last_activity_at": rfc3339(customer.last_activity),
         "inactivity": inactivity,
         "as_of": {

@@ -14,10 +14,12 @@ use std::io::{self, Write};
 use sha1::{Digest, Sha1};
 use uuid::Uuid;
 
-use crate::core::{Cause, Engine, Event, EventTime, Model, Output, RuleId};
+use crate::core::{Cause, Engine, EventTime, Model, Output, Record, RuleId};
 
 pub const STAGE_CHANGED: &str = "stagestream.stage.changed.v1";
 pub const CUSTOMER_INACTIVE: &str = "stagestream.customer.inactive.v1";
+pub const CUSTOMER_EXPIRED: &str = "stagestream.customer.expired.v1";
+pub const CUSTOMER_ERASED: &str = "stagestream.customer.erased.v1";
 
 /// The UUIDv5 namespace of output ids: `id = uuidv5(NAMESPACE, type + "\n" + data)`.
 pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f0c_9a51_3d2e_4b7a_9c1e_5a7d_2f48_b3e6);
@@ -79,24 +81,27 @@ impl Renderer {
         }
     }
 
-    /// Renders `output`. `trigger` must be the event whose `on_event` call produced it
-    /// (it is read only for transitions that event triggered).
+    /// Renders `output`. `trigger` must be the record whose `on_event` or `erase` call
+    /// produced it (it is read only for transitions that event triggered and for
+    /// erasures).
     ///
     /// # Panics
-    /// If `output` is a rule or entry transition and `trigger` is `None`.
+    /// If `output` is a rule or entry transition and `trigger` is not an event, or an
+    /// erasure and `trigger` is not an erase record.
     pub fn render<'a>(
         &'a mut self,
         engine: &'a Engine,
         output: &Output,
-        trigger: Option<&Event<'_>>,
+        trigger: Option<&'a Record<'_>>,
     ) -> Rendered<'a> {
         let data = &mut self.data;
         data.clear();
         // The output's time is written once: a rule transition's trigger has the same
         // timestamp, and the envelope carries it too.
         let time = match *output {
-            Output::StageChanged { at, .. } => at,
+            Output::StageChanged { at, .. } | Output::Erased { at } => at,
             Output::Inactive { detected_at, .. } => detected_at,
+            Output::Expired { expired_at, .. } => expired_at,
         };
         let time_text = time.write_rfc3339(&mut self.time);
         let (kind, customer) = match *output {
@@ -130,7 +135,9 @@ impl Renderer {
                 data.extend_from_slice(b",\"trigger\":");
                 match cause {
                     Cause::Entry | Cause::Rule(_) => {
-                        let event = trigger.expect("an event-triggered transition needs its event");
+                        let Some(Record::Event(event)) = trigger else {
+                            panic!("an event-triggered transition needs its event");
+                        };
                         data.extend_from_slice(b"{\"message_id\":");
                         write_json_str_or_null(data, event.message_id.as_deref());
                         data.extend_from_slice(b",\"type\":\"");
@@ -176,6 +183,38 @@ impl Renderer {
                 data.extend_from_slice(&self.model_json);
                 data.push(b'}');
                 (CUSTOMER_INACTIVE, customer_id)
+            }
+            Output::Expired {
+                customer,
+                stage,
+                last_activity,
+                ..
+            } => {
+                let customer_id = engine.customer_id(customer);
+                data.extend_from_slice(b"{\"customer_id\":");
+                write_json_str(data, customer_id);
+                data.extend_from_slice(b",\"stage\":");
+                data.extend_from_slice(&self.stage_json[usize::from(stage.0)]);
+                data.extend_from_slice(b",\"last_activity_at\":");
+                write_json_time(data, last_activity);
+                data.extend_from_slice(b",\"expired_at\":");
+                write_json_time_text(data, time_text);
+                data.extend_from_slice(b",\"model\":");
+                data.extend_from_slice(&self.model_json);
+                data.push(b'}');
+                (CUSTOMER_EXPIRED, customer_id)
+            }
+            Output::Erased { .. } => {
+                let Some(Record::Erase(erase)) = trigger else {
+                    panic!("an erasure needs its erase record");
+                };
+                let customer_id: &'a str = &erase.customer;
+                data.extend_from_slice(b"{\"customer_id\":");
+                write_json_str(data, customer_id);
+                data.extend_from_slice(b",\"model\":");
+                data.extend_from_slice(&self.model_json);
+                data.push(b'}');
+                (CUSTOMER_ERASED, customer_id)
             }
         };
         // UUIDv5 by RFC 9562: SHA-1 over namespace + name, here name = type "\n" data.

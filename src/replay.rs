@@ -2,7 +2,8 @@
 //!
 //! Each input line is decoded, applied to one [`Engine`], and whatever it caused is
 //! rendered straight away, so output order is processing order and the output bytes
-//! are a function of the input bytes and the configuration alone. Lines that are not
+//! are a function of the input bytes and the configuration alone. An erase line
+//! (`{"type": "erase", ...}`) erases its customer. Lines that are not
 //! applied for a reason the user should see (invalid, late) go to the rejects file.
 //! At end of input `--until` advances the clock, firing the inactivity it reaches.
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::core::{Engine, Event, EventTime, Output, Verdict};
+use crate::core::{Engine, EventTime, Output, Record, Verdict};
 use crate::decode::{decode, RejectReason};
 use crate::output::Renderer;
 
@@ -56,8 +57,8 @@ pub fn replay(
         }
         line_number += 1;
         let bytes = trim_line_end(&line);
-        let event = match decode(bytes, &model) {
-            Ok(event) => event,
+        let record = match decode(bytes, &model) {
+            Ok(record) => record,
             Err(error) => {
                 *tally.invalid.entry(error.reason()).or_default() += 1;
                 if let Some(rejects) = rejects.as_deref_mut() {
@@ -73,17 +74,22 @@ pub fn replay(
             }
         };
         outputs.clear();
-        let verdict = engine.on_event(&event, &mut outputs);
-        tally.verdict(verdict);
-        if verdict == Verdict::Late {
-            if let Some(rejects) = rejects.as_deref_mut() {
-                let message = format!("older than the watermark {}", engine.watermark());
-                write_reject(rejects, line_number, "late", &message, bytes)?;
+        match &record {
+            Record::Event(event) => {
+                let verdict = engine.on_event(event, &mut outputs);
+                tally.verdict(verdict);
+                if verdict == Verdict::Late {
+                    if let Some(rejects) = rejects.as_deref_mut() {
+                        let message = format!("older than the watermark {}", engine.watermark());
+                        write_reject(rejects, line_number, "late", &message, bytes)?;
+                    }
+                }
             }
+            Record::Erase(erase) => engine.erase(erase, &mut outputs),
         }
         write_outputs(
             &outputs,
-            Some(&event),
+            Some(&record),
             &engine,
             &mut renderer,
             &mut tally,
@@ -102,10 +108,10 @@ pub fn replay(
     Ok(tally.into_summary(&engine, line_number, started.elapsed()))
 }
 
-/// Counts and writes what one engine call produced; `trigger` is the event it applied.
+/// Counts and writes what one engine call produced; `trigger` is the record it applied.
 fn write_outputs(
     outputs: &[Output],
-    trigger: Option<&Event<'_>>,
+    trigger: Option<&Record<'_>>,
     engine: &Engine,
     renderer: &mut Renderer,
     tally: &mut Tally,
@@ -161,6 +167,8 @@ struct Tally {
     /// Row 0 is "from null"; row `s + 1` is from stage `s`; column is the target stage.
     transitions: Vec<Vec<u64>>,
     inactivity: Vec<u64>,
+    expired: u64,
+    erased: u64,
     outputs: u64,
 }
 
@@ -172,6 +180,8 @@ impl Tally {
             invalid: BTreeMap::new(),
             transitions: vec![vec![0; stages]; stages + 1],
             inactivity: vec![0; engine.model().thresholds().len()],
+            expired: 0,
+            erased: 0,
             outputs: 0,
         }
     }
@@ -188,6 +198,8 @@ impl Tally {
                 self.transitions[row][usize::from(to.0)] += 1;
             }
             Output::Inactive { threshold, .. } => self.inactivity[usize::from(threshold.0)] += 1,
+            Output::Expired { .. } => self.expired += 1,
+            Output::Erased { .. } => self.erased += 1,
         }
     }
 
@@ -224,6 +236,8 @@ impl Tally {
                 .map(|(name, &count)| (name.to_owned(), count))
                 .collect(),
             customers: engine.customer_count() as u64,
+            expired: self.expired,
+            erased: self.erased,
             outputs: self.outputs,
             elapsed,
         }
@@ -244,7 +258,12 @@ pub struct Summary {
     pub transitions: Vec<(Option<String>, String, u64)>,
     pub inactivity: Vec<(String, u64)>,
     pub population: Vec<(String, u64)>,
+    /// Customers with state at the end.
     pub customers: u64,
+    /// Customers whose state expired (`state.expire_after`).
+    pub expired: u64,
+    /// Erase requests applied (one erased event each).
+    pub erased: u64,
     pub outputs: u64,
     pub elapsed: Duration,
 }
@@ -283,6 +302,11 @@ impl fmt::Display for Summary {
         write_wrapped(f, "  transitions  ", &transitions)?;
         let inactivity: Vec<String> = self.inactivity.iter().map(|(t, n)| format!("{t} {n}")).collect();
         write_wrapped(f, "  inactivity   ", &inactivity)?;
+        writeln!(
+            f,
+            "  left         {} expired, {} erase requests",
+            self.expired, self.erased
+        )?;
         let population: Vec<String> = self.population.iter().map(|(s, n)| format!("{s} {n}")).collect();
         write_wrapped(
             f,

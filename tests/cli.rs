@@ -298,7 +298,8 @@ fn snapshot_of_the_example(dir: &std::path::Path, offset: i64) -> stagestream::c
     let text = std::fs::read_to_string(repo("examples/five-stage.jsonl")).unwrap();
     let mut outputs = Vec::new();
     for line in text.lines() {
-        if let Ok(event) = stagestream::decode::decode(line.as_bytes(), &settings.model) {
+        let decoded = stagestream::decode::decode(line.as_bytes(), &settings.model);
+        if let Some(event) = decoded.ok().and_then(stagestream::core::Record::into_event) {
             engine.on_event(&event, &mut outputs);
         }
     }

@@ -85,9 +85,9 @@ fn loadgen_produces_the_generated_stream_keyed_by_customer() {
     for record in &records {
         match decode(&record.value, &settings.model) {
             Ok(event) => {
-                assert_eq!(record.key.as_deref(), Some(event.customer.as_bytes()));
+                assert_eq!(record.key.as_deref(), Some(event.customer().as_bytes()));
                 partitions
-                    .entry(event.customer.into_owned())
+                    .entry(event.customer().to_owned())
                     .or_default()
                     .insert(record.partition);
             }

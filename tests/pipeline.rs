@@ -125,7 +125,9 @@ fn caught_up_output_equals_replay_per_partition_and_invalid_input_is_dead_letter
     // Everything due before the start must come out; nothing not due by the end may.
     let on_time: Vec<Record> = input
         .iter()
-        .filter(|r| decode(&r.value, &settings.model).map_or(true, |e| e.timestamp < future))
+        .filter(|r| {
+            decode(&r.value, &settings.model).map_or(true, |e| e.into_event().unwrap().timestamp < future)
+        })
         .cloned()
         .collect();
     let at_least = replay_by_partition(&settings, &on_time, before);
@@ -152,7 +154,9 @@ fn caught_up_output_equals_replay_per_partition_and_invalid_input_is_dead_letter
     });
     let invalid: Vec<&Record> = input
         .iter()
-        .filter(|r| decode(&r.value, &settings.model).map_or(true, |e| e.timestamp >= future))
+        .filter(|r| {
+            decode(&r.value, &settings.model).map_or(true, |e| e.into_event().unwrap().timestamp >= future)
+        })
         .collect();
     assert!(invalid.len() > 5, "the generator makes invalid lines");
     assert_eq!(dead.len(), invalid.len());

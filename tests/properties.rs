@@ -217,7 +217,10 @@ proptest! {
             let retry = lines[i].clone();
             lines.insert(i + 3, retry);
         }
-        let events: Vec<_> = lines.iter().map(|l| decode(l.as_bytes(), &settings.model).unwrap()).collect();
+        let events: Vec<_> = lines
+            .iter()
+            .map(|l| decode(l.as_bytes(), &settings.model).unwrap().into_event().unwrap())
+            .collect();
         let split = split.index(events.len() + 1);
         // The wall clock may have run ahead of the watermark when the image was taken.
         let clock = events[..split].iter().map(|e| e.timestamp).max().map(|t| t.plus(stagestream::core::Span::from_millis(clock_ahead)));

@@ -92,6 +92,16 @@ impl CustomerTable {
         (new, Interned::New)
     }
 
+    /// Takes `customer`'s id out of the index: [`CustomerTable::get`] no longer finds
+    /// it and the ref is never handed out again. Its text stays until the table is
+    /// rebuilt from the ids that remain.
+    pub fn remove(&mut self, customer: CustomerRef) {
+        let hash = self.hasher.hash_one(self.ids.get(customer));
+        if let Ok(entry) = self.index.find_entry(hash, |&r| r == customer) {
+            entry.remove();
+        }
+    }
+
     /// Every id, by ref, as [`crate::core::EngineImage`] holds them: cloning it shares
     /// all but the last block's ids.
     pub fn ids(&self) -> &CustomerIds {

@@ -135,6 +135,17 @@ impl DedupWindow {
         }
     }
 
+    /// Forgets every messageId of `customer` (an erasure): one pass over its block's
+    /// table.
+    pub fn forget(&mut self, customer: CustomerRef) {
+        let place = u64::from(customer.0) & PLACE_MASK;
+        if let Some(shard) = self.shards.get_mut(customer.block()) {
+            let before = shard.len();
+            shard.retain(|slot| slot.tagged & PLACE_MASK != place);
+            self.len -= before - shard.len();
+        }
+    }
+
     /// Whether [`DedupWindow::sweep`] has anything to do at `watermark`.
     #[inline]
     pub fn sweep_due(&self, watermark: EventTime) -> bool {

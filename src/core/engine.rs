@@ -21,11 +21,11 @@
 use std::sync::Arc;
 
 use super::capture::{Capture, Live};
-use super::customers::{CustomerRef, CustomerTable, Interned};
+use super::customers::{CustomerIds, CustomerRef, CustomerTable, Interned};
 use super::deadlines::DeadlineIndex;
 use super::dedup::DedupWindow;
 use super::event::Event;
-use super::image::{CustomerImage, EngineImage};
+use super::image::{CustomerImage, EngineImage, VACANT};
 use super::model::{Model, RuleId, StageId, ThresholdId};
 use super::time::{EventTime, Span};
 
@@ -36,6 +36,10 @@ pub struct EngineSettings {
     pub allowed_lateness: Span,
     /// How long (in event time) a `messageId` is remembered per customer.
     pub dedup_window: Span,
+    /// How long after its last activity a customer's state is dropped (`None`: never).
+    /// Longer than every inactivity threshold (checked by the configuration), so expiry
+    /// is always the last deadline of a gap.
+    pub expire_after: Option<Span>,
 }
 
 impl Default for EngineSettings {
@@ -43,6 +47,7 @@ impl Default for EngineSettings {
         EngineSettings {
             allowed_lateness: Span::from_millis(5 * 60 * 1_000),
             dedup_window: Span::from_millis(24 * 3_600 * 1_000),
+            expire_after: None,
         }
     }
 }
@@ -95,10 +100,26 @@ pub enum Output {
         last_activity: EventTime,
         detected_at: EventTime,
     },
+    /// The customer's state was dropped: `expire_after` passed since its last activity.
+    /// Its ref stays readable ([`Engine::customer_id`]) until the engine's next call.
+    Expired {
+        customer: CustomerRef,
+        /// The stage the customer was in.
+        stage: StageId,
+        last_activity: EventTime,
+        expired_at: EventTime,
+    },
+    /// The customer of the erase record passed to [`Engine::erase`] was erased (or had
+    /// no state to erase): `at` is the record's time.
+    Erased { at: EventTime },
 }
 
-/// No threshold is pending for the customer.
+/// No deadline is pending for the customer.
 const UNARMED: u8 = u8::MAX;
+/// The customer's pending deadline is its expiry, after every threshold of the ladder
+/// (never a threshold id: the model allows at most 254 thresholds).
+const EXPIRY: u8 = u8::MAX - 1;
+
 /// The customer has no entry in the deadline index.
 const NOT_INDEXED: EventTime = EventTime::MIN;
 
@@ -109,16 +130,19 @@ pub(super) struct CustomerState {
     /// The key of the customer's entry in the deadline index, or [`NOT_INDEXED`];
     /// never later than the true deadline while the customer is armed.
     indexed: EventTime,
+    /// The time of the event that created the state ([`Instant48::UNKNOWN`] for state
+    /// restored from a snapshot that did not record it).
+    first_seen: Instant48,
+    /// When the customer entered `stage`: the time of the output that moved it there.
+    stage_entered: Instant48,
+    /// [`VACANT`] once the customer is erased or expired.
     stage: StageId,
-    /// The next threshold of the ladder to fire, or [`UNARMED`].
+    /// The next threshold of the ladder to fire, [`EXPIRY`], or [`UNARMED`].
     armed: u8,
     /// Ladder position in the current gap: thresholds before it have fired. Reset only
     /// by newer activity, so an older event arriving after a firing (possible once an
     /// explicit clock runs ahead of the watermark) never fires the same gap twice.
     ladder: u8,
-    /// When the customer entered `stage`, as [`StageEntered`]: it fits in the padding
-    /// after the bytes above, so reporting time in stage costs no memory.
-    stage_entered: StageEntered,
 }
 
 impl CustomerState {
@@ -127,30 +151,51 @@ impl CustomerState {
         CustomerImage {
             last_activity: self.last_activity,
             stage: self.stage,
-            armed: (self.armed != UNARMED).then_some(ThresholdId(self.armed)),
+            armed: (self.armed < EXPIRY).then_some(ThresholdId(self.armed)),
             ladder: self.ladder,
-            stage_entered: self.stage_entered.0,
+            stage_entered: self.stage_entered.time(),
+            first_seen: self.first_seen.known(),
         }
+    }
+
+    fn is_vacant(&self) -> bool {
+        self.stage == VACANT
     }
 }
 
-/// An instant at whole-second resolution, in seconds since the Unix epoch clamped to
-/// `u32` (1970 to 2106): precise enough for how long a customer stays in a stage.
+/// An instant in six bytes: milliseconds since the Unix epoch as a 48-bit signed
+/// integer (about 4,460 years either side), so that two of them fit beside the other
+/// fields of a [`CustomerState`] in 32 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct StageEntered(u32);
+struct Instant48([u8; 6]);
 
-impl StageEntered {
+impl Instant48 {
+    const MIN_MILLIS: i64 = -(1 << 47);
+    const MAX_MILLIS: i64 = (1 << 47) - 1;
+    /// "Not recorded": the one value [`Instant48::at`] never makes.
+    const UNKNOWN: Instant48 = Instant48::from_millis(Self::MIN_MILLIS);
+
+    const fn from_millis(millis: i64) -> Self {
+        let bytes = millis.to_le_bytes();
+        Instant48([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]])
+    }
+
     fn at(time: EventTime) -> Self {
-        let seconds = time.as_millis().div_euclid(1_000).clamp(0, i64::from(u32::MAX));
-        StageEntered(seconds as u32)
+        Self::from_millis(time.as_millis().clamp(Self::MIN_MILLIS + 1, Self::MAX_MILLIS))
     }
 
     fn time(self) -> EventTime {
-        EventTime::from_millis(i64::from(self.0) * 1_000)
+        let [a, b, c, d, e, f] = self.0;
+        // Sign-extended from bit 47.
+        EventTime::from_millis(i64::from_le_bytes([a, b, c, d, e, f, 0, 0]) << 16 >> 16)
     }
 
-    /// How long the stage was held when left at `left_at` (never negative: an event
-    /// older than the entry can move a customer on).
+    fn known(self) -> Option<EventTime> {
+        (self != Self::UNKNOWN).then(|| self.time())
+    }
+
+    /// How long the stage entered at this instant was held when left at `left_at`
+    /// (never negative: an event older than the entry can move a customer on).
     fn held_until(self, left_at: EventTime) -> Span {
         Span::from_millis((left_at.as_millis() - self.time().as_millis()).max(0))
     }
@@ -171,6 +216,8 @@ pub struct Engine {
     /// The firing clock: the watermark, or further when time was advanced explicitly.
     clock: EventTime,
     population: Vec<u64>,
+    /// Refs whose customer was erased or expired, not yet reclaimed.
+    vacant: usize,
     /// An image being copied out between events ([`Engine::begin_image`]).
     capture: Option<Capture>,
 }
@@ -190,6 +237,7 @@ impl Engine {
             newest_event: EventTime::MIN,
             clock: EventTime::MIN,
             population: vec![0; stages],
+            vacant: 0,
             capture: None,
         }
     }
@@ -217,8 +265,9 @@ impl Engine {
         self.customers.id(customer)
     }
 
+    /// How many customers have state (erased and expired ones do not).
     pub fn customer_count(&self) -> usize {
-        self.customers.len()
+        self.customers.len() - self.vacant
     }
 
     /// The current stage of a known customer.
@@ -227,12 +276,18 @@ impl Engine {
         Some(self.states[customer.index()].stage)
     }
 
+    /// A known customer's state, as an image holds it.
+    pub fn customer_image(&self, customer_id: &str) -> Option<CustomerImage> {
+        let customer = self.customers.get(customer_id)?;
+        Some(self.states[customer.index()].image())
+    }
+
     /// How many customers are in each stage, in model order.
     pub fn population(&self) -> &[u64] {
         &self.population
     }
 
-    /// How many customers have an inactivity threshold pending.
+    /// How many customers have an inactivity threshold pending (expiry not counted).
     pub fn armed_count(&self) -> usize {
         self.armed_customers
     }
@@ -240,8 +295,9 @@ impl Engine {
     /// Copies the whole state out as plain data, at once: for a snapshot taken when
     /// nothing waits (revoke, shutdown) and for tests. The live service copies it a
     /// block at a time instead ([`Engine::begin_image`]).
+    /// Erased and expired customers are left out.
     pub fn image(&self) -> EngineImage {
-        EngineImage {
+        let mut image = EngineImage {
             shape: self.model.shape().clone(),
             newest_event: self.newest_event,
             clock: self.clock,
@@ -250,15 +306,18 @@ impl Engine {
             customers: self.states.iter().map(CustomerState::image).collect(),
             counters: self.counters.clone(),
             dedup: self.dedup.entries().collect(),
-        }
+        };
+        image.drop_vacant();
+        image
     }
 
     /// Starts copying the state, as it is now, into `image` (whose buffers are reused):
     /// [`Engine::continue_image`] copies it a block of customers at a time between
     /// events, and a block about to change is copied first, so the finished image is
     /// exactly the state now, while no single step stops processing for longer than a
-    /// few blocks' copy. A capture already running
-    /// is dropped.
+    /// few blocks' copy. A capture already running is dropped. The finished image
+    /// still holds erased and expired customers' refs as vacant
+    /// ([`EngineImage::drop_vacant`], on the snapshot thread, leaves them out).
     pub fn begin_image(&mut self, mut image: Box<EngineImage>) {
         image.shape.clone_from(self.model.shape());
         image.newest_event = self.newest_event;
@@ -305,6 +364,7 @@ impl Engine {
 
     /// Applies one valid event, appending what it caused to `out`.
     pub fn on_event(&mut self, event: &Event<'_>, out: &mut Vec<Output>) -> Verdict {
+        self.reclaim();
         let at = event.timestamp;
         if !self.model.is_activity(event.kind) {
             if at < self.watermark() {
@@ -328,6 +388,12 @@ impl Engine {
             return Verdict::Late;
         }
         self.observe(at, out);
+        // The watermark this event moved may have expired its customer: then the event
+        // starts a new journey.
+        let (known, known_key) = match known {
+            Some(customer) if self.states[customer.index()].is_vacant() => (None, None),
+            _ => (known, known_key),
+        };
         let customer = match known {
             Some(customer) => {
                 self.before_write(customer);
@@ -340,10 +406,11 @@ impl Engine {
                 self.states.push(CustomerState {
                     last_activity: at,
                     indexed: NOT_INDEXED,
+                    first_seen: Instant48::at(at),
+                    stage_entered: Instant48::at(at),
                     stage: self.model.initial_stage(),
                     armed: UNARMED,
                     ladder: 0,
-                    stage_entered: StageEntered::at(at),
                 });
                 let counters = self.model.counter_count();
                 self.counters.resize(self.counters.len() + counters, 0);
@@ -372,6 +439,7 @@ impl Engine {
 
     /// Moves the firing clock to `now` (if it is ahead) and fires every threshold due.
     pub fn advance_to(&mut self, now: EventTime, out: &mut Vec<Output>) {
+        self.reclaim();
         if now > self.clock {
             self.clock = now;
             self.fire_due(out);
@@ -411,9 +479,10 @@ impl Engine {
 
     /// Fires the thresholds that the gap before an event at `at` reached but the
     /// clock has not yet: a gap seen only when the next event arrives still counts.
+    /// Expiry is left to the firing clock.
     fn fire_gap(&mut self, customer: CustomerRef, at: EventTime, out: &mut Vec<Output>) {
         while let Some(deadline) = self.deadline(customer) {
-            if deadline > at {
+            if deadline > at || self.states[customer.index()].armed == EXPIRY {
                 break;
             }
             // The index entry stays; it is now early, which `fire_due` tolerates.
@@ -421,8 +490,12 @@ impl Engine {
         }
     }
 
-    /// Fires the customer's armed threshold and arms the next one of the ladder.
+    /// Fires the customer's armed threshold and arms the next one of the ladder, or
+    /// expires the customer.
     fn fire(&mut self, customer: CustomerRef, out: &mut Vec<Output>) {
+        if self.states[customer.index()].armed == EXPIRY {
+            return self.expire(customer, out);
+        }
         let state = &mut self.states[customer.index()];
         let threshold_id = ThresholdId(state.armed);
         let threshold = self.model.threshold(threshold_id);
@@ -446,26 +519,38 @@ impl Engine {
             self.population[usize::from(state.stage.0)] -= 1;
             self.population[usize::from(to.0)] += 1;
             state.stage = to;
-            state.stage_entered = StageEntered::at(detected_at);
+            state.stage_entered = Instant48::at(detected_at);
         }
         state.ladder = threshold_id.0 + 1;
-        let next = next_threshold(&self.model, state.ladder, state.stage);
+        let (ladder, stage) = (state.ladder, state.stage);
+        let next = self.next_deadline(ladder, stage);
         self.set_armed(customer, next);
     }
 
     fn deadline(&self, customer: CustomerRef) -> Option<EventTime> {
         let state = &self.states[customer.index()];
-        (state.armed != UNARMED).then(|| {
-            let threshold = self.model.threshold(ThresholdId(state.armed));
-            state.last_activity.plus(threshold.after)
-        })
+        let after = match state.armed {
+            UNARMED => return None,
+            EXPIRY => self.settings.expire_after?,
+            threshold => self.model.threshold(ThresholdId(threshold)).after,
+        };
+        Some(state.last_activity.plus(after))
+    }
+
+    /// What to arm from ladder position `from` in `stage`: the first threshold there
+    /// that applies, else expiry when it is configured.
+    fn next_deadline(&self, from: u8, stage: StageId) -> u8 {
+        match next_threshold(&self.model, from, stage) {
+            UNARMED if self.settings.expire_after.is_some() => EXPIRY,
+            armed => armed,
+        }
     }
 
     /// Arms the first threshold at or after ladder position `from` that applies, and
     /// keeps the index entry at or before the new deadline.
     fn arm(&mut self, customer: CustomerRef, from: u8) {
         let state = &self.states[customer.index()];
-        self.set_armed(customer, next_threshold(&self.model, from, state.stage));
+        self.set_armed(customer, self.next_deadline(from, state.stage));
         let Some(due) = self.deadline(customer) else {
             return;
         };
@@ -485,7 +570,7 @@ impl Engine {
 
     fn set_armed(&mut self, customer: CustomerRef, armed: u8) {
         let state = &mut self.states[customer.index()];
-        match (state.armed == UNARMED, armed == UNARMED) {
+        match (state.armed >= EXPIRY, armed >= EXPIRY) {
             (true, false) => self.armed_customers += 1,
             (false, true) => self.armed_customers -= 1,
             _ => {}
@@ -537,7 +622,7 @@ impl Engine {
         self.population[usize::from(to.0)] += 1;
         let time_in_from = from.map(|_| state.stage_entered.held_until(event.timestamp));
         state.stage = to;
-        state.stage_entered = StageEntered::at(event.timestamp);
+        state.stage_entered = Instant48::at(event.timestamp);
         out.push(Output::StageChanged {
             customer,
             from,
@@ -560,6 +645,7 @@ fn next_threshold(model: &Model, from: u8, stage: StageId) -> u8 {
 }
 
 mod restore;
+mod retire;
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

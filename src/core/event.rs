@@ -91,6 +91,40 @@ pub enum PropertyValue<'a> {
     Composite,
 }
 
+/// One valid input record: an event, or a request to erase a customer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record<'a> {
+    Event(Event<'a>),
+    Erase(Erase<'a>),
+}
+
+impl<'a> Record<'a> {
+    /// The customer the record is about: its key on the input topic.
+    pub fn customer(&self) -> &str {
+        match self {
+            Record::Event(event) => &event.customer,
+            Record::Erase(erase) => &erase.customer,
+        }
+    }
+
+    /// The event, if the record is one.
+    pub fn into_event(self) -> Option<Event<'a>> {
+        match self {
+            Record::Event(event) => Some(event),
+            Record::Erase(_) => None,
+        }
+    }
+}
+
+/// A request to erase a customer: a tombstone keyed by the customer id, or a JSON line
+/// `{"type": "erase", "userId"|"anonymousId": ..., "timestamp": ...}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Erase<'a> {
+    pub customer: Cow<'a, str>,
+    /// The record's `timestamp`, else its Kafka record timestamp.
+    pub at: EventTime,
+}
+
 /// One valid input event, borrowing from the bytes it was decoded from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event<'a> {

@@ -27,14 +27,21 @@ use super::time::EventTime;
 pub struct CustomerImage {
     pub last_activity: EventTime,
     pub stage: StageId,
-    /// The next threshold of the ladder to fire, if any.
+    /// The next threshold of the ladder to fire, if any (expiry is not one: it is
+    /// armed again from the configuration when the ladder is done).
     pub armed: Option<ThresholdId>,
     /// Ladder position in the current gap: thresholds before it have fired.
     pub ladder: u8,
-    /// When the customer entered `stage`: seconds since the Unix epoch, clamped to
-    /// `u32` (the engine's own resolution for it).
-    pub stage_entered: u32,
+    /// When the customer entered `stage`: the time of the output that moved it there.
+    pub stage_entered: EventTime,
+    /// The time of the event that created the customer's state; `None` when the state
+    /// was saved by a version that did not record it.
+    pub first_seen: Option<EventTime>,
 }
+
+/// The stage of a vacant ref in an image captured from a live engine: the customer
+/// was erased or expired ([`EngineImage::drop_vacant`] leaves it out).
+pub(super) const VACANT: StageId = StageId(u8::MAX);
 
 /// One remembered `messageId` digest. The window keeps the digest's high 52 bits (its
 /// low [`BLOCK_SHIFT`](super::customers::BLOCK_SHIFT) bits are zero here), which is
@@ -84,6 +91,39 @@ impl Default for EngineImage {
             counters: Vec::new(),
             dedup: Vec::new(),
         }
+    }
+}
+
+impl EngineImage {
+    /// Leaves out the customers erased or expired in the engine while it was imaged,
+    /// their ids, counters and messageIds with them, renumbering the others in order:
+    /// what a snapshot holds. Run on the snapshot thread, off the engine's.
+    pub fn drop_vacant(&mut self) {
+        if !self.customers.iter().any(|customer| customer.stage == VACANT) {
+            return;
+        }
+        let per_customer = self.shape.counters.len();
+        let mut renumbered = vec![u32::MAX; self.customers.len()];
+        let mut ids = CustomerIds::default();
+        let mut kept = 0usize;
+        for (old, customer) in self.customers.iter().enumerate() {
+            if customer.stage == VACANT {
+                continue;
+            }
+            renumbered[old] = kept as u32;
+            ids.push(self.ids.get(CustomerRef(old as u32)));
+            self.counters
+                .copy_within(old * per_customer..(old + 1) * per_customer, kept * per_customer);
+            kept += 1;
+        }
+        self.customers.retain(|customer| customer.stage != VACANT);
+        self.counters.truncate(kept * per_customer);
+        self.dedup.retain_mut(|entry| {
+            let new = renumbered[entry.customer.index()];
+            entry.customer = CustomerRef(new);
+            new != u32::MAX
+        });
+        self.ids = ids;
     }
 }
 

@@ -28,7 +28,7 @@ pub mod time;
 
 pub use customers::{CustomerIds, CustomerRef};
 pub use engine::{Cause, Engine, EngineSettings, Output, Verdict};
-pub use event::{Event, EventType, PropertyKey, PropertyValue};
+pub use event::{Erase, Event, EventType, PropertyKey, PropertyValue, Record};
 pub use image::{CustomerImage, DedupEntry, EngineImage, RestoreError};
 pub use model::{Model, ModelShape, ModelSpec, Problem, RuleId, StageId, ThresholdId};
 pub use time::{EventTime, Span};

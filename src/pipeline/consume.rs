@@ -1,6 +1,7 @@
-//! One input message through the owner: decode, check against the wall clock, apply
-//! to its partition's engine, send the outputs (or the dead letter), and record in the
-//! partition's ledger what the commit must wait for.
+//! One input message through the owner: decode (a tombstone is an erase request for
+//! its key), check against the wall clock, apply to its partition's engine, send the
+//! outputs (or the dead letter), and record in the partition's ledger what the commit
+//! must wait for.
 
 use std::time::Instant;
 
@@ -15,8 +16,8 @@ use super::ledger::Replay;
 use super::owner::Owner;
 use super::sink::produced;
 use super::PartitionKey;
-use crate::core::{EventTime, Verdict};
-use crate::decode::decode_with_default_time;
+use crate::core::{EventTime, Record, Verdict};
+use crate::decode::{decode_with_default_time, tombstone, FallbackTime};
 use crate::telemetry::labels::{Consumed, Produced};
 
 impl Owner {
@@ -51,12 +52,14 @@ impl Owner {
             self.control.metrics.replayed_without_output.inc();
         }
         let settings = &self.settings;
-        let payload = message.payload().unwrap_or_default();
-        let record_time = settings
-            .live
-            .use_record_timestamp
-            .then(|| message.timestamp().to_millis().map(EventTime::from_millis))
-            .flatten();
+        let fallback = FallbackTime {
+            record: message.timestamp().to_millis().map(EventTime::from_millis),
+            for_events: settings.live.use_record_timestamp,
+        };
+        let decoded = match message.payload() {
+            Some(payload) => decode_with_default_time(payload, &settings.model, fallback),
+            None => tombstone(message.key(), fallback.record).map(Record::Erase),
+        };
         let epoch = state.epoch;
         let tag = |sent| DeliveryTag {
             partition: key,
@@ -65,27 +68,35 @@ impl Owner {
             sent,
             enqueued_at: polled_at,
         };
-        let (reason, detail) = match decode_with_default_time(payload, &settings.model, record_time) {
+        let (reason, detail) = match decoded {
             Err(error) => (error.reason().as_str(), error.to_string()),
-            Ok(event) if event.timestamp > now.plus(settings.live.max_future_skew) => (
+            Ok(Record::Event(event)) if event.timestamp > now.plus(settings.live.max_future_skew) => (
                 FUTURE_TIMESTAMP,
                 format!(
                     "timestamp {} is more than time.max_future_skew ahead of the wall clock {now}",
                     event.timestamp
                 ),
             ),
-            Ok(event) => {
+            Ok(record) => {
                 self.outputs.clear();
-                let verdict = state.engine.on_event(&event, &mut self.outputs);
-                self.instruments.consumed(consumed(verdict));
-                if verdict == Verdict::Applied {
-                    let delay = now.as_millis().saturating_sub(event.timestamp.as_millis()).max(0);
-                    self.instruments.event_delay.observe(delay as f64 / 1e3);
-                }
-                if verdict == Verdict::Late {
-                    let detail = format!("older than the watermark {}", state.engine.watermark());
-                    let tag = tag(Produced::DeadLetter);
-                    return self.reject(message, key, replay, ("late", true), &detail, tag);
+                match &record {
+                    Record::Event(event) => {
+                        let verdict = state.engine.on_event(event, &mut self.outputs);
+                        self.instruments.consumed(consumed(verdict));
+                        if verdict == Verdict::Applied {
+                            let delay = now.as_millis().saturating_sub(event.timestamp.as_millis()).max(0);
+                            self.instruments.event_delay.observe(delay as f64 / 1e3);
+                        }
+                        if verdict == Verdict::Late {
+                            let detail = format!("older than the watermark {}", state.engine.watermark());
+                            let tag = tag(Produced::DeadLetter);
+                            return self.reject(message, key, replay, ("late", true), &detail, tag);
+                        }
+                    }
+                    Record::Erase(erase) => {
+                        self.instruments.consumed(Consumed::Erase);
+                        state.engine.erase(erase, &mut self.outputs);
+                    }
                 }
                 if replay == Replay::Silent {
                     state.ledger.processed(offset, 0);
@@ -94,7 +105,7 @@ impl Owner {
                 for output in &self.outputs {
                     if let Err(error) =
                         self.sink
-                            .send_output(&state.engine, output, Some(&event), tag(produced(output)))
+                            .send_output(&state.engine, output, Some(&record), tag(produced(output)))
                     {
                         self.fatal.get_or_insert(error);
                     }

@@ -102,6 +102,8 @@ pub(super) struct OutputCounters {
     inactivity: Vec<IntCounter>,
     /// By stage left.
     time_in_stage: Vec<Histogram>,
+    expired: IntCounter,
+    erased: IntCounter,
 }
 
 impl OutputCounters {
@@ -126,6 +128,8 @@ impl OutputCounters {
                 .iter()
                 .map(|stage| metrics.time_in_stage.with_label_values(&[stage]))
                 .collect(),
+            expired: metrics.customers_expired.clone(),
+            erased: metrics.customers_erased.clone(),
         }
     }
 
@@ -144,6 +148,8 @@ impl OutputCounters {
                 }
             }
             Output::Inactive { threshold, .. } => self.inactivity[usize::from(threshold.0)].inc(),
+            Output::Expired { .. } => self.expired.inc(),
+            Output::Erased { .. } => self.erased.inc(),
         }
     }
 }

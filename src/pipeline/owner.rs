@@ -371,7 +371,10 @@ impl Owner {
                         self.totals.dead_lettered += 1;
                         DeadLettered.emit(&self.control.metrics);
                     }
-                    Produced::StageChanged | Produced::CustomerInactive => self.totals.delivered += 1,
+                    Produced::StageChanged
+                    | Produced::CustomerInactive
+                    | Produced::CustomerExpired
+                    | Produced::CustomerErased => self.totals.delivered += 1,
                 }
             }
             let Some(state) = current(&mut self.partitions, tag.partition, tag.epoch) else {

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 use super::hooks::{DeliveryTag, ProducerHooks};
 use super::instruments::OutputCounters;
 use super::PipelineError;
-use crate::core::{Engine, Event, Output};
+use crate::core::{Engine, Output, Record};
 use crate::kafka::{self, OutputMode};
 use crate::output::{Rendered, Renderer};
 use crate::telemetry::labels::Produced;
@@ -35,6 +35,8 @@ pub(super) fn produced(output: &Output) -> Produced {
     match output {
         Output::StageChanged { .. } => Produced::StageChanged,
         Output::Inactive { .. } => Produced::CustomerInactive,
+        Output::Expired { .. } => Produced::CustomerExpired,
+        Output::Erased { .. } => Produced::CustomerErased,
     }
 }
 
@@ -57,7 +59,10 @@ impl Sink {
     /// The topic a record of kind `sent` went to.
     pub fn topic_of(&self, sent: Produced) -> String {
         match sent {
-            Produced::StageChanged | Produced::CustomerInactive => self.output_topic.clone(),
+            Produced::StageChanged
+            | Produced::CustomerInactive
+            | Produced::CustomerExpired
+            | Produced::CustomerErased => self.output_topic.clone(),
             Produced::DeadLetter => self.dead_letter_topic.clone().unwrap_or_default(),
         }
     }
@@ -70,7 +75,7 @@ impl Sink {
         &mut self,
         engine: &Engine,
         output: &Output,
-        trigger: Option<&Event<'_>>,
+        trigger: Option<&Record<'_>>,
         tag: DeliveryTag,
     ) -> Result<(), PipelineError> {
         self.counters.record(output);

@@ -133,9 +133,11 @@ impl SnapshotThread {
                         Job::Encode {
                             ticket,
                             header,
-                            image,
+                            mut image,
                         } => {
                             let started = Instant::now();
+                            // Customers erased or expired while it was copied.
+                            image.drop_vacant();
                             let file = encode_into_file(&*store, &ticket, &header, &image);
                             Done::Encoded {
                                 ticket,

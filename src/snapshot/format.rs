@@ -4,7 +4,7 @@
 //! ```text
 //! magic        8 bytes  "STGSNAP\0"
 //! version      u16      FORMAT_VERSION
-//! flags        u16      bit 0: the "about" fields below are present (version 4)
+//! flags        u16      bit 0: the "about" fields below are present (version 4 on)
 //! fingerprint  u64      the model the state was built under
 //! partition    i32
 //! offset       i64      the next input offset: every message before it is in the state
@@ -18,7 +18,8 @@
 //! crc32c       u32      over every byte before it
 //! ```
 //!
-//! Version 4 added the "about" fields; version 3 cut the body into chunks so that encoding and decoding use every core (the
+//! Version 5 records when each customer was first seen, and when it entered its stage
+//! to the millisecond (it was whole seconds); version 4 added the "about" fields; version 3 cut the body into chunks so that encoding and decoding use every core (the
 //! bytes do not depend on how many there are); version 2 (one LZ4 block with its size
 //! prepended) is still read. Version 2 added when each customer entered its stage;
 //! version 1 files are not read (the partition is rebuilt from the log). All integers
@@ -40,9 +41,15 @@ use crate::core::{
 };
 
 pub const MAGIC: [u8; 8] = *b"STGSNAP\0";
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 /// The header flag saying the "about" fields follow the topic.
 const HAS_ABOUT: u16 = 1;
+/// The first version with the "about" fields.
+const ABOUT_VERSION: u16 = 4;
+/// The first version with first-seen times and stage entry times in milliseconds.
+const FIRST_SEEN_VERSION: u16 = 5;
+/// A first-seen time the state did not record.
+const UNKNOWN_TIME: i64 = i64::MIN;
 /// The oldest version still read: its body is one LZ4 block, its size prepended.
 const ONE_BLOCK_VERSION: u16 = 2;
 /// How much raw body each LZ4 block of a version 3 body holds (the last holds the rest):
@@ -208,7 +215,7 @@ pub fn decode(bytes: Vec<u8>) -> Result<(Header, EngineImage), CorruptSnapshot> 
     let partition = reader.i32()?;
     let offset = reader.i64()?;
     let topic = reader.str16()?.to_owned();
-    let about = if version == FORMAT_VERSION && flags & HAS_ABOUT != 0 {
+    let about = if version >= ABOUT_VERSION && flags & HAS_ABOUT != 0 {
         Some(About {
             model: reader.str16()?.to_owned(),
             watermark: EventTime::from_millis(reader.i64()?),
@@ -233,7 +240,7 @@ pub fn decode(bytes: Vec<u8>) -> Result<(Header, EngineImage), CorruptSnapshot> 
         decompress_chunks(body)?
     };
     drop(bytes);
-    let image = decode_body(raw)?;
+    let image = decode_body(raw, version)?;
     if image.shape.fingerprint != fingerprint {
         return Err(CorruptSnapshot::Body(
             "header and body disagree on the model".into(),
@@ -524,8 +531,8 @@ fn body_len(image: &EngineImage) -> usize {
 }
 
 /// Bytes per customer in the raw body besides its id: id length, last activity, stage,
-/// armed threshold, ladder position, stage entered.
-const PER_CUSTOMER: usize = 4 + 8 + 1 + 1 + 1 + 4;
+/// armed threshold, ladder position, stage entered, first seen.
+const PER_CUSTOMER: usize = 4 + 8 + 1 + 1 + 1 + 8 + 8;
 /// Bytes per remembered messageId: customer, digest, seen at.
 const PER_DEDUP_ENTRY: usize = 4 + 8 + 8;
 
@@ -558,7 +565,11 @@ fn write_body(image: &EngineImage, out: &mut ChunkWriter<impl FnMut(Vec<u8>) -> 
     out.put_each(image.customers.iter().map(|c| c.armed.map_or(NOT_ARMED, |t| t.0)));
     out.put_each(image.customers.iter().map(|c| c.ladder));
     for customer in &image.customers {
-        out.put_array(customer.stage_entered.to_le_bytes());
+        out.put_array(customer.stage_entered.as_millis().to_le_bytes());
+    }
+    for customer in &image.customers {
+        let first_seen = customer.first_seen.map_or(UNKNOWN_TIME, EventTime::as_millis);
+        out.put_array(first_seen.to_le_bytes());
     }
     out.put_array((image.counters.len() as u64).to_le_bytes());
     for &counter in &image.counters {
@@ -572,7 +583,7 @@ fn write_body(image: &EngineImage, out: &mut ChunkWriter<impl FnMut(Vec<u8>) -> 
     }
 }
 
-fn decode_body(mut raw: RawBody) -> Result<EngineImage, CorruptSnapshot> {
+fn decode_body(mut raw: RawBody, version: u16) -> Result<EngineImage, CorruptSnapshot> {
     let fingerprint = raw.u64()?;
     let mut lists = [Vec::new(), Vec::new(), Vec::new()];
     for list in &mut lists {
@@ -606,7 +617,8 @@ fn decode_body(mut raw: RawBody) -> Result<EngineImage, CorruptSnapshot> {
         stage: StageId(0),
         armed: None,
         ladder: 0,
-        stage_entered: 0,
+        stage_entered: EventTime::MIN,
+        first_seen: None,
     })?;
     // The other columns, one pass each over the customers the first one made.
     raw.column(&mut states, |state, [stage]| state.stage = StageId(stage))?;
@@ -614,9 +626,20 @@ fn decode_body(mut raw: RawBody) -> Result<EngineImage, CorruptSnapshot> {
         state.armed = (armed != NOT_ARMED).then_some(ThresholdId(armed));
     })?;
     raw.column(&mut states, |state, [ladder]| state.ladder = ladder)?;
-    raw.column(&mut states, |state, entered| {
-        state.stage_entered = u32::from_le_bytes(entered);
-    })?;
+    if version >= FIRST_SEEN_VERSION {
+        raw.column(&mut states, |state, entered| {
+            state.stage_entered = EventTime::from_millis(i64::from_le_bytes(entered));
+        })?;
+        raw.column(&mut states, |state, first_seen| {
+            let millis = i64::from_le_bytes(first_seen);
+            state.first_seen = (millis != UNKNOWN_TIME).then(|| EventTime::from_millis(millis));
+        })?;
+    } else {
+        // Whole seconds since the Unix epoch.
+        raw.column(&mut states, |state, entered| {
+            state.stage_entered = EventTime::from_millis(i64::from(u32::from_le_bytes(entered)) * 1_000);
+        })?;
+    }
     raw.release_before(raw.at);
     let counter_count = raw.len64()?;
     let counters = raw.items(counter_count, u32::from_le_bytes)?;
@@ -727,7 +750,10 @@ mod tests {
                 i + 1
             );
             engine.on_event(
-                &decode_event(line.as_bytes(), &settings.model).unwrap(),
+                &decode_event(line.as_bytes(), &settings.model)
+                    .unwrap()
+                    .into_event()
+                    .unwrap(),
                 &mut outputs,
             );
         }
@@ -912,39 +938,77 @@ mod tests {
         assert_eq!(&bytes[at..bytes.len() - 4], chunks.concat().as_slice());
     }
 
-    #[test]
-    fn version_2_files_are_still_read() {
-        let header = Header {
-            about: None,
-            ..header()
+    /// The raw body of [`image`] as versions 2 to 4 laid it out: no first-seen column,
+    /// stage entry times in whole seconds (the columns before the counters).
+    fn raw_body_before_version_5() -> Vec<u8> {
+        let image = image();
+        let raw = raw_body(&image, BODY_CHUNK);
+        let customers = image.customers.len();
+        let tail = 8 + 4 * image.counters.len() + 8 + PER_DEDUP_ENTRY * image.dedup.len();
+        let entered_at = raw.len() - tail - 16 * customers;
+        let mut old = raw[..entered_at].to_vec();
+        for customer in &image.customers {
+            let seconds = customer.stage_entered.as_millis() / 1_000;
+            old.extend_from_slice(&(seconds as u32).to_le_bytes());
+        }
+        old.extend_from_slice(&raw[raw.len() - tail..]);
+        old
+    }
+
+    /// What a file written before version 5 restores: no first-seen times (the test
+    /// image's times are whole seconds, so nothing else is lost).
+    fn image_before_version_5() -> EngineImage {
+        let mut image = image();
+        for customer in &mut image.customers {
+            customer.first_seen = None;
+        }
+        image
+    }
+
+    /// A file of `version` (2 to 4) holding [`image`] under `header`.
+    fn old_file(header: &Header, version: u16) -> Vec<u8> {
+        let current = encode(header, &image());
+        let mut old = current[..body_at(header)].to_vec();
+        old[8..10].copy_from_slice(&version.to_le_bytes());
+        let raw = raw_body_before_version_5();
+        let section = if version == ONE_BLOCK_VERSION {
+            lz4_flex::block::compress_prepend_size(&raw)
+        } else {
+            let chunk = lz4_flex::block::compress(&raw);
+            let mut section = Vec::new();
+            section.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+            section.extend_from_slice(&(BODY_CHUNK as u32).to_le_bytes());
+            section.extend_from_slice(&1u32.to_le_bytes());
+            section.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+            section.extend_from_slice(&chunk);
+            section
         };
-        let current = encode(&header, &image());
-        let at = body_at(&header);
-        let mut old = current[..at].to_vec();
-        old[8..10].copy_from_slice(&ONE_BLOCK_VERSION.to_le_bytes());
-        let body = lz4_flex::block::compress_prepend_size(&raw_body(&image(), BODY_CHUNK));
-        old.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        old.extend_from_slice(&body);
+        old.extend_from_slice(&(section.len() as u64).to_le_bytes());
+        old.extend_from_slice(&section);
         old.extend_from_slice(&[0; 4]);
-        let (decoded_header, decoded) = decode(resealed(old)).unwrap();
-        assert_eq!(decoded_header, header);
-        assert_eq!(sorted(decoded), sorted(image()));
+        resealed(old)
     }
 
     #[test]
-    fn version_3_files_are_read_without_what_version_4_says_about_them() {
-        let header = Header {
+    fn files_of_versions_2_to_4_are_still_read() {
+        let without_about = Header {
             about: None,
             ..header()
         };
-        let mut old = encode(&header, &image());
-        // Version 3: chunked bodies, without the "about" fields.
-        old[8..10].copy_from_slice(&3u16.to_le_bytes());
-        let (decoded_header, decoded) = decode(resealed(old)).unwrap();
-        assert_eq!(decoded_header, header);
-        assert_eq!(sorted(decoded), sorted(image()));
-        let (with_about, _) = decode(encode(&self::header(), &image())).unwrap();
+        for (version, header) in [(2, &without_about), (3, &without_about), (4, &header())] {
+            let (decoded_header, decoded) = decode(old_file(header, version)).unwrap();
+            assert_eq!(decoded_header, *header, "version {version}");
+            assert_eq!(
+                sorted(decoded),
+                sorted(image_before_version_5()),
+                "version {version}"
+            );
+        }
+        // Version 3 files say nothing about themselves; a current one does.
+        let (with_about, decoded) = decode(encode(&self::header(), &image())).unwrap();
         assert_eq!(with_about.about.unwrap().model, "five-stage");
+        assert!(decoded.customers.iter().all(|c| c.first_seen.is_some()));
+        assert_eq!(sorted(decoded), sorted(image()));
     }
 
     #[test]

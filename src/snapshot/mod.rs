@@ -161,7 +161,8 @@ mod tests {
         let mut engine = Engine::new(Arc::clone(model), EngineSettings::default());
         for i in 0..customers {
             let line = format!(r#"{{"event":"Go","userId":"c{i}","timestamp":"2026-01-01T00:00:00Z"}}"#);
-            engine.on_event(&decode(line.as_bytes(), model).unwrap(), &mut Vec::new());
+            let event = decode(line.as_bytes(), model).unwrap().into_event().unwrap();
+            engine.on_event(&event, &mut Vec::new());
         }
         engine
     }

@@ -35,6 +35,8 @@ labels! {
         Duplicate = "duplicate",
         Ignored = "ignored",
         Late = "late",
+        /// An erase request (tombstone or erase line), applied.
+        Erase = "erase",
     }
 }
 
@@ -43,7 +45,17 @@ labels! {
     Produced {
         StageChanged = "stage_changed",
         CustomerInactive = "customer_inactive",
+        CustomerExpired = "customer_expired",
+        CustomerErased = "customer_erased",
         DeadLetter = "dead_letter",
+    }
+}
+
+labels! {
+    /// `route` of the lookup API's metrics.
+    Route {
+        Get = "get_customer",
+        Delete = "delete_customer",
     }
 }
 

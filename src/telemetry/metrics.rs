@@ -13,7 +13,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use super::labels::{Consumed, Outcome, Produced, RebalanceKind};
+use super::labels::{Consumed, Outcome, Produced, RebalanceKind, Route};
 use crate::core::Model;
 
 /// Seconds, 10 µs to 30 s: processing one event, producing, snapshot steps.
@@ -76,8 +76,15 @@ pub struct Metrics {
     pub transitions: IntCounterVec,
     /// Inactivity events by `threshold`.
     pub inactivity_events: IntCounterVec,
-    /// Records produced by `type` (stage_changed, customer_inactive, dead_letter) and
-    /// `result` (ok, error): counted at the delivery report.
+    /// Customers erased by an erase request (tombstone, erase line, `DELETE`).
+    pub customers_erased: IntCounter,
+    /// Customers whose state expired (`state.expire_after`).
+    pub customers_expired: IntCounter,
+    /// Requests to the customer routes by `route` and HTTP `status`.
+    pub lookups: IntCounterVec,
+    /// Records produced by `type` (stage_changed, customer_inactive, customer_expired,
+    /// customer_erased, dead_letter) and `result` (ok, error): counted at the delivery
+    /// report.
     pub produced: IntCounterVec,
     /// Rebalance callbacks by `kind` (assign, revoke).
     pub rebalances: IntCounterVec,
@@ -127,6 +134,8 @@ pub struct Metrics {
     pub snapshot_duration: HistogramVec,
     /// Event time a customer spent in `stage` before leaving it.
     pub time_in_stage: HistogramVec,
+    /// Time to answer a request to the customer routes, by `route`.
+    pub lookup_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -181,9 +190,26 @@ impl Metrics {
                 "Inactivity events emitted, by threshold.",
                 &["threshold"],
             ),
+            customers_erased: counter(
+                "stagestream_customers_erased_total",
+                "Erase requests applied (tombstones, erase lines, DELETE /customers/{id}).",
+                &[],
+            )
+            .with_label_values::<&str>(&[]),
+            customers_expired: counter(
+                "stagestream_customers_expired_total",
+                "Customers whose state expired after state.expire_after without activity.",
+                &[],
+            )
+            .with_label_values::<&str>(&[]),
+            lookups: counter(
+                "stagestream_lookups_total",
+                "Requests to the customer routes, by route and HTTP status.",
+                &["route", "status"],
+            ),
             produced: counter(
                 "stagestream_produced_messages_total",
-                "Records produced, by type (stage_changed, customer_inactive, dead_letter) and delivery result.",
+                "Records produced, by type (stage_changed, customer_inactive, customer_expired, customer_erased, dead_letter) and delivery result.",
                 &["type", "result"],
             ),
             rebalances: counter(
@@ -313,6 +339,12 @@ impl Metrics {
                 &["stage"],
                 TIME_IN_STAGE_BUCKETS.to_vec(),
             ),
+            lookup_duration: histogram(
+                "stagestream_lookup_duration_seconds",
+                "Time to answer a request to the customer routes, by route.",
+                &["route"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
             registry,
         };
         let build_info = register(
@@ -345,6 +377,9 @@ impl Metrics {
             for result in Outcome::ALL {
                 self.produced.with_label_values(&[kind.as_str(), result.as_str()]);
             }
+        }
+        for route in Route::ALL {
+            self.lookup_duration.with_label_values(&[route.as_str()]);
         }
         for kind in RebalanceKind::ALL {
             self.rebalances.with_label_values(&[kind.as_str()]);

@@ -108,7 +108,7 @@ pub fn produce_lines_with(
     for line in lines {
         let customer = decode(line, &settings.model)
             .ok()
-            .map(|e| e.customer.into_owned());
+            .map(|record| record.customer().to_owned());
         let mut record_headers = OwnedHeaders::new();
         for (key, value) in headers {
             record_headers = record_headers.insert(Header {

@@ -70,7 +70,7 @@ impl Engine {
                 population,
                 armed_customers,
                 due,
-            } = RestoredStates::of(&model, migration.as_ref(), &saved_customers)?;
+            } = RestoredStates::of(&model, &settings, migration.as_ref(), &saved_customers)?;
             // Let go of each image column as soon as it is converted: restoring 10M
             // customers peaked at 1.4 GB with them all held to the end.
             drop(saved_customers);
@@ -97,6 +97,7 @@ impl Engine {
                 newest_event,
                 clock,
                 population,
+                vacant: 0,
                 capture: None,
             })
         })
@@ -117,6 +118,7 @@ impl RestoredStates {
     /// image was made under another model) and rebuilds its state.
     fn of(
         model: &Model,
+        settings: &EngineSettings,
         migration: Option<&Migration>,
         saved: &[CustomerImage],
     ) -> Result<Self, RestoreError> {
@@ -139,7 +141,14 @@ impl RestoredStates {
                     due.push((customer.last_activity.plus(after), CustomerRef(i as u32)));
                     t
                 }
-                None => UNARMED,
+                // Expiry is armed once the ladder has nothing left for the stage.
+                None => match settings.expire_after {
+                    Some(after) => {
+                        due.push((customer.last_activity.plus(after), CustomerRef(i as u32)));
+                        EXPIRY
+                    }
+                    None => UNARMED,
+                },
                 Some(ThresholdId(t)) => {
                     return Err(inconsistent(format!("customer {i} armed unknown threshold {t}")))
                 }
@@ -154,7 +163,8 @@ impl RestoredStates {
                 stage,
                 armed,
                 ladder: customer.ladder,
-                stage_entered: StageEntered(customer.stage_entered),
+                stage_entered: Instant48::at(customer.stage_entered),
+                first_seen: customer.first_seen.map_or(Instant48::UNKNOWN, Instant48::at),
             });
         }
         for &(key, customer) in &due {
