@@ -55,6 +55,9 @@ pub struct ApiSettings {
     pub enabled: bool,
     /// The bearer token the customer routes require; `DELETE` is refused without one.
     pub token: Option<Secret>,
+    /// The compacted topic where instances publish the partitions they hold
+    /// (`crate::members`). Defaults to `<kafka.group_id>-members`.
+    pub members_topic: String,
 }
 
 /// A value never written to logs or debug output.
@@ -221,6 +224,7 @@ impl Default for HttpSection {
 struct ApiSection {
     enabled: bool,
     token: Option<String>,
+    members_topic: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -489,7 +493,11 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
     }
     validate_topics(&file.input, &file.output, &file.dlq, problems);
     let kafka = file.kafka.validate(problems);
-    let api = file.api.validate(problems);
+    let group = kafka
+        .as_ref()
+        .and_then(|k| k.group_id.clone())
+        .unwrap_or_else(|| "stagestream".into());
+    let api = file.api.validate(&group, &file.input.topics, problems);
     let model = Model::compile(&file.model)
         .map_err(|found| problems.extend(found))
         .ok();
@@ -599,23 +607,39 @@ impl HttpSection {
         Some(HttpSettings {
             bind,
             ready_max_lag: self.ready_max_lag,
-            advertised_url: advertised_url
-                .unwrap_or_else(|| format!("http://{}:{}", hostname(), bind.port())),
+            advertised_url: advertised_url.unwrap_or_else(|| default_advertised_url(bind)),
         })
     }
 }
 
+/// `http://<host>:<port>` for an endpoint bound to `bind`: its address when it is a
+/// specific one, the host name when it listens on every interface.
+fn default_advertised_url(bind: SocketAddr) -> String {
+    let host = match bind.ip() {
+        ip if ip.is_unspecified() => hostname(),
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    format!("http://{host}:{}", bind.port())
+}
+
 impl ApiSection {
-    fn validate(self, problems: &mut Vec<Problem>) -> ApiSettings {
+    fn validate(self, group: &str, inputs: &[String], problems: &mut Vec<Problem>) -> ApiSettings {
         if self.token.as_ref().is_some_and(|token| token.trim().is_empty()) {
             problems.push(Problem::new(
                 "api.token",
                 "must not be empty (leave it out for no token)",
             ));
         }
+        let members_topic = self.members_topic.unwrap_or_else(|| format!("{group}-members"));
+        check_topic("api.members_topic", &members_topic, problems);
+        if inputs.contains(&members_topic) {
+            problems.push(Problem::new("api.members_topic", "must not be an input topic"));
+        }
         ApiSettings {
             enabled: self.enabled,
             token: self.token.map(Secret),
+            members_topic,
         }
     }
 }

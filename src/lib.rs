@@ -10,6 +10,7 @@
 //! - [`generate`]: a deterministic, realistic event stream for examples, tests and benches.
 //! - [`kafka`]: the `[kafka]` section and every librdkafka property decision.
 //! - [`partitioner`]: which input partition holds a customer id (`input.partitioner`).
+//! - [`members`]: which instance holds which input partition, for lookup redirects.
 //! - [`pipeline`]: the live service (`stagestream run`): consume, classify per
 //!   partition, produce CloudEvents, commit what was delivered.
 //! - [`snapshot`]: per-partition state files (format, store, restore).
@@ -32,6 +33,7 @@ pub mod http;
 pub mod inspect;
 pub mod kafka;
 pub mod loadgen;
+pub mod members;
 pub mod output;
 pub mod partitioner;
 pub mod pipeline;

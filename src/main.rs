@@ -467,11 +467,21 @@ fn serve(settings: Settings) -> Result<(), Failure> {
         .block_on(http::bind(bind))
         .map_err(|e| Failure::new(EX_UNAVAILABLE, format!("cannot listen on http.bind {bind}: {e}")))?;
     let address = listener.local_addr().unwrap_or(bind);
+    let api = match settings.api.enabled {
+        true => {
+            // The API's producer and the members thread start on the runtime's context.
+            let _entered = runtime.enter();
+            let api = http::Api::start(&settings, control.clone()).map_err(|e| Failure::new(EX_USAGE, e))?;
+            info!(%address, url = %settings.http.advertised_url, members = %settings.api.members_topic, token = settings.api.token.is_some(), "serving /customers/{{id}}");
+            Some(api)
+        }
+        false => None,
+    };
     info!(%address, "serving /metrics, /livez, /readyz and /progress");
     runtime.spawn({
         let control = control.clone();
         async move {
-            if let Err(error) = http::serve(listener, control).await {
+            if let Err(error) = http::serve(listener, control, api).await {
                 error!(%error, "the HTTP endpoint failed");
             }
         }

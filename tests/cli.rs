@@ -333,7 +333,7 @@ fn inspect_shows_a_snapshot_its_customers_and_refuses_a_corrupt_one() {
     assert_eq!(described.status.code(), Some(0), "{described:?}");
     let text = String::from_utf8(described.stdout).unwrap();
     for expected in [
-        "  format     4\n",
+        "  format     5\n",
         "  model      five-stage (fingerprint ",
         "  topic      events\n",
         "  partition  0\n",

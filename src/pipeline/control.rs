@@ -92,7 +92,7 @@ impl Control {
 
     /// Sends the command `ask` builds around a reply channel and waits up to `within`
     /// for the answer. The owner answers between messages, within a poll's wait
-    /// (50 ms) when idle; it does not answer while it connects to the cluster or
+    /// (10 ms) when idle; it does not answer while it connects to the cluster or
     /// restores partitions.
     ///
     /// # Errors
@@ -122,11 +122,61 @@ pub struct Unanswered;
 pub enum Command {
     /// Where every assigned partition stands.
     Progress(oneshot::Sender<ProgressReport>),
+    /// A customer's state, if this instance owns its partition of the first input
+    /// topic: `partitions[i]` is its partition of `input.topics[i]`.
+    Customer {
+        id: String,
+        partitions: Vec<i32>,
+        reply: oneshot::Sender<CustomerAnswer>,
+    },
+}
+
+/// The answer to [`Command::Customer`].
+#[derive(Clone, Debug)]
+pub enum CustomerAnswer {
+    /// Another instance owns the customer's partition of the first input topic (or
+    /// nobody does yet).
+    NotOwned,
+    /// This instance owns it: the customer's state in each of its partitions this
+    /// instance holds (empty: the customer is unknown).
+    Owned(Vec<CustomerState>),
+}
+
+/// One customer's state in one partition: an entry of the lookup's `states`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CustomerState {
+    pub topic: String,
+    pub partition: i32,
+    pub stage: String,
+    pub stage_entered_at: String,
+    pub first_seen_at: Option<String>,
+    pub last_activity_at: String,
+    pub inactivity: Vec<ThresholdState>,
+    pub as_of: AsOf,
+}
+
+/// One threshold of the ladder that applies to the customer's stage (or fired in the
+/// current gap).
+#[derive(Clone, Debug, Serialize)]
+pub struct ThresholdState {
+    pub threshold: String,
+    pub due_at: String,
+    pub fired: bool,
+}
+
+/// What a customer's state reflects: the partition's next offset and its watermark.
+#[derive(Clone, Debug, Serialize)]
+pub struct AsOf {
+    pub offset: Option<i64>,
+    pub watermark: Option<String>,
 }
 
 /// Readiness as the owner last published it.
 #[derive(Debug, Default)]
 pub struct Status {
+    /// The input partitions this instance holds, restored: `(topic, partition)`. The
+    /// lookup API publishes them for the other instances.
+    pub owned: Mutex<Vec<(String, i32)>>,
     /// Partitions assigned and restored, every one caught up at least once, and none
     /// lagging by more than `http.ready_max_lag` (when the lag is known).
     pub ready: AtomicBool,

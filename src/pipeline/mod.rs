@@ -60,7 +60,10 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
 use tracing::{info, warn};
 
-pub use control::{Command, Control, PartitionProgress, ProgressReport, Status, Totals, Unanswered};
+pub use control::{
+    AsOf, Command, Control, CustomerAnswer, CustomerState, PartitionProgress, ProgressReport, Status,
+    ThresholdState, Totals, Unanswered,
+};
 
 use crate::config::{DeliveryMode, Settings};
 use crate::decode::RejectReason;

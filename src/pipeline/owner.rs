@@ -27,7 +27,9 @@ use rdkafka::{Offset, Statistics, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use super::clock::{wall_clock, WallClock};
-use super::control::{Command, Control, PartitionProgress, ProgressReport};
+use super::control::{
+    AsOf, Command, Control, CustomerAnswer, CustomerState, PartitionProgress, ProgressReport, ThresholdState,
+};
 use super::events::{DeadLettered, OffsetsCommitted, RateLimited, TransactionOutcome};
 use super::hooks::{ClientEvent, ConsumerHooks, Delivered, DeliveryTag};
 use super::instruments::{record_client_statistics, MessageInstruments, PartitionLabels};
@@ -36,15 +38,16 @@ use super::sink::{produced, Sink};
 use super::snapshots::{Progress, SnapshotThread};
 use super::{PartitionKey, PipelineError};
 use crate::config::Settings;
-use crate::core::{Engine, EventTime, Output};
+use crate::core::{CustomerImage, Engine, EventTime, Output};
 use crate::snapshot::SnapshotStore;
 use crate::telemetry::labels::{Client, Outcome, Produced};
 
 /// How often the wall clock advances caught-up partitions: inactivity fires within
 /// this (plus `time.firing_delay`) of its deadline.
 const TICK: Duration = Duration::from_millis(100);
-/// The longest a poll blocks, so shutdown, ticks and commands are never late by more.
-const POLL_TIMEOUT: Duration = Duration::from_millis(50);
+/// The longest a poll blocks, so shutdown, ticks and commands (a lookup waits for its
+/// answer) are never late by more.
+const POLL_TIMEOUT: Duration = Duration::from_millis(10);
 /// Messages handled between services of the producer and the offset store.
 const SERVICE_EVERY: u32 = 256;
 /// Exactly-once: how often the open transaction (outputs + input offsets) is committed.
@@ -251,7 +254,78 @@ impl Owner {
                 Command::Progress(reply) => {
                     let _ = reply.send(self.progress_report());
                 }
+                Command::Customer {
+                    id,
+                    partitions,
+                    reply,
+                } => {
+                    let _ = reply.send(self.customer(&id, &partitions));
+                }
             }
+        }
+    }
+
+    /// A customer's state in the partitions `partitions` (one per input topic), if this
+    /// instance holds the first: a lookup in each engine's index, microseconds.
+    fn customer(&self, id: &str, partitions: &[i32]) -> CustomerAnswer {
+        let key = |topic: usize, partition: i32| PartitionKey {
+            topic: topic as u16,
+            partition,
+        };
+        let Some(&home) = partitions.first() else {
+            return CustomerAnswer::NotOwned;
+        };
+        if !self.partitions.contains_key(&key(0, home)) {
+            return CustomerAnswer::NotOwned;
+        }
+        let states = partitions
+            .iter()
+            .enumerate()
+            .filter_map(|(topic, &partition)| {
+                let key = key(topic, partition);
+                let state = self.partitions.get(&key)?;
+                let customer = state.engine.customer_image(id)?;
+                Some(self.customer_state(key, state, &customer))
+            })
+            .collect();
+        CustomerAnswer::Owned(states)
+    }
+
+    fn customer_state(
+        &self,
+        key: PartitionKey,
+        state: &PartitionState,
+        customer: &CustomerImage,
+    ) -> CustomerState {
+        let model = state.engine.model();
+        let inactivity = model
+            .thresholds()
+            .iter()
+            .enumerate()
+            .filter(|&(i, threshold)| {
+                i < usize::from(customer.ladder) || threshold.applies_to(customer.stage)
+            })
+            .map(|(i, threshold)| ThresholdState {
+                threshold: threshold.name.clone(),
+                due_at: customer.last_activity.plus(threshold.after).to_string(),
+                fired: i < usize::from(customer.ladder),
+            })
+            .collect();
+        CustomerState {
+            topic: self.topic_name(key).to_owned(),
+            partition: key.partition,
+            stage: model.stage_name(customer.stage).to_owned(),
+            stage_entered_at: customer.stage_entered.to_string(),
+            first_seen_at: customer.first_seen.map(|time| time.to_string()),
+            last_activity_at: customer.last_activity.to_string(),
+            inactivity,
+            as_of: AsOf {
+                offset: state.ledger.next_offset(),
+                watermark: state
+                    .engine
+                    .newest_event()
+                    .map(|_| state.engine.watermark().to_string()),
+            },
         }
     }
 
@@ -520,6 +594,14 @@ impl Owner {
         status
             .assigned_partitions
             .store(self.partitions.len() as u64, Ordering::SeqCst);
+        if let Ok(mut owned) = status.owned.lock() {
+            owned.clear();
+            owned.extend(
+                self.partitions
+                    .keys()
+                    .map(|&key| (self.topic_name(key).to_owned(), key.partition)),
+            );
+        }
         let metrics = &self.control.metrics;
         metrics.ready.set(i64::from(ready));
         metrics.assigned_partitions.set(self.partitions.len() as i64);

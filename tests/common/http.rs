@@ -9,11 +9,35 @@ use std::time::Duration;
 /// `GET path` from `address` (`host:port`): the status code and the body, or `None`
 /// when nothing answers.
 pub fn get(address: &str, path: &str) -> Option<(u16, String)> {
+    request(address, "GET", path, &[]).map(|response| (response.status, response.body))
+}
+
+/// One HTTP response: status, headers (names lower-cased), body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `method path` to `address` (`host:port`) with `headers`, or `None` when nothing
+/// answers.
+pub fn request(address: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<Response> {
     let mut stream = TcpStream::connect(address).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = Vec::new();
@@ -21,10 +45,21 @@ pub fn get(address: &str, path: &str) -> Option<(u16, String)> {
     let response = String::from_utf8(response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     let status = head.split(' ').nth(1)?.parse().ok()?;
-    let chunked = head
+    let headers: Vec<(String, String)> = head
         .lines()
-        .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
-    Some((status, if chunked { dechunk(body) } else { body.to_owned() }))
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    Some(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut body: &str) -> String {

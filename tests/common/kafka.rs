@@ -62,10 +62,13 @@ pub fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
     producer_config(bootstrap).create().expect("test producer")
 }
 
+/// Keyed like the Java clients and Kafka Streams (murmur2), the service's default
+/// `input.partitioner`, so lookups find each customer's partition.
 fn producer_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
+        .set("partitioner", "murmur2_random")
         .set("linger.ms", "20")
         .set("enable.idempotence", "true")
         .set("queue.buffering.max.messages", "1000000");
