@@ -440,8 +440,15 @@ fn check_command(config: &Path) -> Result<(), Failure> {
             format!("{} after {}", t.name, humantime::format_duration(after))
         })
         .collect();
+    let expiry = match settings.engine.expire_after {
+        Some(after) => {
+            let after = std::time::Duration::from_millis(after.as_millis().unsigned_abs());
+            format!("after {} without activity", humantime::format_duration(after))
+        }
+        None => "never".to_owned(),
+    };
     println!(
-        "configuration ok: model {} with stages {}; inactivity: {}",
+        "configuration ok: model {} with stages {}; inactivity: {}; state expires: {expiry}",
         model.name(),
         stages.join(" -> "),
         if ladder.is_empty() {

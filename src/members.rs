@@ -153,7 +153,8 @@ impl Keeper {
         let mut published: Option<(Vec<(String, i32)>, Instant)> = None;
         let mut metadata_at: Option<Instant> = None;
         while !self.control.stopping() {
-            if metadata_at.is_none_or(|at| at.elapsed() >= METADATA_EVERY) {
+            // Until the members topic is read, every pass looks for it again.
+            if !reading || metadata_at.is_none_or(|at| at.elapsed() >= METADATA_EVERY) {
                 reading = self.refresh_metadata(reading);
                 metadata_at = Some(Instant::now());
             }
@@ -199,16 +200,17 @@ impl Keeper {
     /// Refreshes the input topics' partition counts and, the first time the members
     /// topic is seen, starts reading all of it. Returns whether it is being read.
     fn refresh_metadata(&self, reading: bool) -> bool {
-        let Ok(metadata) = self.consumer.fetch_metadata(None, Duration::from_secs(5)) else {
-            return reading;
-        };
+        // One topic at a time: a cluster may hold thousands.
         let counts = |name: &str| {
-            metadata
+            let metadata = self
+                .consumer
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .ok()?;
+            let topic = metadata
                 .topics()
                 .iter()
-                .find(|t| t.name() == name && t.error().is_none())
-                .map(|t| t.partitions().len() as u32)
-                .filter(|&n| n > 0)
+                .find(|t| t.name() == name && t.error().is_none())?;
+            Some(topic.partitions().len() as u32).filter(|&n| n > 0)
         };
         if let Ok(mut view) = self.members.view.lock() {
             for input in &self.inputs {

@@ -6,7 +6,7 @@
 //!
 //! The names and hashes are librdkafka's: `murmur2_random` is the Java client's (and
 //! Kafka Streams') default partitioner, `consistent_random` librdkafka's own default
-//! (CRC-32), `fnv1a_random` Sarama's. The `_random` part only concerns records without
+//! (CRC-32), `fnv1a_random` Sarama's (Go). The `_random` part only concerns records without
 //! a key, which a customer's records never are. `tests/partitioner.rs` checks each
 //! against librdkafka's own choice.
 
@@ -109,11 +109,13 @@ fn murmur2(data: &[u8]) -> u32 {
     h ^ (h >> 15)
 }
 
-/// 32-bit FNV-1a.
+/// 32-bit FNV-1a, made positive as Sarama's hash partitioner does (librdkafka's
+/// `rd_fnv1a`: the absolute value of the hash as a signed integer).
 fn fnv1a(data: &[u8]) -> u32 {
-    data.iter().fold(0x811c_9dc5, |h: u32, &byte| {
+    let hash = data.iter().fold(0x811c_9dc5, |h: u32, &byte| {
         (h ^ u32::from(byte)).wrapping_mul(0x0100_0193)
-    })
+    });
+    (hash as i32).wrapping_abs() as u32
 }
 
 #[cfg(test)]

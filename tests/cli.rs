@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::process::Stdio;
 
-use common::{parse_cloudevents, repo, run, stagestream};
+use common::{compact, parse_cloudevents, repo, run, stagestream};
 
 const FIVE_STAGE: &str = "config/presets/five-stage.toml";
 
@@ -23,6 +23,79 @@ fn replay_fixture(extra_env: &[(&str, &str)]) -> std::process::Output {
         command.env(name, value);
     }
     run(&mut command)
+}
+
+#[test]
+fn replay_erases_on_request_and_expires_quiet_customers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("expiring.toml");
+    let preset = std::fs::read_to_string(repo(FIVE_STAGE)).unwrap();
+    std::fs::write(&config, format!("{preset}\n[state]\nexpire_after = \"20d\"\n")).unwrap();
+    let input = dir.path().join("input.jsonl");
+    std::fs::write(
+        &input,
+        [
+            r#"{"type":"track","event":"Order Completed","userId":"ann","messageId":"a1","timestamp":"2026-03-01T10:00:00Z"}"#,
+            r#"{"type":"track","event":"Product Viewed","userId":"bob","messageId":"b1","timestamp":"2026-03-01T11:00:00Z"}"#,
+            r#"{"type":"erase","userId":"bob","timestamp":"2026-03-01T12:00:00Z"}"#,
+            // bob's messageIds went with him: the same one starts a new journey.
+            r#"{"type":"track","event":"Product Viewed","userId":"bob","messageId":"b1","timestamp":"2026-03-01T12:30:00Z"}"#,
+            // Nobody to erase: the erased event still says so. No time moves.
+            r#"{"type":"erase","anonymousId":"ghost","timestamp":"2026-04-30T00:00:00Z"}"#,
+            r#"{"type":"erase","userId":"nobody-timeless"}"#,
+            r#"{"type":"page","name":"Home","userId":"cat","timestamp":"2026-03-25T10:00:00Z"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let output = run(stagestream()
+        .arg("replay")
+        .arg("--config")
+        .arg(&config)
+        .arg("--input")
+        .arg(&input)
+        .args(["--output", "-", "--until", "2026-05-01T00:00:00Z"]));
+    assert!(output.status.success(), "{output:?}");
+    let events = parse_cloudevents(&String::from_utf8(output.stdout).unwrap());
+    let lines: Vec<String> = events.iter().map(compact).collect();
+    assert_eq!(
+        lines,
+        [
+            "2026-03-01T10:00:00.000Z ann changed null->purchase rule=purchase trigger=track:Order Completed@2026-03-01T10:00:00.000Z#a1",
+            "2026-03-01T11:00:00.000Z bob changed null->consideration rule=consideration trigger=track:Product Viewed@2026-03-01T11:00:00.000Z#b1",
+            "2026-03-01T12:00:00.000Z bob erased",
+            "2026-03-01T12:30:00.000Z bob changed null->consideration rule=consideration trigger=track:Product Viewed@2026-03-01T12:30:00.000Z#b1",
+            "2026-04-30T00:00:00.000Z ghost erased",
+            // cat's first event moves the watermark past everyone's ladder and expiry.
+            "2026-03-08T10:00:00.000Z ann inactive winback_7d stage=purchase inactive_seconds=604800 last=2026-03-01T10:00:00.000Z",
+            "2026-03-08T12:30:00.000Z bob inactive winback_7d stage=consideration inactive_seconds=604800 last=2026-03-01T12:30:00.000Z",
+            "2026-03-15T10:00:00.000Z ann inactive winback_14d stage=purchase inactive_seconds=1209600 last=2026-03-01T10:00:00.000Z",
+            "2026-03-15T12:30:00.000Z bob inactive winback_14d stage=consideration inactive_seconds=1209600 last=2026-03-01T12:30:00.000Z",
+            "2026-03-21T10:00:00.000Z ann expired stage=purchase last=2026-03-01T10:00:00.000Z",
+            "2026-03-21T12:30:00.000Z bob expired stage=consideration last=2026-03-01T12:30:00.000Z",
+            "2026-03-25T10:00:00.000Z cat changed null->awareness rule=null trigger=page:Home@2026-03-25T10:00:00.000Z#null",
+            // --until fires the rest.
+            "2026-04-01T10:00:00.000Z cat inactive winback_7d stage=awareness inactive_seconds=604800 last=2026-03-25T10:00:00.000Z",
+            "2026-04-08T10:00:00.000Z cat inactive winback_14d stage=awareness inactive_seconds=1209600 last=2026-03-25T10:00:00.000Z",
+            "2026-04-14T10:00:00.000Z cat expired stage=awareness last=2026-03-25T10:00:00.000Z",
+        ]
+    );
+    let summary = String::from_utf8(output.stderr).unwrap();
+    assert!(summary.contains("missing_timestamp 1"), "{summary}");
+    assert!(summary.contains("3 expired, 2 erase requests"), "{summary}");
+    assert!(summary.contains("customers    0 by stage"), "{summary}");
+
+    // Expiry must outlast the ladder: 14d is the longest threshold.
+    std::fs::write(&config, format!("{preset}\n[state]\nexpire_after = \"14d\"\n")).unwrap();
+    let refused = run(stagestream().arg("check").arg("--config").arg(&config));
+    assert_eq!(refused.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(
+            "state.expire_after: 14d must be longer than the longest inactivity threshold (winback_14d"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -50,7 +50,13 @@ pub fn parse_cloudevents(text: &str) -> Vec<CloudEvent> {
             assert_eq!(json["subject"], json["data"]["customer_id"]);
             let kind = json["type"].as_str().unwrap();
             assert!(
-                kind == "stagestream.stage.changed.v1" || kind == "stagestream.customer.inactive.v1",
+                [
+                    "stagestream.stage.changed.v1",
+                    "stagestream.customer.inactive.v1",
+                    "stagestream.customer.expired.v1",
+                    "stagestream.customer.erased.v1",
+                ]
+                .contains(&kind),
                 "{kind}"
             );
             // The documented id recipe: UUIDv5(namespace, type + "\n" + data bytes).
@@ -96,6 +102,21 @@ pub fn compact(event: &CloudEvent) -> String {
                 text(&d["rule"]),
                 trigger
             )
+        }
+        "stagestream.customer.expired.v1" => {
+            assert_eq!(e["time"], d["expired_at"]);
+            format!(
+                "{} {} expired stage={} last={}",
+                text(&e["time"]),
+                text(&e["subject"]),
+                text(&d["stage"]),
+                text(&d["last_activity_at"])
+            )
+        }
+        "stagestream.customer.erased.v1" => {
+            let fields: Vec<&String> = d.as_object().unwrap().keys().collect();
+            assert_eq!(fields, ["customer_id", "model"], "an erased event's data");
+            format!("{} {} erased", text(&e["time"]), text(&e["subject"]))
         }
         _ => {
             assert_eq!(e["time"], d["detected_at"]);
