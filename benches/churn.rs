@@ -4,8 +4,9 @@
 //! expiry the engine holds every id ever seen; with it, those active within
 //! `expire_after`. Each case runs in a process of its own under the service's allocator
 //! (freed pages returned at once, as in the memory bench) and reports its peak and
-//! final resident memory, the customers it holds, and the size of a snapshot of the
-//! final state per customer held. Run: `cargo bench --bench churn` (optionally
+//! final resident memory, the customers it holds, the size of a snapshot of the final
+//! state per customer held, and the longest single event (one that reclaims expired
+//! customers' slots). Run: `cargo bench --bench churn` (optionally
 //! `-- NEW_PER_DAY REGULARS DAYS`). Figures: docs/performance.md, "Memory under churn".
 
 #[allow(dead_code)] // the engine fill is the memory bench's; this one feeds its own stream
@@ -55,6 +56,9 @@ fn run_case(new_per_day: u32, regulars: u32, days: u32, expire_days: u32) {
     let mut engine = Engine::new(Arc::clone(&settings.model), engine_settings);
     let mut outputs = Vec::new();
     let (mut events, mut expired) = (0u64, 0u64);
+    // The longest single event: one that reclaims expired customers' slots renumbers
+    // the live ones.
+    let mut longest = std::time::Duration::ZERO;
     let start = support::fill_start().as_millis();
     let visitors_per_day = new_per_day + regulars / 3;
     for day in 0..days {
@@ -74,7 +78,9 @@ fn run_case(new_per_day: u32, regulars: u32, days: u32, expire_days: u32) {
                 properties: Vec::new(),
             };
             outputs.clear();
+            let applying = Instant::now();
             engine.on_event(&event, &mut outputs);
+            longest = longest.max(applying.elapsed());
             expired += outputs
                 .iter()
                 .filter(|o| matches!(o, stagestream::core::Output::Expired { .. }))
@@ -96,10 +102,11 @@ fn run_case(new_per_day: u32, regulars: u32, days: u32, expire_days: u32) {
     let snapshot = encode(&header, &engine.image()).len();
     println!(
         "{days} days, {new_per_day} new ids/day, {regulars} regulars, expiry {}: {events} events in {:.1} s; \
-         holds {held} customers ({expired} expired); peak {:.1} MiB, end {:.1} MiB ({:.1} bytes/customer held); \
-         snapshot {:.1} MB ({:.1} bytes/customer held)",
+         longest event {:.1} ms; holds {held} customers ({expired} expired); peak {:.1} MiB, end {:.1} MiB \
+         ({:.1} bytes/customer held); snapshot {:.1} MB ({:.1} bytes/customer held)",
         if expire_days > 0 { format!("{expire_days}d") } else { "never".into() },
         took.as_secs_f64(),
+        longest.as_secs_f64() * 1e3,
         mib(peak),
         mib(after),
         after as f64 / held.max(1) as f64,

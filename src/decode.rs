@@ -105,6 +105,11 @@ pub fn decode<'a>(bytes: &'a [u8], model: &Model) -> Result<Record<'a>, DecodeEr
     decode_with_default_time(bytes, model, FallbackTime::default())
 }
 
+/// The latest event time accepted, 6000-01-01T00:00:00Z: the engine keeps a
+/// customer's times in six bytes, up to year 6429 ([`crate::core::Instant48`]), and
+/// deadlines up to 400 years past an event stay in range.
+const LATEST_EVENT_TIME: i64 = 127_174_492_800_000;
+
 /// The time a record without a `timestamp` of its own (absent or null) takes: the
 /// Kafka record timestamp, for an erase request always and for an event when
 /// `time.use_record_timestamp` allows it.
@@ -202,7 +207,9 @@ impl<'a> Fields<'a> {
         let default_time = fallback.record.filter(|_| erase || fallback.for_events);
         let timestamp = match self.timestamp {
             Loose::Absent | Loose::Null => default_time.ok_or(DecodeError::MissingTimestamp)?,
-            Loose::Str(text) => EventTime::parse_rfc3339(&text).ok_or(DecodeError::InvalidTimestamp)?,
+            Loose::Str(text) => EventTime::parse_rfc3339(&text)
+                .filter(|time| time.as_millis() <= LATEST_EVENT_TIME)
+                .ok_or(DecodeError::InvalidTimestamp)?,
             Loose::Other => return Err(DecodeError::InvalidTimestamp),
         };
         if erase {
@@ -660,6 +667,10 @@ mod tests {
                 RejectReason::InvalidTimestamp,
             ),
             (
+                r#"{"type":"track","event":"X","userId":"u","timestamp":"6000-01-01T00:00:00.001Z"}"#,
+                RejectReason::InvalidTimestamp,
+            ),
+            (
                 r#"{"type":"track","event":"X","userId":"u","timestamp":1704067200}"#,
                 RejectReason::InvalidTimestamp,
             ),
@@ -687,6 +698,8 @@ mod tests {
         for (line, expected) in cases {
             assert_eq!(reason(line), Some(expected), "{line}");
         }
+        let latest = r#"{"type":"track","event":"X","userId":"u","timestamp":"6000-01-01T00:00:00Z"}"#;
+        assert_eq!(reason(latest), None, "the latest time the engine keeps");
     }
 
     #[test]

@@ -98,7 +98,8 @@ pub fn demo(
         duration: None,
         max_events: None,
     };
-    let events = loadgen::load(&settings.kafka.producer_properties(None), &load)?.events;
+    let properties = settings.kafka.producer_properties(None);
+    let events = loadgen::load(&properties, settings.input.partitioner, &load)?.events;
     let control = Arc::new(Control::default());
     let service = {
         let control = control.clone();

@@ -258,7 +258,7 @@ fn state(snapshot: &Snapshot, index: usize) -> Value {
             applies.then(|| {
                 json!({
                     "threshold": threshold.name,
-                    "due_at": rfc3339(customer.last_activity.plus(crate::core::Span::from_millis(threshold.after_ms))),
+                    "due_at": rfc3339(customer.last_activity.time().plus(crate::core::Span::from_millis(threshold.after_ms))),
                     "fired": i < usize::from(customer.ladder),
                 })
             })
@@ -268,9 +268,9 @@ fn state(snapshot: &Snapshot, index: usize) -> Value {
         "topic": header.topic,
         "partition": header.partition,
         "stage": stage,
-        "stage_entered_at": rfc3339(customer.stage_entered),
-        "first_seen_at": customer.first_seen.and_then(rfc3339),
-        "last_activity_at": rfc3339(customer.last_activity),
+        "stage_entered_at": rfc3339(customer.stage_entered.time()),
+        "first_seen_at": customer.first_seen.known().and_then(rfc3339),
+        "last_activity_at": rfc3339(customer.last_activity.time()),
         "inactivity": inactivity,
         "as_of": {
             "offset": header.offset,

@@ -22,6 +22,7 @@ use rdkafka::{ClientConfig, ClientContext, Statistics};
 use crate::core::EventTime;
 use crate::generate::{generate_keyed, GeneratorSettings};
 use crate::kafka::{connect_producer, Properties};
+use crate::partitioner::Partitioner;
 
 /// How long a record may wait for delivery before it counts as failed, and how long
 /// the end of a run waits for the last ones.
@@ -96,14 +97,20 @@ impl ProducerContext for Deliveries {
 }
 
 /// Produces the generated stream to `settings.topic` with the producer `properties`
-/// (the service's producer properties: brokers, security, idempotence).
+/// (the service's producer properties: brokers, security, idempotence), keyed by
+/// customer id with `partitioner` (`input.partitioner`, which lookups rely on).
 ///
 /// # Errors
 /// librdkafka refuses the properties, a record cannot be queued, or records are not
 /// delivered within a minute.
-pub fn load(properties: &Properties, settings: &LoadSettings) -> Result<LoadSummary, LoadError> {
+pub fn load(
+    properties: &Properties,
+    partitioner: Partitioner,
+    settings: &LoadSettings,
+) -> Result<LoadSummary, LoadError> {
     let mut config = ClientConfig::from(properties);
     config
+        .set("partitioner", partitioner.name())
         .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
         .set("statistics.interval.ms", STATISTICS_INTERVAL);
     let producer: ThreadedProducer<Deliveries> = config

@@ -348,7 +348,8 @@ fn demo_command(config: Option<PathBuf>, customers: u32, days: u32, seed: u64) -
 
 /// `stagestream loadgen`: the generated stream produced to a topic.
 fn loadgen_command(settings: &Settings, load: &LoadSettings) -> Result<(), Failure> {
-    let summary = loadgen::load(&settings.kafka.producer_properties(None), load).map_err(|error| {
+    let properties = settings.kafka.producer_properties(None);
+    let summary = loadgen::load(&properties, settings.input.partitioner, load).map_err(|error| {
         let code = match error {
             LoadError::Client(_) => EX_USAGE,
             LoadError::Produce { .. } | LoadError::Undelivered { .. } => EX_TEMPFAIL,

@@ -27,7 +27,7 @@ use super::dedup::DedupWindow;
 use super::event::Event;
 use super::image::{CustomerImage, EngineImage, VACANT};
 use super::model::{Model, RuleId, StageId, ThresholdId};
-use super::time::{EventTime, Span};
+use super::time::{EventTime, Instant48, Span};
 
 /// Engine parameters that are not part of the stage model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,15 +121,17 @@ const UNARMED: u8 = u8::MAX;
 const EXPIRY: u8 = u8::MAX - 1;
 
 /// The customer has no entry in the deadline index.
-const NOT_INDEXED: EventTime = EventTime::MIN;
+const NOT_INDEXED: Instant48 = Instant48::UNKNOWN;
 
+/// A customer's state: 27 bytes, byte-aligned (four [`Instant48`]s and three bytes).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct CustomerState {
     /// The newest activity time seen for the customer.
-    last_activity: EventTime,
+    last_activity: Instant48,
     /// The key of the customer's entry in the deadline index, or [`NOT_INDEXED`];
-    /// never later than the true deadline while the customer is armed.
-    indexed: EventTime,
+    /// never later than the true deadline while the customer is armed. Compared with
+    /// an index key in the six-byte form, so a key clamped here still matches.
+    indexed: Instant48,
     /// The time of the event that created the state ([`Instant48::UNKNOWN`] for state
     /// restored from a snapshot that did not record it).
     first_seen: Instant48,
@@ -153,51 +155,13 @@ impl CustomerState {
             stage: self.stage,
             armed: (self.armed < EXPIRY).then_some(ThresholdId(self.armed)),
             ladder: self.ladder,
-            stage_entered: self.stage_entered.time(),
-            first_seen: self.first_seen.known(),
+            stage_entered: self.stage_entered,
+            first_seen: self.first_seen,
         }
     }
 
     fn is_vacant(&self) -> bool {
         self.stage == VACANT
-    }
-}
-
-/// An instant in six bytes: milliseconds since the Unix epoch as a 48-bit signed
-/// integer (about 4,460 years either side), so that two of them fit beside the other
-/// fields of a [`CustomerState`] in 32 bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Instant48([u8; 6]);
-
-impl Instant48 {
-    const MIN_MILLIS: i64 = -(1 << 47);
-    const MAX_MILLIS: i64 = (1 << 47) - 1;
-    /// "Not recorded": the one value [`Instant48::at`] never makes.
-    const UNKNOWN: Instant48 = Instant48::from_millis(Self::MIN_MILLIS);
-
-    const fn from_millis(millis: i64) -> Self {
-        let bytes = millis.to_le_bytes();
-        Instant48([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]])
-    }
-
-    fn at(time: EventTime) -> Self {
-        Self::from_millis(time.as_millis().clamp(Self::MIN_MILLIS + 1, Self::MAX_MILLIS))
-    }
-
-    fn time(self) -> EventTime {
-        let [a, b, c, d, e, f] = self.0;
-        // Sign-extended from bit 47.
-        EventTime::from_millis(i64::from_le_bytes([a, b, c, d, e, f, 0, 0]) << 16 >> 16)
-    }
-
-    fn known(self) -> Option<EventTime> {
-        (self != Self::UNKNOWN).then(|| self.time())
-    }
-
-    /// How long the stage entered at this instant was held when left at `left_at`
-    /// (never negative: an event older than the entry can move a customer on).
-    fn held_until(self, left_at: EventTime) -> Span {
-        Span::from_millis((left_at.as_millis() - self.time().as_millis()).max(0))
     }
 }
 
@@ -404,7 +368,7 @@ impl Engine {
             None => {
                 let (customer, _) = self.customers.intern(&event.customer);
                 self.states.push(CustomerState {
-                    last_activity: at,
+                    last_activity: Instant48::at(at),
                     indexed: NOT_INDEXED,
                     first_seen: Instant48::at(at),
                     stage_entered: Instant48::at(at),
@@ -419,8 +383,8 @@ impl Engine {
             }
         };
         let state = &mut self.states[customer.index()];
-        if at > state.last_activity {
-            state.last_activity = at;
+        if at > state.last_activity.time() {
+            state.last_activity = Instant48::at(at);
             state.ladder = 0;
         }
         // Re-evaluated even for older events: the stage may have changed.
@@ -456,7 +420,7 @@ impl Engine {
 
     fn fire_due(&mut self, out: &mut Vec<Output>) {
         while let Some((key, customer)) = self.deadlines.pop_due(self.clock) {
-            if self.states[customer.index()].indexed != key {
+            if self.states[customer.index()].indexed != Instant48::at(key) {
                 // Replaced by an earlier entry since (`arm`): that one was the live one.
                 continue;
             }
@@ -499,12 +463,13 @@ impl Engine {
         let state = &mut self.states[customer.index()];
         let threshold_id = ThresholdId(state.armed);
         let threshold = self.model.threshold(threshold_id);
-        let detected_at = state.last_activity.plus(threshold.after);
+        let last_activity = state.last_activity.time();
+        let detected_at = last_activity.plus(threshold.after);
         out.push(Output::Inactive {
             customer,
             threshold: threshold_id,
             stage: state.stage,
-            last_activity: state.last_activity,
+            last_activity,
             detected_at,
         });
         if let Some(to) = threshold.move_to.filter(|&to| to != state.stage) {
@@ -534,7 +499,7 @@ impl Engine {
             EXPIRY => self.settings.expire_after?,
             threshold => self.model.threshold(ThresholdId(threshold)).after,
         };
-        Some(state.last_activity.plus(after))
+        Some(state.last_activity.time().plus(after))
     }
 
     /// What to arm from ladder position `from` in `stage`: the first threshold there
@@ -557,7 +522,7 @@ impl Engine {
         let indexed = self.states[customer.index()].indexed;
         if indexed == NOT_INDEXED {
             self.index(customer, due);
-        } else if due < indexed {
+        } else if due < indexed.time() {
             // The entry at `indexed` stays, and is skipped when it comes up.
             self.index(customer, due);
         }
@@ -565,7 +530,7 @@ impl Engine {
 
     fn index(&mut self, customer: CustomerRef, key: EventTime) {
         self.deadlines.insert(key, customer);
-        self.states[customer.index()].indexed = key;
+        self.states[customer.index()].indexed = Instant48::at(key);
     }
 
     fn set_armed(&mut self, customer: CustomerRef, armed: u8) {

@@ -20,12 +20,13 @@
 
 use super::customers::{CustomerIds, CustomerRef};
 use super::model::{ModelShape, StageId, ThresholdId};
-use super::time::EventTime;
+use super::time::{EventTime, Instant48};
 
-/// One customer's state, by ref.
+/// One customer's state, by ref: 22 bytes (times in the engine's six-byte form), since
+/// an image holds one per customer (10M in a big partition).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CustomerImage {
-    pub last_activity: EventTime,
+    pub last_activity: Instant48,
     pub stage: StageId,
     /// The next threshold of the ladder to fire, if any (expiry is not one: it is
     /// armed again from the configuration when the ladder is done).
@@ -33,11 +34,14 @@ pub struct CustomerImage {
     /// Ladder position in the current gap: thresholds before it have fired.
     pub ladder: u8,
     /// When the customer entered `stage`: the time of the output that moved it there.
-    pub stage_entered: EventTime,
-    /// The time of the event that created the customer's state; `None` when the state
-    /// was saved by a version that did not record it.
-    pub first_seen: Option<EventTime>,
+    pub stage_entered: Instant48,
+    /// The time of the event that created the customer's state;
+    /// [`Instant48::UNKNOWN`] when the state was saved by a version that did not
+    /// record it.
+    pub first_seen: Instant48,
 }
+
+const _: () = assert!(std::mem::size_of::<CustomerImage>() == 22);
 
 /// The stage of a vacant ref in an image captured from a live engine: the customer
 /// was erased or expired ([`EngineImage::drop_vacant`] leaves it out).

@@ -31,4 +31,4 @@ pub use engine::{Cause, Engine, EngineSettings, Output, Verdict};
 pub use event::{Erase, Event, EventType, PropertyKey, PropertyValue, Record};
 pub use image::{CustomerImage, DedupEntry, EngineImage, RestoreError};
 pub use model::{Model, ModelShape, ModelSpec, Problem, RuleId, StageId, ThresholdId};
-pub use time::{EventTime, Span};
+pub use time::{EventTime, Instant48, Span};

@@ -18,6 +18,45 @@ pub struct EventTime(i64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Span(i64);
 
+/// An [`EventTime`] in six bytes, for the times kept per customer: milliseconds since
+/// the Unix epoch as a 48-bit signed integer, from year -2488 to 6429 (an instant
+/// beyond is clamped to the end of the range). Byte-aligned, so that a customer's four
+/// times and three small fields take 27 bytes, not 32 or 40.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Instant48([u8; 6]);
+
+impl Instant48 {
+    pub const MIN_MILLIS: i64 = -(1 << 47);
+    pub const MAX_MILLIS: i64 = (1 << 47) - 1;
+    /// "Not recorded": the one value [`Instant48::at`] never makes.
+    pub const UNKNOWN: Instant48 = Instant48::from_millis(Self::MIN_MILLIS);
+
+    const fn from_millis(millis: i64) -> Self {
+        let bytes = millis.to_le_bytes();
+        Instant48([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]])
+    }
+
+    pub fn at(time: EventTime) -> Self {
+        Self::from_millis(time.as_millis().clamp(Self::MIN_MILLIS + 1, Self::MAX_MILLIS))
+    }
+
+    pub fn time(self) -> EventTime {
+        let [a, b, c, d, e, f] = self.0;
+        // Sign-extended from bit 47.
+        EventTime::from_millis(i64::from_le_bytes([a, b, c, d, e, f, 0, 0]) << 16 >> 16)
+    }
+
+    pub fn known(self) -> Option<EventTime> {
+        (self != Self::UNKNOWN).then(|| self.time())
+    }
+
+    /// How long from this instant to `later`, never negative (an event older than a
+    /// stage's entry can move a customer on: it held the stage for zero time).
+    pub fn held_until(self, left_at: EventTime) -> Span {
+        Span::from_millis((left_at.as_millis() - self.time().as_millis()).max(0))
+    }
+}
+
 impl EventTime {
     /// Earlier than any parseable timestamp; the watermark before any event.
     pub const MIN: EventTime = EventTime(i64::MIN);

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::core::{CustomerImage, Model};
 use crate::telemetry::Metrics;
 
 /// Commands waiting for the owner beyond this are refused (the owner is stuck or the
@@ -153,6 +154,35 @@ pub struct CustomerState {
     pub last_activity_at: String,
     pub inactivity: Vec<ThresholdState>,
     pub as_of: AsOf,
+}
+
+impl CustomerState {
+    /// `customer`'s state in `topic`'s `partition`, under `model`: the ladder lists each
+    /// threshold that applies to the stage or fired in the current gap.
+    pub fn new(topic: &str, partition: i32, model: &Model, customer: &CustomerImage, as_of: AsOf) -> Self {
+        let fired = usize::from(customer.ladder);
+        let inactivity = model
+            .thresholds()
+            .iter()
+            .enumerate()
+            .filter(|&(i, threshold)| i < fired || threshold.applies_to(customer.stage))
+            .map(|(i, threshold)| ThresholdState {
+                threshold: threshold.name.clone(),
+                due_at: customer.last_activity.time().plus(threshold.after).to_string(),
+                fired: i < fired,
+            })
+            .collect();
+        CustomerState {
+            topic: topic.to_owned(),
+            partition,
+            stage: model.stage_name(customer.stage).to_owned(),
+            stage_entered_at: customer.stage_entered.time().to_string(),
+            first_seen_at: customer.first_seen.known().map(|time| time.to_string()),
+            last_activity_at: customer.last_activity.time().to_string(),
+            inactivity,
+            as_of,
+        }
+    }
 }
 
 /// One threshold of the ladder that applies to the customer's stage (or fired in the

@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 
 use super::clock::{wall_clock, WallClock};
 use super::control::{
-    AsOf, Command, Control, CustomerAnswer, CustomerState, PartitionProgress, ProgressReport, ThresholdState,
+    AsOf, Command, Control, CustomerAnswer, CustomerState, PartitionProgress, ProgressReport,
 };
 use super::events::{DeadLettered, OffsetsCommitted, RateLimited, TransactionOutcome};
 use super::hooks::{ClientEvent, ConsumerHooks, Delivered, DeliveryTag};
@@ -38,7 +38,7 @@ use super::sink::{produced, Sink};
 use super::snapshots::{Progress, SnapshotThread};
 use super::{PartitionKey, PipelineError};
 use crate::config::Settings;
-use crate::core::{CustomerImage, Engine, EventTime, Output};
+use crate::core::{Engine, EventTime, Output};
 use crate::snapshot::SnapshotStore;
 use crate::telemetry::labels::{Client, Outcome, Produced};
 
@@ -285,48 +285,24 @@ impl Owner {
                 let key = key(topic, partition);
                 let state = self.partitions.get(&key)?;
                 let customer = state.engine.customer_image(id)?;
-                Some(self.customer_state(key, state, &customer))
+                let as_of = AsOf {
+                    offset: state.ledger.next_offset(),
+                    watermark: state
+                        .engine
+                        .newest_event()
+                        .map(|_| state.engine.watermark().to_string()),
+                };
+                let model = state.engine.model();
+                Some(CustomerState::new(
+                    self.topic_name(key),
+                    partition,
+                    model,
+                    &customer,
+                    as_of,
+                ))
             })
             .collect();
         CustomerAnswer::Owned(states)
-    }
-
-    fn customer_state(
-        &self,
-        key: PartitionKey,
-        state: &PartitionState,
-        customer: &CustomerImage,
-    ) -> CustomerState {
-        let model = state.engine.model();
-        let inactivity = model
-            .thresholds()
-            .iter()
-            .enumerate()
-            .filter(|&(i, threshold)| {
-                i < usize::from(customer.ladder) || threshold.applies_to(customer.stage)
-            })
-            .map(|(i, threshold)| ThresholdState {
-                threshold: threshold.name.clone(),
-                due_at: customer.last_activity.plus(threshold.after).to_string(),
-                fired: i < usize::from(customer.ladder),
-            })
-            .collect();
-        CustomerState {
-            topic: self.topic_name(key).to_owned(),
-            partition: key.partition,
-            stage: model.stage_name(customer.stage).to_owned(),
-            stage_entered_at: customer.stage_entered.to_string(),
-            first_seen_at: customer.first_seen.map(|time| time.to_string()),
-            last_activity_at: customer.last_activity.to_string(),
-            inactivity,
-            as_of: AsOf {
-                offset: state.ledger.next_offset(),
-                watermark: state
-                    .engine
-                    .newest_event()
-                    .map(|_| state.engine.watermark().to_string()),
-            },
-        }
     }
 
     fn progress_report(&self) -> ProgressReport {

@@ -138,13 +138,13 @@ impl RestoredStates {
                 Some(ThresholdId(t)) if usize::from(t) < thresholds => {
                     armed_customers += 1;
                     let after = model.threshold(ThresholdId(t)).after;
-                    due.push((customer.last_activity.plus(after), CustomerRef(i as u32)));
+                    due.push((customer.last_activity.time().plus(after), CustomerRef(i as u32)));
                     t
                 }
                 // Expiry is armed once the ladder has nothing left for the stage.
                 None => match settings.expire_after {
                     Some(after) => {
-                        due.push((customer.last_activity.plus(after), CustomerRef(i as u32)));
+                        due.push((customer.last_activity.time().plus(after), CustomerRef(i as u32)));
                         EXPIRY
                     }
                     None => UNARMED,
@@ -163,12 +163,12 @@ impl RestoredStates {
                 stage,
                 armed,
                 ladder: customer.ladder,
-                stage_entered: Instant48::at(customer.stage_entered),
-                first_seen: customer.first_seen.map_or(Instant48::UNKNOWN, Instant48::at),
+                stage_entered: customer.stage_entered,
+                first_seen: customer.first_seen,
             });
         }
         for &(key, customer) in &due {
-            states[customer.index()].indexed = key;
+            states[customer.index()].indexed = Instant48::at(key);
         }
         Ok(RestoredStates {
             states,

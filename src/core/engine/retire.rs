@@ -39,7 +39,7 @@ impl Engine {
         out.push(Output::Expired {
             customer,
             stage: state.stage,
-            last_activity: state.last_activity,
+            last_activity: state.last_activity.time(),
             expired_at,
         });
         // Its messageIds are all older than the dedup window's horizon or soon will
@@ -84,7 +84,7 @@ impl Engine {
             renumbered[old] = new.0;
             ids.push(self.customers.id(CustomerRef(old as u32)));
             if state.indexed != NOT_INDEXED {
-                due.push((state.indexed, new));
+                due.push((state.indexed.time(), new));
             }
             states.push(*state);
             counters.extend_from_slice(&self.counters[old * per_customer..(old + 1) * per_customer]);
