@@ -442,6 +442,10 @@ fn check_command(config: &Path) -> Result<(), Failure> {
         })
         .collect();
     let expiry = match settings.engine.expire_after {
+        // humantime writes 90 days as "2months 29days 2h 52m 48s".
+        Some(after) if after.as_millis() % 86_400_000 == 0 => {
+            format!("after {} days without activity", after.as_millis() / 86_400_000)
+        }
         Some(after) => {
             let after = std::time::Duration::from_millis(after.as_millis().unsigned_abs());
             format!("after {} without activity", humantime::format_duration(after))
