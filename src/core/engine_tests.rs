@@ -1303,6 +1303,43 @@ proptest::proptest! {
     }
 }
 
+proptest::proptest! {
+    /// Whatever a customer did before expiring, its activity after the expiry gives
+    /// exactly the outputs a customer never seen before would get.
+    #[test]
+    fn expiry_then_new_activity_is_any_fresh_customers_journey(
+        history in proptest::collection::vec((0usize..4, 0i64..3_000), 1..30),
+        later in proptest::collection::vec((0usize..4, -4i64..3_000), 1..30),
+    ) {
+        const NAMES: [&str; 4] = ["Product Viewed", "Order Completed", "Product Reviewed", "Page Viewed"];
+        let expire_after = Span::from_millis(20 * DAY);
+        let mut returning = Run::with_expiry(FIVE_STAGE, expire_after);
+        let mut at = t(0, 0);
+        for &(name, minutes) in &history {
+            at = EventTime::from_millis(at.as_millis() + minutes * MINUTE);
+            returning.track("c", NAMES[name], at);
+        }
+        // Past the expiry of the last activity.
+        let restart = at.plus(Span::from_millis(21 * DAY));
+        returning.advance(restart);
+        proptest::prop_assert_eq!(returning.engine.stage_of("c"), None);
+        returning.take();
+        let mut fresh = Run::with_expiry(FIVE_STAGE, expire_after);
+        fresh.advance(restart);
+        let mut at = restart;
+        for &(name, minutes) in &later {
+            at = EventTime::from_millis(at.as_millis() + minutes.max(0) * MINUTE);
+            let stamped = EventTime::from_millis(at.as_millis() + minutes.min(0) * MINUTE).max(restart);
+            returning.track("c", NAMES[name], stamped);
+            fresh.track("c", NAMES[name], stamped);
+        }
+        let end = at.plus(Span::from_millis(60 * DAY));
+        returning.advance(end);
+        fresh.advance(end);
+        proptest::prop_assert_eq!(returning.take(), fresh.take());
+    }
+}
+
 #[test]
 fn expiry_then_new_activity_is_a_fresh_customers_journey() {
     // The same events for "back" after its expiry, and for a customer never seen.
