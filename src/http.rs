@@ -123,10 +123,11 @@ impl Api {
     }
 }
 
-type CustomerState = State<(Arc<Control>, Arc<Api>)>;
+/// The customer routes' state: the owner's control and the API.
+type CustomerRoutes = State<(Arc<Control>, Arc<Api>)>;
 
 async fn get_customer(
-    State((control, api)): CustomerState,
+    State((control, api)): CustomerRoutes,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -189,7 +190,7 @@ fn partitions_of(api: &Api, id: &str) -> Option<Vec<i32>> {
 /// Produces an erase record for the customer to the first input topic and answers 202
 /// with where it landed, once delivered: the erasure then travels with the events.
 async fn delete_customer(
-    State((control, api)): CustomerState,
+    State((control, api)): CustomerRoutes,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
