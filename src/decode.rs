@@ -189,6 +189,9 @@ struct Fields<'a> {
     user_id: Loose<'a>,
     anonymous_id: Loose<'a>,
     timestamp: Loose<'a>,
+    /// Segment's client times, boxed: most events carry `timestamp` and none of them,
+    /// and three more fields inline made every event's fields a third bigger to move.
+    client_times: Option<Box<ClientTimes<'a>>>,
     message_id: Loose<'a>,
     event: Loose<'a>,
     name: Loose<'a>,
@@ -196,7 +199,19 @@ struct Fields<'a> {
     traits: Option<Vec<Option<PropertyValue<'a>>>>,
 }
 
+/// `originalTimestamp`, `sentAt` and `receivedAt` as read.
+#[derive(Default)]
+struct ClientTimes<'a> {
+    original_timestamp: Loose<'a>,
+    sent_at: Loose<'a>,
+    received_at: Loose<'a>,
+}
+
 impl<'a> Fields<'a> {
+    fn client_times(&mut self) -> &mut ClientTimes<'a> {
+        self.client_times.get_or_insert_with(Box::default)
+    }
+
     fn into_record(self, fallback: FallbackTime) -> Result<Record<'a>, DecodeError> {
         let customer = self
             .user_id
@@ -206,12 +221,15 @@ impl<'a> Fields<'a> {
         let erase = matches!(&self.kind, Loose::Str(text) if text == "erase");
         let default_time = fallback.record.filter(|_| erase || fallback.for_events);
         let timestamp = match self.timestamp {
-            Loose::Absent | Loose::Null => default_time.ok_or(DecodeError::MissingTimestamp)?,
-            Loose::Str(text) => EventTime::parse_rfc3339(&text)
-                .filter(|time| time.as_millis() <= LATEST_EVENT_TIME)
-                .ok_or(DecodeError::InvalidTimestamp)?,
+            Loose::Absent | Loose::Null if erase => default_time,
+            Loose::Absent | Loose::Null => {
+                let times = self.client_times.unwrap_or_default();
+                client_time(&times.original_timestamp, &times.sent_at, &times.received_at)?.or(default_time)
+            }
+            Loose::Str(text) => Some(parse_time(&text)?),
             Loose::Other => return Err(DecodeError::InvalidTimestamp),
-        };
+        }
+        .ok_or(DecodeError::MissingTimestamp)?;
         if erase {
             return Ok(Record::Erase(Erase {
                 customer,
@@ -244,6 +262,44 @@ impl<'a> Fields<'a> {
             timestamp,
             properties: properties.unwrap_or_default(),
         }))
+    }
+}
+
+/// An event time as the input states it: RFC 3339 with an offset, no later than
+/// [`LATEST_EVENT_TIME`].
+fn parse_time(text: &str) -> Result<EventTime, DecodeError> {
+    EventTime::parse_rfc3339(text)
+        .filter(|time| time.as_millis() <= LATEST_EVENT_TIME)
+        .ok_or(DecodeError::InvalidTimestamp)
+}
+
+/// The event time of an event without `timestamp`, by Segment's rule: its
+/// `originalTimestamp` (the device's clock) corrected by how far that clock was off
+/// when the batch was sent, `receivedAt - (sentAt - originalTimestamp)`, when both
+/// `sentAt` and `receivedAt` are given; else `originalTimestamp` as it is; `None`
+/// without one. Any of the three present (not null) but not a valid time is invalid.
+fn client_time(
+    original: &Loose<'_>,
+    sent_at: &Loose<'_>,
+    received_at: &Loose<'_>,
+) -> Result<Option<EventTime>, DecodeError> {
+    let time = |field: &Loose<'_>| match field {
+        Loose::Absent | Loose::Null => Ok(None),
+        Loose::Str(text) => parse_time(text).map(Some),
+        Loose::Other => Err(DecodeError::InvalidTimestamp),
+    };
+    let Some(original) = time(original)? else {
+        return Ok(None);
+    };
+    match (time(sent_at)?, time(received_at)?) {
+        (Some(sent), Some(received)) => {
+            let skew = sent.as_millis() - original.as_millis();
+            let corrected = EventTime::from_millis(received.as_millis().saturating_sub(skew));
+            (corrected.as_millis() <= LATEST_EVENT_TIME)
+                .then_some(Some(corrected))
+                .ok_or(DecodeError::InvalidTimestamp)
+        }
+        _ => Ok(Some(original)),
     }
 }
 
@@ -316,6 +372,9 @@ enum Field {
     UserId,
     AnonymousId,
     Timestamp,
+    OriginalTimestamp,
+    SentAt,
+    ReceivedAt,
     MessageId,
     Event,
     Name,
@@ -338,6 +397,9 @@ impl<'de> Deserialize<'de> for Field {
                     "userId" => Field::UserId,
                     "anonymousId" => Field::AnonymousId,
                     "timestamp" => Field::Timestamp,
+                    "originalTimestamp" => Field::OriginalTimestamp,
+                    "sentAt" => Field::SentAt,
+                    "receivedAt" => Field::ReceivedAt,
                     "messageId" => Field::MessageId,
                     "event" => Field::Event,
                     "name" => Field::Name,
@@ -407,6 +469,9 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
                 Field::UserId => fields.user_id = map.next_value()?,
                 Field::AnonymousId => fields.anonymous_id = map.next_value()?,
                 Field::Timestamp => fields.timestamp = map.next_value()?,
+                Field::OriginalTimestamp => fields.client_times().original_timestamp = map.next_value()?,
+                Field::SentAt => fields.client_times().sent_at = map.next_value()?,
+                Field::ReceivedAt => fields.client_times().received_at = map.next_value()?,
                 Field::MessageId => fields.message_id = map.next_value()?,
                 Field::Event => fields.event = map.next_value()?,
                 Field::Name => fields.name = map.next_value()?,
@@ -567,6 +632,71 @@ mod tests {
         let invalid = r#"{"event":"x","userId":"u","timestamp":"yesterday"}"#;
         let error = decode_with_default_time(invalid.as_bytes(), &model, fallback).unwrap_err();
         assert_eq!(error.reason(), RejectReason::InvalidTimestamp);
+    }
+
+    #[test]
+    fn without_timestamp_segments_client_times_decide() {
+        let model = model();
+        let record_time = EventTime::parse_rfc3339("2026-03-01T12:00:00Z").unwrap();
+        let fallback = FallbackTime {
+            record: Some(record_time),
+            for_events: true,
+        };
+        let time = |fields: &str, fallback| {
+            let line = format!(r#"{{"event":"x","userId":"u",{fields}}}"#);
+            decode_with_default_time(line.as_bytes(), &model, fallback)
+                .map(|record| record.into_event().unwrap().timestamp.to_string())
+                .map_err(|e| e.reason())
+        };
+        let original = r#""originalTimestamp":"2026-03-01T10:00:00Z""#;
+        let sent = r#""sentAt":"2026-03-01T10:05:00Z""#;
+        let received = r#""receivedAt":"2026-03-01T10:07:30.250Z""#;
+        let none = FallbackTime::default();
+        // The device's clock ran 2.5 minutes and 250 ms behind: corrected by the skew.
+        assert_eq!(
+            time(&format!("{original},{sent},{received}"), none),
+            Ok("2026-03-01T10:02:30.250Z".into())
+        );
+        assert_eq!(
+            time(&format!("{received},{original},{sent}"), none),
+            Ok("2026-03-01T10:02:30.250Z".into())
+        );
+        // Without both sentAt and receivedAt, originalTimestamp as it is.
+        assert_eq!(
+            time(&format!("{original},{sent}"), none),
+            Ok("2026-03-01T10:00:00.000Z".into())
+        );
+        assert_eq!(
+            time(&format!("{original},{received}"), none),
+            Ok("2026-03-01T10:00:00.000Z".into())
+        );
+        // `timestamp` wins; then the record timestamp where allowed; else missing.
+        let stamped = r#""timestamp":"2026-03-01T09:00:00Z""#;
+        assert_eq!(
+            time(&format!("{stamped},{original},{sent},{received}"), none),
+            Ok("2026-03-01T09:00:00.000Z".into())
+        );
+        assert_eq!(
+            time(&format!("{sent},{received}"), fallback),
+            Ok("2026-03-01T12:00:00.000Z".into())
+        );
+        assert_eq!(
+            time(&format!(r#""timestamp":null,{original}"#), fallback),
+            Ok("2026-03-01T10:00:00.000Z".into())
+        );
+        assert_eq!(
+            time(&format!("{sent},{received}"), none),
+            Err(RejectReason::MissingTimestamp)
+        );
+        // A client time that is given but not a time is invalid, as `timestamp` would be.
+        for bad in [
+            r#""originalTimestamp":"soon""#.to_owned(),
+            r#""originalTimestamp":17"#.to_owned(),
+            format!(r#"{original},"sentAt":"x",{received}"#),
+            format!(r#"{original},{sent},"receivedAt":false"#),
+        ] {
+            assert_eq!(time(&bad, fallback), Err(RejectReason::InvalidTimestamp), "{bad}");
+        }
     }
 
     #[test]
