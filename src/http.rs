@@ -23,10 +23,9 @@ use rdkafka::util::Timeout;
 use tokio::net::TcpListener;
 
 use crate::config::{Secret, Settings};
-use crate::core::EventTime;
 use crate::members::Members;
 use crate::partitioner::Partitioner;
-use crate::pipeline::{Command, Control, CustomerAnswer};
+use crate::pipeline::{wall_clock, Command, Control, CustomerAnswer};
 use crate::telemetry::labels::Route;
 
 /// How long a request waits for the owner's answer before a 503.
@@ -211,13 +210,10 @@ async fn delete_customer(
 }
 
 async fn erase(api: &Api, id: &str) -> Response {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
     let value = serde_json::json!({
         "type": "erase",
         "userId": id,
-        "timestamp": EventTime::from_millis(now).to_string(),
+        "timestamp": wall_clock().to_string(),
     });
     let payload = serde_json::to_vec(&value).expect("plain data serialises");
     let topic = &api.input_topics[0];

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::{DeliveryMode, Settings};
-use crate::pipeline::Control;
+use crate::pipeline::{wall_clock, Control};
 
 /// How often an instance republishes its claim, changed or not.
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -114,7 +114,7 @@ impl Members {
     /// fresh claim names one.
     pub fn holder(&self, topic: &str, partition: i32) -> Option<String> {
         let view = self.view.lock().ok()?;
-        let now = wall_clock_ms();
+        let now = wall_clock().as_millis();
         view.claims
             .values()
             .filter(|claim| claim.url != self.own_url && now - claim.at < STALE.as_millis() as i64)
@@ -236,7 +236,7 @@ impl Keeper {
         let claim = Claim {
             url: self.members.own_url.clone(),
             partitions: owned.to_vec(),
-            at: wall_clock_ms(),
+            at: wall_clock().as_millis(),
         };
         let payload = serde_json::to_vec(&claim).expect("plain data serialises");
         let record = FutureRecord::to(&self.topic).key(&claim.url).payload(&payload);
@@ -277,10 +277,4 @@ impl Keeper {
             }
         }
     }
-}
-
-fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

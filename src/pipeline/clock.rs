@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::core::EventTime;
 
 /// The current wall-clock time.
-pub(super) fn wall_clock() -> EventTime {
+pub fn wall_clock() -> EventTime {
     millis(since_epoch())
 }
 

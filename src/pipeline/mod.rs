@@ -60,6 +60,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
 use tracing::{info, warn};
 
+pub use clock::wall_clock;
 pub use control::{
     AsOf, Command, Control, CustomerAnswer, CustomerState, PartitionProgress, ProgressReport, Status,
     ThresholdState, Totals, Unanswered,
