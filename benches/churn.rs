@@ -9,8 +9,12 @@
 //! customers' slots). Run: `cargo bench --bench churn` (optionally
 //! `-- NEW_PER_DAY REGULARS DAYS`). Figures: docs/performance.md, "Memory under churn".
 
+#[path = "support/resident.rs"]
+mod resident;
 #[allow(dead_code)] // the engine fill is the memory bench's; this one feeds its own stream
 mod support;
+
+use resident::{mib, peak_resident_bytes, resident_bytes};
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -25,23 +29,6 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 const DAY: i64 = 86_400_000;
 /// Set to `NEW_PER_DAY:REGULARS:DAYS:EXPIRE_DAYS` (0: no expiry) to run one case here.
 const CASE: &str = "CHURN_BENCH_CASE";
-
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
-fn peak_resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
-}
 
 /// Feeds a year (or `days`) of churning traffic, in time order, one day at a time: each
 /// regular visits on one day in three, each new id once.

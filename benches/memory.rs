@@ -21,7 +21,11 @@
 //! exactly, its time and peak. Run: `cargo bench --bench memory` (optionally `--
 //! 1000000 10000000`). Figures: README and docs/performance.md.
 
+#[path = "support/resident.rs"]
+mod resident;
 mod support;
+
+use resident::{mib, peak_resident_bytes, resident_bytes};
 
 use std::sync::Arc;
 
@@ -32,27 +36,6 @@ use stagestream::snapshot::{self, DirectoryStore, SnapshotStore};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
-/// The peak resident size since the last reset (`VmHWM`).
-fn peak_resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .expect("VmHWM in /proc/self/status");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|kib| kib.parse().ok())
-        .expect("VmHWM: N kB");
-    kib * 1024
-}
 
 fn measure(customers: u32, with_message_ids: bool) {
     let settings = support::five_stage();
@@ -167,10 +150,6 @@ impl Restore {
             after,
         }
     }
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
 }
 
 fn main() {
