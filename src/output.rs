@@ -18,6 +18,7 @@ use crate::core::{Cause, Engine, EventTime, Model, Output, Record, RuleId};
 
 pub const STAGE_CHANGED: &str = "stagestream.stage.changed.v1";
 pub const CUSTOMER_INACTIVE: &str = "stagestream.customer.inactive.v1";
+pub const CUSTOMER_REACTIVATED: &str = "stagestream.customer.reactivated.v1";
 pub const CUSTOMER_EXPIRED: &str = "stagestream.customer.expired.v1";
 pub const CUSTOMER_ERASED: &str = "stagestream.customer.erased.v1";
 
@@ -34,13 +35,19 @@ pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f0c_9a51_3d2e_4b7a_9c1e_5a7d_2
 pub struct Renderer {
     source: String,
     source_json: Vec<u8>,
+    names: Names,
+    data: Vec<u8>,
+    time: [u8; 24],
+    id: [u8; uuid::fmt::Hyphenated::LENGTH],
+}
+
+/// The model's names, each as a JSON string.
+#[derive(Debug)]
+struct Names {
     model_json: Vec<u8>,
     stage_json: Vec<Vec<u8>>,
     rule_json: Vec<Vec<u8>>,
     threshold_json: Vec<Vec<u8>>,
-    data: Vec<u8>,
-    time: [u8; 24],
-    id: [u8; uuid::fmt::Hyphenated::LENGTH],
 }
 
 /// One rendered output: the envelope attributes and the `data` JSON.
@@ -69,12 +76,14 @@ impl Renderer {
         Renderer {
             source_json: quoted(&source),
             source,
-            model_json: quoted(model.name()),
-            stage_json: model.stage_names().map(quoted).collect(),
-            rule_json: (0..model.rule_count())
-                .map(|i| quoted(&model.rule(RuleId(i as u16)).name))
-                .collect(),
-            threshold_json: model.thresholds().iter().map(|t| quoted(&t.name)).collect(),
+            names: Names {
+                model_json: quoted(model.name()),
+                stage_json: model.stage_names().map(quoted).collect(),
+                rule_json: (0..model.rule_count())
+                    .map(|i| quoted(&model.rule(RuleId(i as u16)).name))
+                    .collect(),
+                threshold_json: model.thresholds().iter().map(|t| quoted(&t.name)).collect(),
+            },
             data: Vec::with_capacity(512),
             time: [0; 24],
             id: [0; uuid::fmt::Hyphenated::LENGTH],
@@ -94,95 +103,81 @@ impl Renderer {
         output: &Output,
         trigger: Option<&'a Record<'_>>,
     ) -> Rendered<'a> {
-        let data = &mut self.data;
-        data.clear();
+        self.data.clear();
         // The output's time is written once: a rule transition's trigger has the same
         // timestamp, and the envelope carries it too.
         let time = match *output {
             Output::StageChanged { at, .. } | Output::Erased { at } => at,
             Output::Inactive { detected_at, .. } => detected_at,
+            Output::Reactivated { returned_at, .. } => returned_at,
             Output::Expired { expired_at, .. } => expired_at,
         };
         let time_text = time.write_rfc3339(&mut self.time);
+        let (names, data) = (&self.names, &mut self.data);
         let (kind, customer) = match *output {
-            Output::StageChanged {
-                customer,
-                from,
-                to,
-                cause,
-                ..
-            } => {
+            Output::StageChanged { customer, .. } => {
                 let customer_id = engine.customer_id(customer);
-                data.extend_from_slice(b"{\"customer_id\":");
-                write_json_str(data, customer_id);
-                data.extend_from_slice(b",\"from_stage\":");
-                match from {
-                    Some(stage) => data.extend_from_slice(&self.stage_json[usize::from(stage.0)]),
-                    None => data.extend_from_slice(b"null"),
-                }
-                data.extend_from_slice(b",\"to_stage\":");
-                data.extend_from_slice(&self.stage_json[usize::from(to.0)]);
-                data.extend_from_slice(b",\"rule\":");
-                match cause {
-                    Cause::Rule(rule) => data.extend_from_slice(&self.rule_json[usize::from(rule.0)]),
-                    Cause::Inactivity(threshold) => {
-                        data.extend_from_slice(&self.threshold_json[usize::from(threshold.0)])
-                    }
-                    Cause::Entry => data.extend_from_slice(b"null"),
-                }
-                data.extend_from_slice(b",\"model\":");
-                data.extend_from_slice(&self.model_json);
-                data.extend_from_slice(b",\"trigger\":");
-                match cause {
-                    Cause::Entry | Cause::Rule(_) => {
-                        let Some(Record::Event(event)) = trigger else {
-                            panic!("an event-triggered transition needs its event");
-                        };
-                        data.extend_from_slice(b"{\"message_id\":");
-                        write_json_str_or_null(data, event.message_id.as_deref());
-                        data.extend_from_slice(b",\"type\":\"");
-                        data.extend_from_slice(event.kind.as_str().as_bytes());
-                        data.extend_from_slice(b"\",\"event\":");
-                        write_json_str_or_null(data, event.name.as_deref());
-                        data.extend_from_slice(b",\"timestamp\":");
-                        if event.timestamp == time {
-                            write_json_time_text(data, time_text);
-                        } else {
-                            write_json_time(data, event.timestamp);
-                        }
-                        data.push(b'}');
-                    }
-                    Cause::Inactivity(_) => data.extend_from_slice(b"null"),
-                }
-                data.push(b'}');
+                names.write_stage_changed(data, customer_id, output, trigger, time_text);
                 (STAGE_CHANGED, customer_id)
             }
             Output::Inactive {
                 customer,
                 threshold,
                 stage,
+                stage_entered,
                 last_activity,
                 detected_at,
             } => {
                 let customer_id = engine.customer_id(customer);
-                let inactive_seconds =
-                    (detected_at.as_millis() - last_activity.as_millis()).div_euclid(1_000);
                 data.extend_from_slice(b"{\"customer_id\":");
                 write_json_str(data, customer_id);
                 data.extend_from_slice(b",\"threshold\":");
-                data.extend_from_slice(&self.threshold_json[usize::from(threshold.0)]);
+                data.extend_from_slice(&names.threshold_json[usize::from(threshold.0)]);
                 data.extend_from_slice(b",\"stage\":");
-                data.extend_from_slice(&self.stage_json[usize::from(stage.0)]);
+                data.extend_from_slice(&names.stage_json[usize::from(stage.0)]);
+                data.extend_from_slice(b",\"stage_entered_at\":");
+                write_json_time(data, stage_entered);
                 data.extend_from_slice(b",\"inactive_seconds\":");
-                write!(data, "{inactive_seconds}").expect("writing to a Vec cannot fail");
+                write_whole_seconds(data, last_activity, detected_at);
                 data.extend_from_slice(b",\"last_activity_at\":");
                 write_json_time(data, last_activity);
                 data.extend_from_slice(b",\"detected_at\":");
                 write_json_time_text(data, time_text);
                 data.extend_from_slice(b",\"model\":");
-                data.extend_from_slice(&self.model_json);
+                data.extend_from_slice(&names.model_json);
                 data.push(b'}');
                 (CUSTOMER_INACTIVE, customer_id)
+            }
+            Output::Reactivated {
+                customer,
+                stage,
+                last_activity,
+                returned_at,
+                gap_stage,
+                last_threshold,
+            } => {
+                let customer_id = engine.customer_id(customer);
+                data.extend_from_slice(b"{\"customer_id\":");
+                write_json_str(data, customer_id);
+                data.extend_from_slice(b",\"stage\":");
+                data.extend_from_slice(&names.stage_json[usize::from(stage.0)]);
+                data.extend_from_slice(b",\"last_activity_at\":");
+                write_json_time(data, last_activity);
+                data.extend_from_slice(b",\"returned_at\":");
+                write_json_time_text(data, time_text);
+                data.extend_from_slice(b",\"inactive_seconds\":");
+                write_whole_seconds(data, last_activity, returned_at);
+                data.extend_from_slice(b",\"thresholds\":[");
+                for (i, threshold) in engine.model().fired_in_gap(gap_stage, last_threshold).enumerate() {
+                    if i > 0 {
+                        data.push(b',');
+                    }
+                    data.extend_from_slice(&names.threshold_json[usize::from(threshold.0)]);
+                }
+                data.extend_from_slice(b"],\"model\":");
+                data.extend_from_slice(&names.model_json);
+                data.push(b'}');
+                (CUSTOMER_REACTIVATED, customer_id)
             }
             Output::Expired {
                 customer,
@@ -194,13 +189,13 @@ impl Renderer {
                 data.extend_from_slice(b"{\"customer_id\":");
                 write_json_str(data, customer_id);
                 data.extend_from_slice(b",\"stage\":");
-                data.extend_from_slice(&self.stage_json[usize::from(stage.0)]);
+                data.extend_from_slice(&names.stage_json[usize::from(stage.0)]);
                 data.extend_from_slice(b",\"last_activity_at\":");
                 write_json_time(data, last_activity);
                 data.extend_from_slice(b",\"expired_at\":");
                 write_json_time_text(data, time_text);
                 data.extend_from_slice(b",\"model\":");
-                data.extend_from_slice(&self.model_json);
+                data.extend_from_slice(&names.model_json);
                 data.push(b'}');
                 (CUSTOMER_EXPIRED, customer_id)
             }
@@ -212,7 +207,7 @@ impl Renderer {
                 data.extend_from_slice(b"{\"customer_id\":");
                 write_json_str(data, customer_id);
                 data.extend_from_slice(b",\"model\":");
-                data.extend_from_slice(&self.model_json);
+                data.extend_from_slice(&names.model_json);
                 data.push(b'}');
                 (CUSTOMER_ERASED, customer_id)
             }
@@ -240,6 +235,82 @@ impl Renderer {
             time: time_text,
             data: &self.data,
         }
+    }
+}
+
+impl Names {
+    /// Writes a `stagestream.stage.changed.v1` output's `data`; `time_text` is its time.
+    fn write_stage_changed(
+        &self,
+        data: &mut Vec<u8>,
+        customer_id: &str,
+        output: &Output,
+        trigger: Option<&Record<'_>>,
+        time_text: &str,
+    ) {
+        let Output::StageChanged {
+            from,
+            to,
+            cause,
+            at,
+            from_entered,
+            first_seen,
+            ..
+        } = *output
+        else {
+            unreachable!("called for transitions only");
+        };
+        data.extend_from_slice(b"{\"customer_id\":");
+        write_json_str(data, customer_id);
+        data.extend_from_slice(b",\"from_stage\":");
+        match from {
+            Some(stage) => data.extend_from_slice(&self.stage_json[usize::from(stage.0)]),
+            None => data.extend_from_slice(b"null"),
+        }
+        data.extend_from_slice(b",\"to_stage\":");
+        data.extend_from_slice(&self.stage_json[usize::from(to.0)]);
+        data.extend_from_slice(b",\"rule\":");
+        match cause {
+            Cause::Rule(rule) => data.extend_from_slice(&self.rule_json[usize::from(rule.0)]),
+            Cause::Inactivity(threshold) => {
+                data.extend_from_slice(&self.threshold_json[usize::from(threshold.0)])
+            }
+            Cause::Entry => data.extend_from_slice(b"null"),
+        }
+        data.extend_from_slice(b",\"model\":");
+        data.extend_from_slice(&self.model_json);
+        data.extend_from_slice(b",\"trigger\":");
+        match cause {
+            Cause::Entry | Cause::Rule(_) => {
+                let Some(Record::Event(event)) = trigger else {
+                    panic!("an event-triggered transition needs its event");
+                };
+                data.extend_from_slice(b"{\"message_id\":");
+                write_json_str_or_null(data, event.message_id.as_deref());
+                data.extend_from_slice(b",\"type\":\"");
+                data.extend_from_slice(event.kind.as_str().as_bytes());
+                data.extend_from_slice(b"\",\"event\":");
+                write_json_str_or_null(data, event.name.as_deref());
+                data.extend_from_slice(b",\"timestamp\":");
+                if event.timestamp == at {
+                    write_json_time_text(data, time_text);
+                } else {
+                    write_json_time(data, event.timestamp);
+                }
+                data.push(b'}');
+            }
+            Cause::Inactivity(_) => data.extend_from_slice(b"null"),
+        }
+        data.extend_from_slice(b",\"first_seen_at\":");
+        write_json_time_or_null(data, first_seen);
+        data.extend_from_slice(b",\"previous_stage_entered_at\":");
+        write_json_time_or_null(data, from_entered);
+        data.extend_from_slice(b",\"time_in_previous_stage_seconds\":");
+        match output.time_in_from() {
+            Some(held) => write_seconds(data, held.as_millis()),
+            None => data.extend_from_slice(b"null"),
+        }
+        data.push(b'}');
     }
 }
 
@@ -301,6 +372,31 @@ fn write_json_str_or_null(out: &mut Vec<u8>, text: Option<&str>) {
 
 fn write_json_time(out: &mut Vec<u8>, time: EventTime) {
     write_json_time_text(out, time.write_rfc3339(&mut [0; 24]));
+}
+
+fn write_json_time_or_null(out: &mut Vec<u8>, time: Option<EventTime>) {
+    match time {
+        Some(time) => write_json_time(out, time),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Writes whole seconds from `from` to `to` (rounded down).
+fn write_whole_seconds(out: &mut Vec<u8>, from: EventTime, to: EventTime) {
+    let seconds = (to.as_millis() - from.as_millis()).div_euclid(1_000);
+    write!(out, "{seconds}").expect("writing to a Vec cannot fail");
+}
+
+/// Writes a non-negative number of milliseconds as seconds, to the millisecond:
+/// `90`, `90.5`, `90.001`.
+fn write_seconds(out: &mut Vec<u8>, millis: i64) {
+    let (seconds, fraction) = (millis / 1_000, millis % 1_000);
+    write!(out, "{seconds}").expect("writing to a Vec cannot fail");
+    if fraction != 0 {
+        let digits = format!("{fraction:03}");
+        out.push(b'.');
+        out.extend_from_slice(digits.trim_end_matches('0').as_bytes());
+    }
 }
 
 fn write_json_time_text(out: &mut Vec<u8>, text: &str) {

@@ -80,8 +80,7 @@ pub fn replay(
                 tally.verdict(verdict);
                 if verdict == Verdict::Late {
                     if let Some(rejects) = rejects.as_deref_mut() {
-                        let message = format!("older than the watermark {}", engine.watermark());
-                        write_reject(rejects, line_number, "late", &message, bytes)?;
+                        write_reject(rejects, line_number, "late", &engine.why_late(event), bytes)?;
                     }
                 }
             }
@@ -167,6 +166,7 @@ struct Tally {
     /// Row 0 is "from null"; row `s + 1` is from stage `s`; column is the target stage.
     transitions: Vec<Vec<u64>>,
     inactivity: Vec<u64>,
+    reactivated: u64,
     expired: u64,
     erased: u64,
     outputs: u64,
@@ -180,6 +180,7 @@ impl Tally {
             invalid: BTreeMap::new(),
             transitions: vec![vec![0; stages]; stages + 1],
             inactivity: vec![0; engine.model().thresholds().len()],
+            reactivated: 0,
             expired: 0,
             erased: 0,
             outputs: 0,
@@ -198,6 +199,7 @@ impl Tally {
                 self.transitions[row][usize::from(to.0)] += 1;
             }
             Output::Inactive { threshold, .. } => self.inactivity[usize::from(threshold.0)] += 1,
+            Output::Reactivated { .. } => self.reactivated += 1,
             Output::Expired { .. } => self.expired += 1,
             Output::Erased { .. } => self.erased += 1,
         }
@@ -236,6 +238,7 @@ impl Tally {
                 .map(|(name, &count)| (name.to_owned(), count))
                 .collect(),
             customers: engine.customer_count() as u64,
+            reactivated: self.reactivated,
             expired: self.expired,
             erased: self.erased,
             outputs: self.outputs,
@@ -257,6 +260,8 @@ pub struct Summary {
     /// `(from, to, count)`, `from` is `None` for first transitions.
     pub transitions: Vec<(Option<String>, String, u64)>,
     pub inactivity: Vec<(String, u64)>,
+    /// Customers who came back after a gap in which a threshold fired.
+    pub reactivated: u64,
     pub population: Vec<(String, u64)>,
     /// Customers with state at the end.
     pub customers: u64,
@@ -302,6 +307,7 @@ impl fmt::Display for Summary {
         write_wrapped(f, "  transitions  ", &transitions)?;
         let inactivity: Vec<String> = self.inactivity.iter().map(|(t, n)| format!("{t} {n}")).collect();
         write_wrapped(f, "  inactivity   ", &inactivity)?;
+        writeln!(f, "  came back    {} after inactivity", self.reactivated)?;
         writeln!(
             f,
             "  left         {} expired, {} erase requests",

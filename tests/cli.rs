@@ -61,10 +61,10 @@ fn replay_erases_on_request_and_expires_quiet_customers() {
     assert_eq!(
         lines,
         [
-            "2026-03-01T10:00:00.000Z ann changed null->purchase rule=purchase trigger=track:Order Completed@2026-03-01T10:00:00.000Z#a1",
-            "2026-03-01T11:00:00.000Z bob changed null->consideration rule=consideration trigger=track:Product Viewed@2026-03-01T11:00:00.000Z#b1",
+            "2026-03-01T10:00:00.000Z ann changed null->purchase rule=purchase trigger=track:Order Completed@2026-03-01T10:00:00.000Z#a1 held=null",
+            "2026-03-01T11:00:00.000Z bob changed null->consideration rule=consideration trigger=track:Product Viewed@2026-03-01T11:00:00.000Z#b1 held=null",
             "2026-03-01T12:00:00.000Z bob erased",
-            "2026-03-01T12:30:00.000Z bob changed null->consideration rule=consideration trigger=track:Product Viewed@2026-03-01T12:30:00.000Z#b1",
+            "2026-03-01T12:30:00.000Z bob changed null->consideration rule=consideration trigger=track:Product Viewed@2026-03-01T12:30:00.000Z#b1 held=null",
             "2026-04-30T00:00:00.000Z ghost erased",
             // cat's first event moves the watermark past everyone's ladder and expiry.
             "2026-03-08T10:00:00.000Z ann inactive winback_7d stage=purchase inactive_seconds=604800 last=2026-03-01T10:00:00.000Z",
@@ -73,7 +73,7 @@ fn replay_erases_on_request_and_expires_quiet_customers() {
             "2026-03-15T12:30:00.000Z bob inactive winback_14d stage=consideration inactive_seconds=1209600 last=2026-03-01T12:30:00.000Z",
             "2026-03-21T10:00:00.000Z ann expired stage=purchase last=2026-03-01T10:00:00.000Z",
             "2026-03-21T12:30:00.000Z bob expired stage=consideration last=2026-03-01T12:30:00.000Z",
-            "2026-03-25T10:00:00.000Z cat changed null->awareness rule=null trigger=page:Home@2026-03-25T10:00:00.000Z#null",
+            "2026-03-25T10:00:00.000Z cat changed null->awareness rule=null trigger=page:Home@2026-03-25T10:00:00.000Z#null held=null",
             // --until fires the rest.
             "2026-04-01T10:00:00.000Z cat inactive winback_7d stage=awareness inactive_seconds=604800 last=2026-03-25T10:00:00.000Z",
             "2026-04-08T10:00:00.000Z cat inactive winback_14d stage=awareness inactive_seconds=1209600 last=2026-03-25T10:00:00.000Z",
@@ -275,6 +275,10 @@ fn invalid_and_late_lines_go_to_the_rejects_file_and_the_run_succeeds() {
         .collect();
     assert_eq!(summary, [(2, "invalid_json"), (3, "late"), (4, "missing_event")]);
     assert_eq!(rejected[0]["input"], "not json at all");
+    assert_eq!(
+        rejected[1]["error"],
+        "more than the allowed lateness before its customer's last activity 2026-01-01T10:00:00.000Z"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("4 read, 2 valid, 2 invalid"), "{stderr}");
     assert!(stderr.contains("1 late"), "{stderr}");

@@ -101,7 +101,7 @@ fn five_stage_first_line_is_byte_exact() {
         .args(["--output", "-"]));
     let stdout = String::from_utf8(output.stdout).unwrap();
     let first = stdout.lines().next().unwrap();
-    let data = r#"{"customer_id":"alice","from_stage":null,"to_stage":"awareness","rule":null,"model":"five-stage","trigger":{"message_id":"a1","type":"page","event":"Home","timestamp":"2026-03-01T09:00:00.000Z"}}"#;
+    let data = r#"{"customer_id":"alice","from_stage":null,"to_stage":"awareness","rule":null,"model":"five-stage","trigger":{"message_id":"a1","type":"page","event":"Home","timestamp":"2026-03-01T09:00:00.000Z"},"first_seen_at":"2026-03-01T09:00:00.000Z","previous_stage_entered_at":null,"time_in_previous_stage_seconds":null}"#;
     let id = uuid::Uuid::new_v5(
         &uuid::Uuid::parse_str("6f0c9a51-3d2e-4b7a-9c1e-5a7d2f48b3e6").unwrap(),
         format!("stagestream.stage.changed.v1\n{data}").as_bytes(),

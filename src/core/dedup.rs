@@ -6,11 +6,12 @@
 //! digest's low [`BLOCK_SHIFT`] bits give way to the customer's place in its block, so
 //! one customer's ids never match another's, and the other 52 bits tell a customer's
 //! ids apart (a new id falsely matches one of a customer's `k` ids within the window
-//! with probability `k / 2^52`). Entries no on-time event
-//! could match any more (older than watermark - window) are swept out each time the
-//! watermark moves a quarter window, rather than one random-access removal per event:
-//! pruning bounds memory (to about 1.25 windows of ids), it never changes a decision,
-//! since a lookup already ignores entries outside the window. A sweep visits one
+//! with probability `k / 2^52`). An id is remembered while the partition's watermark
+//! is within a window of its time (a customer's events arriving more than a window
+//! behind the partition are not de-duplicated against each other). Entries past that
+//! are swept out each time the watermark moves a quarter window, rather than one
+//! random-access removal per event: pruning bounds memory (to about 1.25 windows of
+//! ids), it never changes a decision, since a lookup already ignores them. A sweep visits one
 //! block's table per applied event, so no event waits for more than one table (a few
 //! thousand customers' ids, tens of microseconds): the whole pass at once held one event
 //! for 100 ms (every id kept) to 155 ms (every id dropped) at 10M customers with two ids
@@ -100,13 +101,24 @@ impl DedupWindow {
         }
     }
 
-    pub fn is_duplicate(&self, key: DedupKey, at: EventTime) -> bool {
+    /// Whether the customer's earlier event with this `messageId` is within the window
+    /// of `at`, and still remembered at `watermark`: an id is remembered until the
+    /// watermark is a window past its time, whenever the sweep drops it, so that
+    /// sweeping never changes a decision.
+    pub fn is_duplicate(&self, key: DedupKey, at: EventTime, watermark: EventTime) -> bool {
         self.shards
             .get(key.block)
             .and_then(|shard| shard.find(key.hash, |slot| slot.tagged == key.tagged))
             .is_some_and(|previous| {
-                at.as_millis().abs_diff(previous.seen_at.as_millis()) <= self.window.as_millis() as u64
+                self.remembers(previous.seen_at, watermark)
+                    && at.as_millis().abs_diff(previous.seen_at.as_millis()) <= self.window.as_millis() as u64
             })
+    }
+
+    /// Whether an id seen at `seen_at` is still remembered at `watermark`.
+    #[inline]
+    pub fn remembers(&self, seen_at: EventTime, watermark: EventTime) -> bool {
+        seen_at >= watermark.minus(self.window)
     }
 
     /// Remembers an applied event.
@@ -252,12 +264,27 @@ mod tests {
         let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
         let id = DedupWindow::digest("m-1");
         dedup.record(dedup.key(CustomerRef(0), id), t(100));
-        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(100)));
-        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(124)));
-        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(76)));
-        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(125)));
-        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(1), id), t(100)));
-        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(0), DedupWindow::digest("m-2")), t(100)));
+        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(100), t(100)));
+        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(124), t(100)));
+        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(76), t(100)));
+        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(125), t(100)));
+        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(1), id), t(100), t(100)));
+        assert!(!dedup.is_duplicate(
+            dedup.key(CustomerRef(0), DedupWindow::digest("m-2")),
+            t(100),
+            t(100)
+        ));
+    }
+
+    #[test]
+    fn an_id_is_forgotten_once_the_watermark_is_a_window_past_it_swept_or_not() {
+        let mut dedup = DedupWindow::new(Span::from_millis(24 * HOUR));
+        let id = DedupWindow::digest("m-1");
+        dedup.record(dedup.key(CustomerRef(0), id), t(100));
+        // A customer's own events may be days behind the partition's watermark.
+        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(101), t(124)));
+        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(0), id), t(101), t(125)));
+        assert_eq!(dedup.len(), 1, "not swept, and still not matched");
     }
 
     #[test]
@@ -284,8 +311,8 @@ mod tests {
         );
         assert!(!dedup.sweep_due(t(35)));
         assert!(dedup.sweep_due(t(36)));
-        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(0), a), t(0)));
-        assert!(dedup.is_duplicate(dedup.key(CustomerRef(2), c), t(30)));
+        assert!(!dedup.is_duplicate(dedup.key(CustomerRef(0), a), t(0), t(30)));
+        assert!(dedup.is_duplicate(dedup.key(CustomerRef(2), c), t(30), t(30)));
         assert_eq!(dedup.entries().count(), 1);
     }
 
@@ -298,7 +325,7 @@ mod tests {
         dedup.sweep(t(30));
         dedup.record(dedup.key(CustomerRef(0), b), t(40));
         dedup.sweep(t(40));
-        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), a), t(31)));
+        assert!(dedup.is_duplicate(dedup.key(CustomerRef(0), a), t(31), t(40)));
     }
 
     #[test]
@@ -324,9 +351,9 @@ mod tests {
         // A window rebuilt from them (as a restore does) decides the same.
         let rebuilt = DedupWindow::from_entries(dedup.window, entries.into_iter(), dedup.next_sweep());
         for &customer in &block {
-            assert!(rebuilt.is_duplicate(rebuilt.key(CustomerRef(customer), digest), t(2)));
+            assert!(rebuilt.is_duplicate(rebuilt.key(CustomerRef(customer), digest), t(2), t(2)));
         }
-        assert!(!rebuilt.is_duplicate(rebuilt.key(CustomerRef(0), digest), t(2)));
-        assert!(!rebuilt.is_duplicate(rebuilt.key(CustomerRef(2 << BLOCK_SHIFT), digest), t(2)));
+        assert!(!rebuilt.is_duplicate(rebuilt.key(CustomerRef(0), digest), t(2), t(2)));
+        assert!(!rebuilt.is_duplicate(rebuilt.key(CustomerRef(2 << BLOCK_SHIFT), digest), t(2), t(2)));
     }
 }

@@ -61,7 +61,8 @@ pub enum Verdict {
     Ignored,
     /// Its customer already sent this `messageId` within the dedup window: dropped.
     Duplicate,
-    /// Older than the watermark (newest event time - allowed lateness): dropped.
+    /// An activity event more than the allowed lateness before its customer's last
+    /// activity: dropped.
     Late,
 }
 
@@ -86,19 +87,41 @@ pub enum Output {
         from: Option<StageId>,
         to: StageId,
         cause: Cause,
-        /// The triggering event's time, or the inactivity detection time.
+        /// The triggering event's time, or the inactivity detection time: when the
+        /// customer entered `to`.
         at: EventTime,
-        /// How long (event time, whole seconds) the customer had been in `from`;
-        /// `None` for a first transition.
-        time_in_from: Option<Span>,
+        /// When the customer entered `from`; `None` for a first transition.
+        from_entered: Option<EventTime>,
+        /// When the customer's state was created; `None` for state restored from a
+        /// snapshot that did not record it.
+        first_seen: Option<EventTime>,
     },
     Inactive {
         customer: CustomerRef,
         threshold: ThresholdId,
         /// The stage held during the gap.
         stage: StageId,
+        /// When the customer entered `stage`.
+        stage_entered: EventTime,
         last_activity: EventTime,
         detected_at: EventTime,
+    },
+    /// The event passed to `on_event` ended a gap in which at least one threshold
+    /// fired: the customer came back. Emitted after the gap's inactivity outputs and
+    /// before the event's own transitions.
+    Reactivated {
+        customer: CustomerRef,
+        /// The stage the customer held when it returned.
+        stage: StageId,
+        /// When the gap began.
+        last_activity: EventTime,
+        /// The returning event's time.
+        returned_at: EventTime,
+        /// The gap's thresholds: [`Model::fired_in_gap`] from this stage, the stage
+        /// held when the gap began ...
+        gap_stage: StageId,
+        /// ... through this one, the last that fired before the return.
+        last_threshold: ThresholdId,
     },
     /// The customer's state was dropped: `expire_after` passed since its last activity.
     /// Its ref stays readable ([`Engine::customer_id`]) until the engine's next call.
@@ -112,6 +135,22 @@ pub enum Output {
     /// The customer of the erase record passed to [`Engine::erase`] was erased (or had
     /// no state to erase): `at` is the record's time.
     Erased { at: EventTime },
+}
+
+impl Output {
+    /// How long a transition's customer had been in the stage it left (never
+    /// negative: an event older than the stage's entry held it for zero time); `None`
+    /// for a first transition and for other outputs.
+    pub fn time_in_from(&self) -> Option<Span> {
+        match *self {
+            Output::StageChanged {
+                at,
+                from_entered: Some(entered),
+                ..
+            } => Some(Span::from_millis((at.as_millis() - entered.as_millis()).max(0))),
+            _ => None,
+        }
+    }
 }
 
 /// No deadline is pending for the customer.
@@ -246,6 +285,19 @@ impl Engine {
         Some(self.states[customer.index()].image())
     }
 
+    /// Why `event` was [`Verdict::Late`], for reject files and dead letters.
+    pub fn why_late(&self, event: &Event<'_>) -> String {
+        let last_activity = self
+            .customer_image(&event.customer)
+            .map(|state| state.last_activity.time());
+        match last_activity {
+            Some(last) => {
+                format!("more than the allowed lateness before its customer's last activity {last}")
+            }
+            None => "its customer has no state".to_owned(),
+        }
+    }
+
     /// How many customers are in each stage, in model order.
     pub fn population(&self) -> &[u64] {
         &self.population
@@ -331,24 +383,32 @@ impl Engine {
         self.reclaim();
         let at = event.timestamp;
         if !self.model.is_activity(event.kind) {
-            if at < self.watermark() {
-                return Verdict::Late;
-            }
+            // Never late: behind the watermark it changes nothing anyway.
             self.observe(at, out);
             return Verdict::Ignored;
         }
-        let known = self.customers.get(&event.customer);
+        let known = self
+            .customers
+            .get(&event.customer)
+            .filter(|customer| !self.states[customer.index()].is_vacant());
         let digest = event.message_id.as_deref().map(DedupWindow::digest);
         // Hashed once for a known customer: the same key records the event below.
         let known_key = known
             .zip(digest)
             .map(|(customer, digest)| self.dedup.key(customer, digest));
         if let Some(key) = known_key {
-            if self.dedup.is_duplicate(key, at) {
+            if self.dedup.is_duplicate(key, at, self.watermark()) {
                 return Verdict::Duplicate;
             }
         }
-        if at < self.watermark() {
+        // Lateness is the customer's own: an offline batch behind other customers'
+        // events is applied. Such an event never moves the watermark.
+        if known.is_some_and(|customer| {
+            at < self.states[customer.index()]
+                .last_activity
+                .time()
+                .minus(self.settings.allowed_lateness)
+        }) {
             return Verdict::Late;
         }
         self.observe(at, out);
@@ -362,6 +422,7 @@ impl Engine {
             Some(customer) => {
                 self.before_write(customer);
                 self.fire_gap(customer, at, out);
+                self.reactivate(customer, at, out);
                 self.classify(customer, Interned::Existing, event, out);
                 customer
             }
@@ -391,11 +452,15 @@ impl Engine {
         let ladder = state.ladder;
         self.arm(customer, ladder);
         if let Some(digest) = digest {
-            let key = known_key.unwrap_or_else(|| self.dedup.key(customer, digest));
-            self.dedup.record(key, at);
+            let watermark = self.watermark();
+            // An id the window would already ignore is not worth a slot.
+            if self.dedup.remembers(at, watermark) {
+                let key = known_key.unwrap_or_else(|| self.dedup.key(customer, digest));
+                self.dedup.record(key, at);
+            }
             // A sweep changes every block at once: it waits for a running capture.
             if self.capture.is_none() {
-                self.dedup.sweep(self.watermark());
+                self.dedup.sweep(watermark);
             }
         }
         Verdict::Applied
@@ -454,6 +519,32 @@ impl Engine {
         }
     }
 
+    /// Emits [`Output::Reactivated`] when an event at `at` ends a gap in which a
+    /// threshold fired (by the clock, or by [`Engine::fire_gap`] just before).
+    fn reactivate(&mut self, customer: CustomerRef, at: EventTime, out: &mut Vec<Output>) {
+        let state = &self.states[customer.index()];
+        let last_activity = state.last_activity.time();
+        if at <= last_activity || state.ladder == 0 {
+            return;
+        }
+        let last_threshold = ThresholdId(state.ladder - 1);
+        // A stage entered after the gap began was entered by a threshold's `move_to`;
+        // otherwise the stage is the one the gap began in.
+        let gap_stage = if state.stage_entered.time() <= last_activity {
+            state.stage
+        } else {
+            self.model.gap_stage(last_threshold, state.stage)
+        };
+        out.push(Output::Reactivated {
+            customer,
+            stage: state.stage,
+            last_activity,
+            returned_at: at,
+            gap_stage,
+            last_threshold,
+        });
+    }
+
     /// Fires the customer's armed threshold and arms the next one of the ladder, or
     /// expires the customer.
     fn fire(&mut self, customer: CustomerRef, out: &mut Vec<Output>) {
@@ -469,6 +560,7 @@ impl Engine {
             customer,
             threshold: threshold_id,
             stage: state.stage,
+            stage_entered: state.stage_entered.time(),
             last_activity,
             detected_at,
         });
@@ -479,7 +571,8 @@ impl Engine {
                 to,
                 cause: Cause::Inactivity(threshold_id),
                 at: detected_at,
-                time_in_from: Some(state.stage_entered.held_until(detected_at)),
+                from_entered: Some(state.stage_entered.time()),
+                first_seen: state.first_seen.known(),
             });
             self.population[usize::from(state.stage.0)] -= 1;
             self.population[usize::from(to.0)] += 1;
@@ -585,7 +678,7 @@ impl Engine {
             self.population[usize::from(current.0)] -= 1;
         }
         self.population[usize::from(to.0)] += 1;
-        let time_in_from = from.map(|_| state.stage_entered.held_until(event.timestamp));
+        let from_entered = from.map(|_| state.stage_entered.time());
         state.stage = to;
         state.stage_entered = Instant48::at(event.timestamp);
         out.push(Output::StageChanged {
@@ -594,7 +687,8 @@ impl Engine {
             to,
             cause,
             at: event.timestamp,
-            time_in_from,
+            from_entered,
+            first_seen: state.first_seen.known(),
         });
     }
 }
@@ -615,3 +709,7 @@ mod retire;
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "engine_signal_tests.rs"]
+mod signal_tests;

@@ -10,7 +10,7 @@ use crate::core::image::DedupEntry;
 use crate::core::image::RestoreError;
 use crate::core::model::test_model;
 
-const FIVE_STAGE: &str = r#"
+pub(super) const FIVE_STAGE: &str = r#"
 name = "five-stage"
 stages = ["awareness", "consideration", "purchase", "retention", "advocacy"]
 [[rules]]
@@ -39,23 +39,23 @@ name = "winback_14d"
 after = "14d"
 "#;
 
-const MINUTE: i64 = 60_000;
-const DAY: i64 = 24 * 60 * MINUTE;
+pub(super) const MINUTE: i64 = 60_000;
+pub(super) const DAY: i64 = 24 * 60 * MINUTE;
 
 /// Day `d`, minute `m` after 2026-01-01T00:00:00Z.
-fn t(d: i64, m: i64) -> EventTime {
+pub(super) fn t(d: i64, m: i64) -> EventTime {
     EventTime::from_millis(1_767_225_600_000 + d * DAY + m * MINUTE)
 }
 
 /// A test harness: an engine plus a readable log of what it emitted.
-struct Run {
-    engine: Engine,
+pub(super) struct Run {
+    pub(super) engine: Engine,
     log: Vec<String>,
     next_message: u32,
 }
 
 impl Run {
-    fn new(model_toml: &str) -> Self {
+    pub(super) fn new(model_toml: &str) -> Self {
         Run {
             engine: Engine::new(Arc::new(test_model(model_toml)), EngineSettings::default()),
             log: Vec::new(),
@@ -63,11 +63,11 @@ impl Run {
         }
     }
 
-    fn five_stage() -> Self {
+    pub(super) fn five_stage() -> Self {
         Run::new(FIVE_STAGE)
     }
 
-    fn send(
+    pub(super) fn send(
         &mut self,
         customer: &str,
         kind: EventType,
@@ -91,13 +91,13 @@ impl Run {
     }
 
     /// A track call with a fresh messageId.
-    fn track(&mut self, customer: &str, event: &str, at: EventTime) -> Verdict {
+    pub(super) fn track(&mut self, customer: &str, event: &str, at: EventTime) -> Verdict {
         self.next_message += 1;
         let id = format!("m{}", self.next_message);
         self.send(customer, EventType::Track, Some(event), at, Some(&id), Vec::new())
     }
 
-    fn advance(&mut self, now: EventTime) {
+    pub(super) fn advance(&mut self, now: EventTime) {
         let mut out = Vec::new();
         self.engine.advance_to(now, &mut out);
         self.record(&out);
@@ -132,6 +132,7 @@ impl Run {
                     stage,
                     last_activity,
                     detected_at,
+                    ..
                 } => format!(
                     "{} {} in {} last {} detected {}",
                     self.engine.customer_id(customer),
@@ -152,13 +153,32 @@ impl Run {
                     last_activity,
                     expired_at
                 ),
+                Output::Reactivated {
+                    customer,
+                    stage,
+                    last_activity,
+                    returned_at,
+                    gap_stage,
+                    last_threshold,
+                } => format!(
+                    "{} back in {} last {} at {} after {}",
+                    self.engine.customer_id(customer),
+                    model.stage_name(stage),
+                    last_activity,
+                    returned_at,
+                    model
+                        .fired_in_gap(gap_stage, last_threshold)
+                        .map(|threshold| model.threshold(threshold).name.as_str())
+                        .collect::<Vec<_>>()
+                        .join("+")
+                ),
                 Output::Erased { at } => format!("erased at {at}"),
             };
             self.log.push(line);
         }
     }
 
-    fn take(&mut self) -> Vec<String> {
+    pub(super) fn take(&mut self) -> Vec<String> {
         std::mem::take(&mut self.log)
     }
 }
@@ -422,6 +442,7 @@ fn a_gap_seen_at_the_next_event_fires_every_threshold_it_spans_first() {
         [
             "c winback_7d in purchase last 2026-01-01T00:00:00.000Z detected 2026-01-08T00:00:00.000Z",
             "c winback_14d in purchase last 2026-01-01T00:00:00.000Z detected 2026-01-15T00:00:00.000Z",
+            "c back in purchase last 2026-01-01T00:00:00.000Z at 2026-01-16T00:00:00.000Z after winback_7d+winback_14d",
             "c purchase->retention by retention at 2026-01-16T00:00:00.000Z",
         ]
     );
@@ -434,7 +455,10 @@ fn a_gap_of_exactly_the_threshold_fires() {
     run.track("c", "Product Viewed", t(7, 0));
     assert_eq!(
         run.take()[1..],
-        ["c winback_7d in consideration last 2026-01-01T00:00:00.000Z detected 2026-01-08T00:00:00.000Z"]
+        [
+            "c winback_7d in consideration last 2026-01-01T00:00:00.000Z detected 2026-01-08T00:00:00.000Z",
+            "c back in consideration last 2026-01-01T00:00:00.000Z at 2026-01-08T00:00:00.000Z after winback_7d",
+        ]
     );
 }
 
@@ -457,7 +481,10 @@ fn other_customers_move_the_watermark_that_fires_inactivity() {
     run.track("quiet", "Order Completed", t(7, 6));
     assert_eq!(
         run.take(),
-        ["quiet consideration->purchase by purchase at 2026-01-08T00:06:00.000Z"],
+        [
+            "quiet back in consideration last 2026-01-01T00:00:00.000Z at 2026-01-08T00:06:00.000Z after winback_7d",
+            "quiet consideration->purchase by purchase at 2026-01-08T00:06:00.000Z",
+        ],
         "the 7-day gap fired once, not again when the next event showed it"
     );
 }
@@ -473,6 +500,7 @@ fn new_activity_rearms_the_ladder() {
         run.take()[1..],
         [
             "c winback_7d in consideration last 2026-01-01T00:00:00.000Z detected 2026-01-08T00:00:00.000Z",
+            "c back in consideration last 2026-01-01T00:00:00.000Z at 2026-01-10T00:00:00.000Z after winback_7d",
             "c winback_7d in consideration last 2026-01-10T00:00:00.000Z detected 2026-01-17T00:00:00.000Z",
             "c winback_14d in consideration last 2026-01-10T00:00:00.000Z detected 2026-01-24T00:00:00.000Z",
         ]
@@ -590,19 +618,52 @@ fn late_events_change_nothing() {
     run.track("a", "Product Viewed", t(0, 10));
     run.take();
     assert_eq!(
-        run.track("b", "Order Completed", t(0, 4)),
+        run.track("a", "Order Completed", t(0, 4)),
         Verdict::Late,
-        "6 minutes behind"
+        "6 minutes behind a's own last activity"
     );
-    assert_eq!(run.track("a", "Order Completed", t(0, 4)), Verdict::Late);
     assert_eq!(
         run.track("a", "Product Added", t(0, 5)),
         Verdict::Applied,
-        "exactly at the watermark"
+        "exactly the allowed lateness behind it"
     );
     assert!(run.take().is_empty());
-    assert_eq!(run.engine.stage_of("b"), None);
     assert_eq!(run.engine.stage_of("a"), Some(StageId(1)));
+}
+
+#[test]
+fn lateness_is_each_customers_own() {
+    let mut run = Run::five_stage();
+    run.track("a", "Product Viewed", t(0, 0));
+    run.track("busy", "Product Viewed", t(3, 0));
+    run.take();
+    assert_eq!(
+        run.track("b", "Order Completed", t(0, 4)),
+        Verdict::Applied,
+        "a customer's first event is never late, however far behind the partition"
+    );
+    assert_eq!(
+        run.track("a", "Order Completed", t(0, 1)),
+        Verdict::Applied,
+        "three days behind the watermark, after a's own last activity"
+    );
+    assert_eq!(
+        run.send("z", EventType::Identify, None, t(0, 0), None, vec![]),
+        Verdict::Ignored,
+        "a non-activity event is never late: it changes nothing behind the watermark"
+    );
+    assert_eq!(
+        run.take(),
+        [
+            "b null->purchase by purchase at 2026-01-01T00:04:00.000Z",
+            "a consideration->purchase by purchase at 2026-01-01T00:01:00.000Z",
+        ]
+    );
+    assert_eq!(
+        run.engine.watermark(),
+        t(2, 23 * 60 + 55),
+        "events behind the watermark do not move it"
+    );
 }
 
 #[test]
@@ -786,6 +847,7 @@ fn by_customer_id(engine: &Engine, mut output: Output) -> (Option<String>, Outpu
     let customer = match &mut output {
         Output::StageChanged { customer, .. }
         | Output::Inactive { customer, .. }
+        | Output::Reactivated { customer, .. }
         | Output::Expired { customer, .. } => Some(std::mem::replace(customer, CustomerRef(0))),
         Output::Erased { .. } => None,
     };
@@ -944,7 +1006,7 @@ fn times_in_from(outputs: &[Output]) -> Vec<Option<i64>> {
     outputs
         .iter()
         .filter_map(|output| match *output {
-            Output::StageChanged { time_in_from, .. } => Some(time_in_from.map(Span::as_millis)),
+            Output::StageChanged { .. } => Some(output.time_in_from().map(Span::as_millis)),
             _ => None,
         })
         .collect()
@@ -1167,6 +1229,7 @@ fn a_gap_revealed_by_the_next_event_never_expires_the_customer() {
         [
             "c winback_7d in purchase last 2026-01-01T00:00:00.000Z detected 2026-01-08T00:00:00.000Z",
             "c winback_14d in purchase last 2026-01-01T00:00:00.000Z detected 2026-01-15T00:00:00.000Z",
+            "c back in purchase last 2026-01-01T00:00:00.000Z at 2026-01-31T00:03:00.000Z after winback_7d+winback_14d",
             "c purchase->retention by retention at 2026-01-31T00:03:00.000Z",
         ]
     );

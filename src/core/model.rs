@@ -432,6 +432,42 @@ impl Model {
         &self.thresholds[usize::from(id.0)]
     }
 
+    /// The thresholds a gap that began in `stage` fired, in ladder order, up to and
+    /// including `last`: each that applies to the stage held when it came due, which
+    /// only a fired threshold's `move_to` changes.
+    pub fn fired_in_gap(&self, stage: StageId, last: ThresholdId) -> impl Iterator<Item = ThresholdId> + '_ {
+        let mut held = stage;
+        self.thresholds[..=usize::from(last.0)]
+            .iter()
+            .enumerate()
+            .filter(move |(_, threshold)| {
+                let fires = threshold.applies_to(held);
+                if fires {
+                    held = threshold.move_to.unwrap_or(held);
+                }
+                fires
+            })
+            .map(|(i, _)| ThresholdId(i as u8))
+    }
+
+    /// The stage a gap began in, for a customer that a threshold's `move_to` left in
+    /// `now` after `last` fired: the first stage in model order from which the ladder
+    /// fires `last` and ends in `now` (`now` itself if none does).
+    pub fn gap_stage(&self, last: ThresholdId, now: StageId) -> StageId {
+        (0..self.stage_count() as u8)
+            .map(StageId)
+            .find(|&start| {
+                let mut held = start;
+                let mut fired_last = false;
+                for threshold_id in self.fired_in_gap(start, last) {
+                    held = self.threshold(threshold_id).move_to.unwrap_or(held);
+                    fired_last = threshold_id == last;
+                }
+                fired_last && held == now
+            })
+            .unwrap_or(now)
+    }
+
     /// The key under which `decode` should keep a property, if any rule tests it.
     pub fn property_key(&self, name: &str) -> Option<PropertyKey> {
         self.property_keys.get(name).copied()

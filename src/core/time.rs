@@ -49,12 +49,6 @@ impl Instant48 {
     pub fn known(self) -> Option<EventTime> {
         (self != Self::UNKNOWN).then(|| self.time())
     }
-
-    /// How long from this instant to `later`, never negative (an event older than a
-    /// stage's entry can move a customer on: it held the stage for zero time).
-    pub fn held_until(self, left_at: EventTime) -> Span {
-        Span::from_millis((left_at.as_millis() - self.time().as_millis()).max(0))
-    }
 }
 
 impl EventTime {

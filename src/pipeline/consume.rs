@@ -88,7 +88,7 @@ impl Owner {
                             self.instruments.event_delay.observe(delay as f64 / 1e3);
                         }
                         if verdict == Verdict::Late {
-                            let detail = format!("older than the watermark {}", state.engine.watermark());
+                            let detail = state.engine.why_late(event);
                             let tag = tag(Produced::DeadLetter);
                             return self.reject(message, key, replay, ("late", true), &detail, tag);
                         }

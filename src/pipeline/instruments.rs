@@ -98,10 +98,14 @@ pub(super) struct OutputCounters {
     stages: usize,
     /// By `(from + 1) * stages + to`, `from` 0 meaning none.
     transitions: Vec<IntCounter>,
-    /// By threshold.
+    /// By `threshold * stages + stage`.
     inactivity: Vec<IntCounter>,
+    /// By `threshold * stages + stage`.
+    reactivations: Vec<IntCounter>,
     /// By stage left.
     time_in_stage: Vec<Histogram>,
+    /// By stage reached.
+    time_to_stage: Vec<Histogram>,
     expired: IntCounter,
     erased: IntCounter,
 }
@@ -110,6 +114,27 @@ impl OutputCounters {
     pub fn new(metrics: &Metrics, model: &Model) -> Self {
         let names: Vec<&str> = model.stage_names().collect();
         let froms = std::iter::once("none").chain(names.iter().copied());
+        let by_threshold_and_stage = |counters: &prometheus::IntCounterVec, stage_first: bool| {
+            model
+                .thresholds()
+                .iter()
+                .flat_map(|threshold| {
+                    names.iter().map(move |&stage| {
+                        let threshold = threshold.name.as_str();
+                        match stage_first {
+                            true => counters.with_label_values(&[stage, threshold]),
+                            false => counters.with_label_values(&[threshold, stage]),
+                        }
+                    })
+                })
+                .collect()
+        };
+        let by_stage = |histograms: &prometheus::HistogramVec| {
+            names
+                .iter()
+                .map(|stage| histograms.with_label_values(&[stage]))
+                .collect()
+        };
         OutputCounters {
             stages: names.len(),
             transitions: froms
@@ -119,15 +144,10 @@ impl OutputCounters {
                         .map(move |to| metrics.transitions.with_label_values(&[from, to]))
                 })
                 .collect(),
-            inactivity: model
-                .thresholds()
-                .iter()
-                .map(|t| metrics.inactivity_events.with_label_values(&[t.name.as_str()]))
-                .collect(),
-            time_in_stage: names
-                .iter()
-                .map(|stage| metrics.time_in_stage.with_label_values(&[stage]))
-                .collect(),
+            inactivity: by_threshold_and_stage(&metrics.inactivity_events, false),
+            reactivations: by_threshold_and_stage(&metrics.reactivations, true),
+            time_in_stage: by_stage(&metrics.time_in_stage),
+            time_to_stage: by_stage(&metrics.time_to_stage),
             expired: metrics.customers_expired.clone(),
             erased: metrics.customers_erased.clone(),
         }
@@ -138,16 +158,28 @@ impl OutputCounters {
             Output::StageChanged {
                 from,
                 to,
-                time_in_from,
+                at,
+                first_seen,
                 ..
             } => {
                 let from_index = from.map_or(0, |f| usize::from(f.0) + 1);
                 self.transitions[from_index * self.stages + usize::from(to.0)].inc();
-                if let (Some(from), Some(held)) = (from, time_in_from) {
+                if let (Some(from), Some(held)) = (from, output.time_in_from()) {
                     self.time_in_stage[usize::from(from.0)].observe(held.as_millis() as f64 / 1e3);
                 }
+                if let Some(first_seen) = first_seen.filter(|_| from.is_none_or(|from| to > from)) {
+                    let since_first = (at.as_millis() - first_seen.as_millis()).max(0);
+                    self.time_to_stage[usize::from(to.0)].observe(since_first as f64 / 1e3);
+                }
             }
-            Output::Inactive { threshold, .. } => self.inactivity[usize::from(threshold.0)].inc(),
+            Output::Inactive { threshold, stage, .. } => {
+                self.inactivity[usize::from(threshold.0) * self.stages + usize::from(stage.0)].inc()
+            }
+            Output::Reactivated {
+                stage,
+                last_threshold,
+                ..
+            } => self.reactivations[usize::from(last_threshold.0) * self.stages + usize::from(stage.0)].inc(),
             Output::Expired { .. } => self.expired.inc(),
             Output::Erased { .. } => self.erased.inc(),
         }

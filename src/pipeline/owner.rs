@@ -423,6 +423,7 @@ impl Owner {
                     }
                     Produced::StageChanged
                     | Produced::CustomerInactive
+                    | Produced::CustomerReactivated
                     | Produced::CustomerExpired
                     | Produced::CustomerErased => self.totals.delivered += 1,
                 }

@@ -35,6 +35,7 @@ pub(super) fn produced(output: &Output) -> Produced {
     match output {
         Output::StageChanged { .. } => Produced::StageChanged,
         Output::Inactive { .. } => Produced::CustomerInactive,
+        Output::Reactivated { .. } => Produced::CustomerReactivated,
         Output::Expired { .. } => Produced::CustomerExpired,
         Output::Erased { .. } => Produced::CustomerErased,
     }
@@ -61,6 +62,7 @@ impl Sink {
         match sent {
             Produced::StageChanged
             | Produced::CustomerInactive
+            | Produced::CustomerReactivated
             | Produced::CustomerExpired
             | Produced::CustomerErased => self.output_topic.clone(),
             Produced::DeadLetter => self.dead_letter_topic.clone().unwrap_or_default(),

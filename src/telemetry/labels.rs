@@ -45,6 +45,7 @@ labels! {
     Produced {
         StageChanged = "stage_changed",
         CustomerInactive = "customer_inactive",
+        CustomerReactivated = "customer_reactivated",
         CustomerExpired = "customer_expired",
         CustomerErased = "customer_erased",
         DeadLetter = "dead_letter",

@@ -74,16 +74,19 @@ pub struct Metrics {
     pub replayed_without_output: IntCounter,
     /// Stage transitions by `from` (`none` for a first one) and `to`.
     pub transitions: IntCounterVec,
-    /// Inactivity events by `threshold`.
+    /// Inactivity events by `threshold` and the `stage` held (drop-off by stage).
     pub inactivity_events: IntCounterVec,
+    /// Customers who came back after a gap in which a threshold fired, by the `stage`
+    /// they returned in and the last `threshold` fired before the return.
+    pub reactivations: IntCounterVec,
     /// Customers erased by an erase request (tombstone, erase line, `DELETE`).
     pub customers_erased: IntCounter,
     /// Customers whose state expired (`state.expire_after`).
     pub customers_expired: IntCounter,
     /// Requests to the customer routes by `route` and HTTP `status`.
     pub lookups: IntCounterVec,
-    /// Records produced by `type` (stage_changed, customer_inactive, customer_expired,
-    /// customer_erased, dead_letter) and `result` (ok, error): counted at the delivery
+    /// Records produced by `type` (stage_changed, customer_inactive,
+    /// customer_reactivated, customer_expired, customer_erased, dead_letter) and `result` (ok, error): counted at the delivery
     /// report.
     pub produced: IntCounterVec,
     /// Rebalance callbacks by `kind` (assign, revoke).
@@ -134,6 +137,8 @@ pub struct Metrics {
     pub snapshot_duration: HistogramVec,
     /// Event time a customer spent in `stage` before leaving it.
     pub time_in_stage: HistogramVec,
+    /// Event time from a customer's first activity to a forward move into `stage`.
+    pub time_to_stage: HistogramVec,
     /// Time to answer a request to the customer routes, by `route`.
     pub lookup_duration: HistogramVec,
 }
@@ -187,8 +192,13 @@ impl Metrics {
             ),
             inactivity_events: counter(
                 "stagestream_inactivity_events_total",
-                "Inactivity events emitted, by threshold.",
-                &["threshold"],
+                "Inactivity events emitted, by threshold and the stage held during the gap.",
+                &["threshold", "stage"],
+            ),
+            reactivations: counter(
+                "stagestream_reactivations_total",
+                "Customers who came back after a gap in which a threshold fired, by the stage they returned in and the last threshold fired.",
+                &["stage", "threshold"],
             ),
             customers_erased: counter(
                 "stagestream_customers_erased_total",
@@ -209,7 +219,7 @@ impl Metrics {
             ),
             produced: counter(
                 "stagestream_produced_messages_total",
-                "Records produced, by type (stage_changed, customer_inactive, customer_expired, customer_erased, dead_letter) and delivery result.",
+                "Records produced, by type (stage_changed, customer_inactive, customer_reactivated, customer_expired, customer_erased, dead_letter) and delivery result.",
                 &["type", "result"],
             ),
             rebalances: counter(
@@ -339,6 +349,12 @@ impl Metrics {
                 &["stage"],
                 TIME_IN_STAGE_BUCKETS.to_vec(),
             ),
+            time_to_stage: histogram(
+                "stagestream_time_to_stage_seconds",
+                "Event time from a customer's first activity to reaching a stage (each forward move into it; 0 for the stage a customer starts in).",
+                &["stage"],
+                TIME_IN_STAGE_BUCKETS.to_vec(),
+            ),
             lookup_duration: histogram(
                 "stagestream_lookup_duration_seconds",
                 "Time to answer a request to the customer routes, by route.",
@@ -390,10 +406,12 @@ impl Metrics {
         }
         for stage in model.stage_names() {
             self.customers.with_label_values(&[stage]);
-        }
-        for threshold in model.thresholds() {
-            self.inactivity_events
-                .with_label_values(&[threshold.name.as_str()]);
+            for threshold in model.thresholds() {
+                self.inactivity_events
+                    .with_label_values(&[threshold.name.as_str(), stage]);
+                self.reactivations
+                    .with_label_values(&[stage, threshold.name.as_str()]);
+            }
         }
     }
 

@@ -53,6 +53,7 @@ pub fn parse_cloudevents(text: &str) -> Vec<CloudEvent> {
                 [
                     "stagestream.stage.changed.v1",
                     "stagestream.customer.inactive.v1",
+                    "stagestream.customer.reactivated.v1",
                     "stagestream.customer.expired.v1",
                     "stagestream.customer.erased.v1",
                 ]
@@ -94,13 +95,14 @@ pub fn compact(event: &CloudEvent) -> String {
                 )
             };
             format!(
-                "{} {} changed {}->{} rule={} trigger={}",
+                "{} {} changed {}->{} rule={} trigger={} held={}",
                 text(&e["time"]),
                 text(&e["subject"]),
                 text(&d["from_stage"]),
                 text(&d["to_stage"]),
                 text(&d["rule"]),
-                trigger
+                trigger,
+                d["time_in_previous_stage_seconds"]
             )
         }
         "stagestream.customer.expired.v1" => {
@@ -111,6 +113,19 @@ pub fn compact(event: &CloudEvent) -> String {
                 text(&e["subject"]),
                 text(&d["stage"]),
                 text(&d["last_activity_at"])
+            )
+        }
+        "stagestream.customer.reactivated.v1" => {
+            assert_eq!(e["time"], d["returned_at"]);
+            let thresholds: Vec<String> = d["thresholds"].as_array().unwrap().iter().map(text).collect();
+            format!(
+                "{} {} reactivated stage={} inactive_seconds={} last={} after={}",
+                text(&e["time"]),
+                text(&e["subject"]),
+                text(&d["stage"]),
+                d["inactive_seconds"],
+                text(&d["last_activity_at"]),
+                thresholds.join("+")
             )
         }
         "stagestream.customer.erased.v1" => {
