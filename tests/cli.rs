@@ -99,6 +99,89 @@ fn replay_erases_on_request_and_expires_quiet_customers() {
 }
 
 #[test]
+fn outputs_carry_stage_timing_and_a_return_after_inactivity() {
+    let input = [
+        r#"{"type":"page","name":"Home","userId":"c","messageId":"1","timestamp":"2026-03-01T09:00:00.250Z"}"#,
+        r#"{"type":"track","event":"Product Viewed","userId":"c","messageId":"2","timestamp":"2026-03-01T09:05:00Z"}"#,
+        r#"{"type":"track","event":"Order Completed","userId":"c","messageId":"3","timestamp":"2026-03-02T09:05:00.001Z"}"#,
+        // Ten days later: the 7-day win-back fires as this event moves the watermark,
+        // then the customer is back, then the second order moves it on.
+        r#"{"type":"track","event":"Order Completed","userId":"c","messageId":"4","timestamp":"2026-03-12T10:00:00Z"}"#,
+    ]
+    .join("\n");
+    let mut child = stagestream()
+        .arg("replay")
+        .arg("--config")
+        .arg(repo(FIVE_STAGE))
+        .args(["--input", "-", "--output", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let events = parse_cloudevents(&String::from_utf8(output.stdout).unwrap());
+    let trigger = |id: &str, kind: &str, event: &str, at: &str| {
+        serde_json::json!({"message_id": id, "type": kind, "event": event, "timestamp": at})
+    };
+    let first_seen = "2026-03-01T09:00:00.250Z";
+    let expected = [
+        (
+            "stagestream.stage.changed.v1",
+            serde_json::json!({"customer_id": "c", "from_stage": null, "to_stage": "awareness", "rule": null,
+                "model": "five-stage", "trigger": trigger("1", "page", "Home", first_seen),
+                "first_seen_at": first_seen, "previous_stage_entered_at": null,
+                "time_in_previous_stage_seconds": null}),
+        ),
+        (
+            "stagestream.stage.changed.v1",
+            serde_json::json!({"customer_id": "c", "from_stage": "awareness", "to_stage": "consideration",
+                "rule": "consideration", "model": "five-stage",
+                "trigger": trigger("2", "track", "Product Viewed", "2026-03-01T09:05:00.000Z"),
+                "first_seen_at": first_seen, "previous_stage_entered_at": first_seen,
+                "time_in_previous_stage_seconds": 299.75}),
+        ),
+        (
+            "stagestream.stage.changed.v1",
+            serde_json::json!({"customer_id": "c", "from_stage": "consideration", "to_stage": "purchase",
+                "rule": "purchase", "model": "five-stage",
+                "trigger": trigger("3", "track", "Order Completed", "2026-03-02T09:05:00.001Z"),
+                "first_seen_at": first_seen, "previous_stage_entered_at": "2026-03-01T09:05:00.000Z",
+                "time_in_previous_stage_seconds": 86400.001}),
+        ),
+        (
+            "stagestream.customer.inactive.v1",
+            serde_json::json!({"customer_id": "c", "threshold": "winback_7d", "stage": "purchase",
+                "stage_entered_at": "2026-03-02T09:05:00.001Z", "inactive_seconds": 604800,
+                "last_activity_at": "2026-03-02T09:05:00.001Z", "detected_at": "2026-03-09T09:05:00.001Z",
+                "model": "five-stage"}),
+        ),
+        (
+            "stagestream.customer.reactivated.v1",
+            serde_json::json!({"customer_id": "c", "stage": "purchase",
+                "last_activity_at": "2026-03-02T09:05:00.001Z", "returned_at": "2026-03-12T10:00:00.000Z",
+                "inactive_seconds": 867299, "thresholds": ["winback_7d"], "model": "five-stage"}),
+        ),
+        (
+            "stagestream.stage.changed.v1",
+            serde_json::json!({"customer_id": "c", "from_stage": "purchase", "to_stage": "retention",
+                "rule": "retention", "model": "five-stage",
+                "trigger": trigger("4", "track", "Order Completed", "2026-03-12T10:00:00.000Z"),
+                "first_seen_at": first_seen, "previous_stage_entered_at": "2026-03-02T09:05:00.001Z",
+                "time_in_previous_stage_seconds": 867299.999}),
+        ),
+    ];
+    let actual: Vec<(&str, &serde_json::Value)> = events
+        .iter()
+        .map(|e| (e.json["type"].as_str().unwrap(), &e.json["data"]))
+        .collect();
+    let expected: Vec<(&str, &serde_json::Value)> = expected.iter().map(|(kind, data)| (*kind, data)).collect();
+    assert_eq!(actual, expected);
+    assert_eq!(events[4].json["time"], "2026-03-12T10:00:00.000Z");
+}
+
+#[test]
 fn a_bad_config_reports_every_problem_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
