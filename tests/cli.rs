@@ -122,9 +122,7 @@ fn outputs_carry_stage_timing_and_a_return_after_inactivity() {
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
     let events = parse_cloudevents(&String::from_utf8(output.stdout).unwrap());
-    let trigger = |id: &str, kind: &str, event: &str, at: &str| {
-        serde_json::json!({"message_id": id, "type": kind, "event": event, "timestamp": at})
-    };
+    let trigger = |id: &str, kind: &str, event: &str, at: &str| serde_json::json!({"message_id": id, "type": kind, "event": event, "timestamp": at});
     let first_seen = "2026-03-01T09:00:00.250Z";
     let expected = [
         (
@@ -176,7 +174,8 @@ fn outputs_carry_stage_timing_and_a_return_after_inactivity() {
         .iter()
         .map(|e| (e.json["type"].as_str().unwrap(), &e.json["data"]))
         .collect();
-    let expected: Vec<(&str, &serde_json::Value)> = expected.iter().map(|(kind, data)| (*kind, data)).collect();
+    let expected: Vec<(&str, &serde_json::Value)> =
+        expected.iter().map(|(kind, data)| (*kind, data)).collect();
     assert_eq!(actual, expected);
     assert_eq!(events[4].json["time"], "2026-03-12T10:00:00.000Z");
 }

@@ -92,6 +92,117 @@ fn every_alert_has_a_runbook_entry() {
     }
 }
 
+/// The expressions of the dashboard panel titled `title`, with Grafana's variables as
+/// they expand for one job and the purchase stage.
+fn dashboard_queries(title: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(common::repo("deploy/grafana/stagestream.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
+    let panel = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == title)
+        .unwrap_or_else(|| panic!("no panel {title}"));
+    panel["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$job", ".*")
+                .replace("$instance", ".*")
+                .replace("$value_stage", "purchase")
+        })
+        .collect()
+}
+
+#[test]
+fn the_funnel_panels_compute_conversion_recovery_and_time_to_value() {
+    let Some(promtool) = tool("promtool", "apt-get install prometheus") else {
+        return;
+    };
+    let [conversion] =
+        <[String; 1]>::try_from(dashboard_queries("Stage-to-stage conversion (24 h)")).unwrap();
+    let [recovery] =
+        <[String; 1]>::try_from(dashboard_queries("Win-back recovery rate by threshold (7 d)")).unwrap();
+    let [p50, p90] = <[String; 2]>::try_from(dashboard_queries(
+        "Time to first value: first activity to $value_stage (p50, p90)",
+    ))
+    .unwrap();
+    // Per hour: 100 customers arrive, 40 move on to consideration, 10 of those buy;
+    // 20 go quiet in consideration and 5 of them come back. Of the buyers, 8 took under
+    // an hour from their first visit and 2 between one and six.
+    let series = |name: &str, labels: &str, per_hour: u32| {
+        format!(
+            "      - series: '{name}{{job=\"s\", instance=\"i\", {labels}}}'\n        values: '0+{per_hour}x200'\n"
+        )
+    };
+    let transitions = "stagestream_stage_transitions_total";
+    let time_to_stage = "stagestream_time_to_stage_seconds_bucket";
+    let input: String = [
+        series(transitions, r#"from="none", to="awareness""#, 100),
+        series(transitions, r#"from="awareness", to="consideration""#, 40),
+        series(transitions, r#"from="consideration", to="purchase""#, 10),
+        series(
+            "stagestream_inactivity_events_total",
+            r#"threshold="winback_7d", stage="consideration""#,
+            20,
+        ),
+        series(
+            "stagestream_reactivations_total",
+            r#"stage="consideration", threshold="winback_7d""#,
+            5,
+        ),
+        series(time_to_stage, r#"stage="purchase", le="3600""#, 8),
+        series(time_to_stage, r#"stage="purchase", le="21600""#, 10),
+        series(time_to_stage, r#"stage="purchase", le="+Inf""#, 10),
+    ]
+    .concat();
+    let test = |expr: &str, samples: &[(&str, f64)]| {
+        let samples: String = samples
+            .iter()
+            .map(|(labels, value)| format!("          - labels: '{labels}'\n            value: {value}\n"))
+            .collect();
+        format!(
+            "      - expr: {}\n        eval_time: 190h\n        exp_samples:\n{samples}",
+            serde_json::to_string(expr).unwrap()
+        )
+    };
+    let tests = [
+        test(
+            &conversion,
+            &[
+                (r#"{from="awareness"}"#, 0.4),
+                (r#"{from="consideration"}"#, 0.25),
+            ],
+        ),
+        test(&recovery, &[(r#"{threshold="winback_7d"}"#, 0.25)]),
+        // Half of the buyers: 5 of the 8 under an hour, interpolated in [0, 3600).
+        test(&p50, &[("{}", 2250.0)]),
+        // 9 of 10: the first of the two in (3600, 21600], half-way.
+        test(&p90, &[("{}", 12600.0)]),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("funnel_test.yaml");
+    std::fs::write(
+        &file,
+        format!("rule_files: []\nevaluation_interval: 1m\ntests:\n  - interval: 1h\n    input_series:\n{input}    promql_expr_test:\n{tests}"),
+    )
+    .unwrap();
+    succeeded(
+        "promtool test rules (funnel panels)",
+        Command::new(&promtool)
+            .args(["test", "rules"])
+            .arg(&file)
+            .output()
+            .unwrap(),
+    );
+}
+
 #[test]
 fn the_dashboard_has_every_row_and_every_query_parses() {
     let text = std::fs::read_to_string(common::repo("deploy/grafana/stagestream.json")).unwrap();
@@ -110,6 +221,7 @@ fn the_dashboard_has_every_row_and_every_query_parses() {
             "Lag",
             "Errors and dead letters",
             "Journey funnel",
+            "Funnel: reach, conversion, drop-off, win-back",
             "Inactivity",
             "Snapshots",
             "Kafka client"
@@ -133,7 +245,8 @@ fn the_dashboard_has_every_row_and_every_query_parses() {
             let expr = expr
                 .replace("$__rate_interval", "1m")
                 .replace("$job", ".*")
-                .replace("$instance", ".*");
+                .replace("$instance", ".*")
+                .replace("$value_stage", "purchase");
             format!(
                 "      - record: dashboard:query_{i}\n        expr: {}\n",
                 serde_json::to_string(&expr).unwrap()
