@@ -92,6 +92,81 @@ fn output_equals_replay_dead_letters_are_complete_and_sigterm_commits() {
 }
 
 #[test]
+fn an_offline_batch_three_days_behind_the_partition_is_applied_not_dead_lettered() {
+    let Some(binary) = tansu::binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(binary, "memory://tansu/", dir.path());
+    // One partition: the phone's batch is behind every other customer's events.
+    broker.create_topics(&[("events", 1), ("journey-stages", 1), ("dead-letters", 1)]);
+    let (config, settings) = write_config(dir.path(), "stagestream", &broker.bootstrap, GROUP, &[], "");
+    let start = now();
+    let at = |ago_minutes: i64| start.minus(Span::from_millis(ago_minutes * 60_000));
+    let line = |customer: &str, event: &str, id: &str, at: EventTime| {
+        format!(r#"{{"type":"track","event":"{event}","userId":"{customer}","messageId":"{id}","timestamp":"{at}"}}"#)
+            .into_bytes()
+    };
+    // The phone's first visit twelve days ago; then 3,000 other customers over the last
+    // four days (their watermark passes the phone's seven days); then the phone's 40
+    // queued events from three days ago, the 21st and 40th an order.
+    let mut lines = vec![line("phone", "Product Viewed", "p-0", at(12 * 1440))];
+    lines.extend((0..3_000).map(|i| {
+        let time = at(4 * 1440).plus(Span::from_millis(i * 100_000));
+        line(&format!("other-{i}"), "Product Viewed", &format!("o-{i}"), time)
+    }));
+    lines.extend((0..40).map(|k| {
+        let event = if k == 20 || k == 39 {
+            "Order Completed"
+        } else {
+            "Product Viewed"
+        };
+        let time = at(3 * 1440 + 7 * 60).plus(Span::from_millis(k * 600_000));
+        line("phone", event, &format!("p-{}", k + 1), time)
+    }));
+    produce_lines(&broker.bootstrap, "events", &settings, &lines, &[]);
+    let input = read_topic(&broker.bootstrap, "events", Duration::from_secs(60), |r| {
+        r.len() == lines.len()
+    });
+    assert_eq!(input.len(), lines.len());
+
+    // Nothing comes due while the test runs: the output is a function of the events.
+    let expected = replay_by_partition(&settings, &input, now());
+    let service = start_service(&config, &dir.path().join("stagestream.log"));
+    let stopped = stop_after_outputs(&broker, service, expected.len(), Duration::from_secs(120));
+    assert!(
+        stopped.actual == expected,
+        "{}",
+        difference(&stopped.actual, &expected)
+    );
+    let phone: Vec<&str> = stopped
+        .actual
+        .iter()
+        .filter(|(_, _, data)| data.starts_with(r#"{"customer_id":"phone""#))
+        .map(|(_, kind, _)| kind.as_str())
+        .collect();
+    assert_eq!(
+        phone
+            .iter()
+            .filter(|kind| kind.ends_with("reactivated.v1"))
+            .count(),
+        1,
+        "the batch ends the gap the others' watermark fired: {phone:?}"
+    );
+    assert_eq!(
+        phone.len(),
+        5,
+        "entry, win-back, return, purchase, retention: {phone:?}"
+    );
+    let dead = read_topic(&broker.bootstrap, "dead-letters", Duration::from_secs(20), |_| {
+        true
+    });
+    assert!(
+        dead.is_empty(),
+        "no event of the batch is late: {} dead letters",
+        dead.len()
+    );
+}
+
+#[test]
 fn a_broker_killed_and_restarted_mid_run_loses_and_reorders_nothing() {
     let Some(binary) = tansu::binary() else { return };
     let dir = tempfile::tempdir().unwrap();
