@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::config::{Settings, SnapshotSettings};
 use crate::core::Span;
 use crate::loadgen::{self, demo_stream, LoadError, LoadSettings};
+use crate::output::{CUSTOMER_INACTIVE, CUSTOMER_REACTIVATED, STAGE_CHANGED};
 use crate::pipeline::{self, Control, PipelineError};
 
 pub const INPUT_TOPIC: &str = "events";
@@ -171,6 +172,10 @@ struct Data<'a> {
     threshold: Option<&'a str>,
     stage: Option<&'a str>,
     last_activity_at: Option<&'a str>,
+    time_in_previous_stage_seconds: Option<f64>,
+    inactive_seconds: Option<f64>,
+    #[serde(borrow, default)]
+    thresholds: Vec<&'a str>,
 }
 
 fn print_output(message: &rdkafka::message::BorrowedMessage<'_>, out: &mut impl Write) -> io::Result<()> {
@@ -187,22 +192,51 @@ fn print_output(message: &rdkafka::message::BorrowedMessage<'_>, out: &mut impl 
         return writeln!(out, "{}", String::from_utf8_lossy(payload));
     };
     let time = header("ce_time");
-    match (data.to_stage, data.threshold) {
-        (Some(to), _) => writeln!(
+    let customer = data.customer_id;
+    let stage = data.stage.unwrap_or("?");
+    match header("ce_type").as_ref() {
+        STAGE_CHANGED => {
+            let held = data
+                .time_in_previous_stage_seconds
+                .map(|seconds| format!(", after {} there", duration(seconds)))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{time}  {customer:<36}  {:>13} -> {:<13} by {}{held}",
+                data.from_stage.unwrap_or("(new)"),
+                data.to_stage.unwrap_or("?"),
+                data.rule.unwrap_or("first activity"),
+            )
+        }
+        CUSTOMER_INACTIVE => writeln!(
             out,
-            "{time}  {:<36}  {:>13} -> {:<13} by {}",
-            data.customer_id,
-            data.from_stage.unwrap_or("(new)"),
-            to,
-            data.rule.unwrap_or("first activity"),
-        ),
-        (None, Some(threshold)) => writeln!(
-            out,
-            "{time}  {:<36}  inactive {threshold} in {}, last active {}",
-            data.customer_id,
-            data.stage.unwrap_or("?"),
+            "{time}  {customer:<36}  inactive {} in {stage}, last active {}",
+            data.threshold.unwrap_or("?"),
             data.last_activity_at.unwrap_or("?"),
         ),
-        (None, None) => writeln!(out, "{}", String::from_utf8_lossy(payload)),
+        CUSTOMER_REACTIVATED => writeln!(
+            out,
+            "{time}  {customer:<36}  back in {stage} after {} quiet ({} fired)",
+            duration(data.inactive_seconds.unwrap_or_default()),
+            data.thresholds.join(", "),
+        ),
+        _ => writeln!(out, "{}", String::from_utf8_lossy(payload)),
     }
+}
+
+/// A duration for people: its two largest units (`3d 4h`, `12m 5s`).
+fn duration(seconds: f64) -> String {
+    let whole = seconds.max(0.0) as u64;
+    let units = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
+    let parts: Vec<String> = units
+        .iter()
+        .skip_while(|&&(_, size)| whole < size && size > 1)
+        .take(2)
+        .scan(whole, |rest, &(name, size)| {
+            let count = *rest / size;
+            *rest %= size;
+            Some(format!("{count}{name}"))
+        })
+        .collect();
+    parts.join(" ")
 }

@@ -415,6 +415,10 @@ fn the_demo_prints_every_output_it_delivers() {
         printed > 40,
         "every customer enters a stage: {printed} lines\n{stdout}"
     );
+    assert!(
+        stdout.contains(" there\n") && stdout.contains(" back in "),
+        "transitions say how long the stage was held, returns are shown:\n{stdout}"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(&format!(", {printed} CloudEvents printed,")),
