@@ -77,11 +77,11 @@ fn scripted_input(now: EventTime) -> Vec<Vec<u8>> {
         // invalid (dead-lettered): not JSON. The parser's message quotes the bytes around
         // the error, customer id included: it must not reach the log.
         br#"{"userId":"carla",tru}"#.to_vec(),
-        // ok: a 20-day gap seen when the next event arrives fires both win-backs.
+        // ok: a 20-day gap seen when the next event arrives fires both win-backs, then
+        // ben is back (a reactivation).
         track("ben", "Page Viewed", ago(20 * DAY), "b1"),
         track("ben", "Page Viewed", ago(10 * MINUTE), "b2"),
-        // late (dead-lettered): hours behind the watermark of its partition. Same
-        // customer, so the same partition as ben's newer events.
+        // late (dead-lettered): hours behind ben's own last activity.
         track("ben", "Page Viewed", ago(3 * 60 * MINUTE), "b3"),
     ]
 }
@@ -139,7 +139,7 @@ fn every_required_metric_exists_and_moves_and_prometheus_scrapes_it() {
         &scripted_input(started_at),
         &[],
     );
-    // 3 transitions (ana x2, ben x1), 2 inactivity events, 2 dead letters.
+    // 3 transitions (ana x2, ben x1), 2 inactivity events, 1 return, 2 dead letters.
     let produced = |m: &BTreeMap<String, f64>, kind: &str| {
         value(
             m,
@@ -153,6 +153,7 @@ fn every_required_metric_exists_and_moves_and_prometheus_scrapes_it() {
             let (_, m) = scrape(&http);
             produced(&m, "stage_changed") >= 3.0
                 && produced(&m, "customer_inactive") >= 2.0
+                && produced(&m, "customer_reactivated") >= 1.0
                 && produced(&m, "dead_letter") >= 2.0
                 && value(&m, "stagestream_snapshots_total{result=\"ok\"}") >= 1.0
                 && value(&m, "stagestream_commits_total{result=\"ok\"}") >= 1.0
@@ -190,11 +191,27 @@ fn every_required_metric_exists_and_moves_and_prometheus_scrapes_it() {
         1.0,
     );
     expect_moved(
-        "stagestream_inactivity_events_total{threshold=\"winback_7d\"}",
+        "stagestream_inactivity_events_total{stage=\"awareness\",threshold=\"winback_7d\"}",
         1.0,
     );
     expect_moved(
-        "stagestream_inactivity_events_total{threshold=\"winback_14d\"}",
+        "stagestream_inactivity_events_total{stage=\"awareness\",threshold=\"winback_14d\"}",
+        1.0,
+    );
+    expect_moved(
+        "stagestream_inactivity_events_total{stage=\"consideration\",threshold=\"winback_7d\"}",
+        0.0,
+    );
+    expect_moved(
+        "stagestream_reactivations_total{stage=\"awareness\",threshold=\"winback_14d\"}",
+        1.0,
+    );
+    expect_moved(
+        "stagestream_reactivations_total{stage=\"awareness\",threshold=\"winback_7d\"}",
+        0.0,
+    );
+    expect_moved(
+        "stagestream_produced_messages_total{result=\"ok\",type=\"customer_reactivated\"}",
         1.0,
     );
     expect_moved(
@@ -284,14 +301,30 @@ fn every_required_metric_exists_and_moves_and_prometheus_scrapes_it() {
     // Histograms.
     expect_moved("stagestream_event_processing_seconds_count", 8.0);
     expect_moved("stagestream_event_delay_seconds_count", 4.0);
-    expect_moved("stagestream_produce_latency_seconds_count", 7.0);
+    expect_moved("stagestream_produce_latency_seconds_count", 8.0);
     expect_moved(
         "stagestream_time_in_stage_seconds_count{stage=\"awareness\"}",
         1.0,
     );
-    // 30 minutes, plus the sub-second part of the entry time (kept in whole seconds).
+    // 30 minutes.
     let held = moved("stagestream_time_in_stage_seconds_sum{stage=\"awareness\"}");
     assert!((1_800.0..1_801.0).contains(&held), "time in awareness {held}");
+    // Ana and ben start in awareness (0 s after their first visit); ana reaches
+    // consideration 30 minutes after hers.
+    expect_moved(
+        "stagestream_time_to_stage_seconds_count{stage=\"awareness\"}",
+        2.0,
+    );
+    expect_moved("stagestream_time_to_stage_seconds_sum{stage=\"awareness\"}", 0.0);
+    expect_moved(
+        "stagestream_time_to_stage_seconds_count{stage=\"consideration\"}",
+        1.0,
+    );
+    let to_consideration = moved("stagestream_time_to_stage_seconds_sum{stage=\"consideration\"}");
+    assert!(
+        (1_800.0..1_801.0).contains(&to_consideration),
+        "time to consideration {to_consideration}"
+    );
     assert!(moved("stagestream_snapshot_duration_seconds_count{step=\"write\"}") >= 1.0);
     assert!(moved("stagestream_snapshot_duration_seconds_count{step=\"pause\"}") >= 1.0);
     assert!(moved("stagestream_snapshot_duration_seconds_count{step=\"encode\"}") >= 1.0);
