@@ -523,26 +523,21 @@ impl Engine {
     /// threshold fired (by the clock, or by [`Engine::fire_gap`] just before).
     fn reactivate(&mut self, customer: CustomerRef, at: EventTime, out: &mut Vec<Output>) {
         let state = &self.states[customer.index()];
-        let last_activity = state.last_activity.time();
-        if at <= last_activity || state.ladder == 0 {
+        // The common event continues a gap in which nothing fired.
+        if state.ladder == 0 || at <= state.last_activity.time() {
             return;
         }
-        let last_threshold = ThresholdId(state.ladder - 1);
-        // A stage entered after the gap began was entered by a threshold's `move_to`;
-        // otherwise the stage is the one the gap began in.
-        let gap_stage = if state.stage_entered.time() <= last_activity {
-            state.stage
-        } else {
-            self.model.gap_stage(last_threshold, state.stage)
-        };
-        out.push(Output::Reactivated {
-            customer,
-            stage: state.stage,
-            last_activity,
-            returned_at: at,
-            gap_stage,
-            last_threshold,
-        });
+        let state = state.image();
+        if let Some((gap_stage, last_threshold)) = state.gap(&self.model) {
+            out.push(Output::Reactivated {
+                customer,
+                stage: state.stage,
+                last_activity: state.last_activity.time(),
+                returned_at: at,
+                gap_stage,
+                last_threshold,
+            });
+        }
     }
 
     /// Fires the customer's armed threshold and arms the next one of the ladder, or

@@ -19,7 +19,7 @@
 //! or fire a win-back twice.
 
 use super::customers::{CustomerIds, CustomerRef};
-use super::model::{ModelShape, StageId, ThresholdId};
+use super::model::{Model, ModelShape, StageId, ThresholdId};
 use super::time::{EventTime, Instant48};
 
 /// One customer's state, by ref: 22 bytes (times in the engine's six-byte form), since
@@ -42,6 +42,24 @@ pub struct CustomerImage {
 }
 
 const _: () = assert!(std::mem::size_of::<CustomerImage>() == 22);
+
+impl CustomerImage {
+    /// The customer's current gap, if a threshold fired in it: the stage it began in
+    /// and the last threshold fired, from which [`Model::fired_in_gap`] lists the
+    /// thresholds that fired. Not stored (it would cost a byte per customer): a stage
+    /// entered after the gap began was entered by a threshold's `move_to`, and then
+    /// [`Model::gap_stage`] finds where the gap began; otherwise it began in `stage`.
+    pub fn gap(&self, model: &Model) -> Option<(StageId, ThresholdId)> {
+        let last = ThresholdId(self.ladder.checked_sub(1)?);
+        let moved_in_gap = self.stage_entered.time() > self.last_activity.time();
+        let start = if moved_in_gap {
+            model.gap_stage(last, self.stage)
+        } else {
+            self.stage
+        };
+        Some((start, last))
+    }
+}
 
 /// The stage of a vacant ref in an image captured from a live engine: the customer
 /// was erased or expired ([`EngineImage::drop_vacant`] leaves it out).

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::{CustomerImage, Model};
+use crate::core::{CustomerImage, Model, ThresholdId};
 use crate::telemetry::Metrics;
 
 /// Commands waiting for the owner beyond this are refused (the owner is stuck or the
@@ -160,16 +160,20 @@ impl CustomerState {
     /// `customer`'s state in `topic`'s `partition`, under `model`: the ladder lists each
     /// threshold that applies to the stage or fired in the current gap.
     pub fn new(topic: &str, partition: i32, model: &Model, customer: &CustomerImage, as_of: AsOf) -> Self {
-        let fired = usize::from(customer.ladder);
+        let fired: Vec<ThresholdId> = customer
+            .gap(model)
+            .map(|(start, last)| model.fired_in_gap(start, last).collect())
+            .unwrap_or_default();
         let inactivity = model
             .thresholds()
             .iter()
             .enumerate()
-            .filter(|&(i, threshold)| i < fired || threshold.applies_to(customer.stage))
-            .map(|(i, threshold)| ThresholdState {
+            .map(|(i, threshold)| (threshold, fired.contains(&ThresholdId(i as u8))))
+            .filter(|&(threshold, fired)| fired || threshold.applies_to(customer.stage))
+            .map(|(threshold, fired)| ThresholdState {
                 threshold: threshold.name.clone(),
                 due_at: customer.last_activity.time().plus(threshold.after).to_string(),
-                fired: i < fired,
+                fired,
             })
             .collect();
         CustomerState {
@@ -264,4 +268,62 @@ pub struct PartitionProgress {
     pub newest_event: Option<String>,
     /// The watermark, RFC 3339, once an event was applied.
     pub watermark: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::test_model;
+    use crate::core::{EventTime, Instant48, StageId};
+
+    #[test]
+    fn a_lookup_marks_exactly_the_thresholds_that_fired_in_the_gap() {
+        let model = test_model(
+            r#"
+            name = "m"
+            stages = ["lead", "customer", "lapsed"]
+            [[inactivity]]
+            name = "nudge"
+            after = "3d"
+            stages = ["lead"]
+            [[inactivity]]
+            name = "lapse"
+            after = "30d"
+            stages = ["customer"]
+            move_to = "lapsed"
+            [[inactivity]]
+            name = "gone"
+            after = "60d"
+            "#,
+        );
+        const DAY: i64 = 86_400_000;
+        let last_activity = EventTime::from_millis(0);
+        // A customer whose 30-day lapse moved it to lapsed, then 60 days passed.
+        let customer = CustomerImage {
+            last_activity: Instant48::at(last_activity),
+            stage: StageId(2),
+            armed: None,
+            ladder: 3,
+            stage_entered: Instant48::at(EventTime::from_millis(30 * DAY)),
+            first_seen: Instant48::at(last_activity),
+        };
+        let as_of = AsOf {
+            offset: Some(1),
+            watermark: None,
+        };
+        let state = CustomerState::new("events", 0, &model, &customer, as_of);
+        let ladder: Vec<(&str, &str, bool)> = state
+            .inactivity
+            .iter()
+            .map(|t| (t.threshold.as_str(), t.due_at.as_str(), t.fired))
+            .collect();
+        assert_eq!(
+            ladder,
+            [
+                ("lapse", "1970-01-31T00:00:00.000Z", true),
+                ("gone", "1970-03-02T00:00:00.000Z", true),
+            ],
+            "the nudge never applied: the gap began in customer"
+        );
+    }
 }
