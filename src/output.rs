@@ -302,7 +302,12 @@ impl Names {
             Cause::Inactivity(_) => data.extend_from_slice(b"null"),
         }
         data.extend_from_slice(b",\"first_seen_at\":");
-        write_json_time_or_null(data, first_seen);
+        // A first transition's is its own time, already written once.
+        if first_seen == Some(at) {
+            write_json_time_text(data, time_text);
+        } else {
+            write_json_time_or_null(data, first_seen);
+        }
         data.extend_from_slice(b",\"previous_stage_entered_at\":");
         write_json_time_or_null(data, from_entered);
         data.extend_from_slice(b",\"time_in_previous_stage_seconds\":");
