@@ -69,6 +69,7 @@ pub struct Api {
     input_topics: Vec<String>,
     partitioner: Partitioner,
     model: String,
+    model_version: String,
     members: Arc<Members>,
     /// Produces `DELETE`'s erase records (keyed with `input.partitioner`) and the
     /// members directory's claims.
@@ -96,6 +97,7 @@ impl Api {
             input_topics: settings.input.topics.clone(),
             partitioner: settings.input.partitioner,
             model: settings.model.name().to_owned(),
+            model_version: settings.model.version().to_owned(),
             members,
             producer,
         }))
@@ -160,7 +162,12 @@ async fn lookup(control: &Control, api: &Api, id: &str) -> Response {
             .into_response(),
         Ok(CustomerAnswer::Owned(states)) => (
             StatusCode::OK,
-            json(&serde_json::json!({"customer_id": id, "model": api.model, "states": states})),
+            json(&serde_json::json!({
+                "customer_id": id,
+                "model": api.model,
+                "model_version": api.model_version,
+                "states": states,
+            })),
         )
             .into_response(),
         Ok(CustomerAnswer::NotOwned) => match api.members.holder(&api.input_topics[0], partitions[0]) {

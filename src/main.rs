@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use tracing::{error, info};
 
 use stagestream::config::{self, Settings};
-use stagestream::core::EventTime;
+use stagestream::core::{EventTime, Span, StageId};
 use stagestream::demo::demo;
 use stagestream::generate::{generate, GeneratorSettings};
 use stagestream::http;
@@ -437,32 +437,76 @@ fn check_command(config: &Path) -> Result<(), Failure> {
         .thresholds()
         .iter()
         .map(|t| {
-            let after = std::time::Duration::from_millis(t.after.as_millis().unsigned_abs());
-            format!("{} after {}", t.name, humantime::format_duration(after))
+            let mut words = format!("{} after {}", t.name, days_or_duration(t.after));
+            if let Some(stages) = t.stages {
+                let names: Vec<&str> = (0..model.stage_count() as u8)
+                    .map(StageId)
+                    .filter(|&stage| stages.contains(stage))
+                    .map(|stage| model.stage_name(stage))
+                    .collect();
+                words += &format!(" in {}", names.join(" or "));
+            }
+            if let Some(to) = t.move_to {
+                words += &format!(", then moves the customer to {}", model.stage_name(to));
+            }
+            words
         })
         .collect();
     let expiry = match settings.engine.expire_after {
-        // humantime writes 90 days as "2months 29days 2h 52m 48s".
-        Some(after) if after.as_millis() % 86_400_000 == 0 => {
-            format!("after {} days without activity", after.as_millis() / 86_400_000)
-        }
-        Some(after) => {
-            let after = std::time::Duration::from_millis(after.as_millis().unsigned_abs());
-            format!("after {} without activity", humantime::format_duration(after))
-        }
+        Some(after) => format!("after {} without activity", days_or_duration(after)),
         None => "never".to_owned(),
     };
-    println!(
-        "configuration ok: model {} with stages {}; inactivity: {}; state expires: {expiry}",
-        model.name(),
-        stages.join(" -> "),
-        if ladder.is_empty() {
+    let mut out = String::from("configuration ok\n");
+    let mut line = |label: &str, text: &str| out += &format!("  {label:<11} {text}\n");
+    line(
+        "model",
+        &format!(
+            "{}, version {} (fingerprint {:016x})",
+            model.name(),
+            model.version(),
+            model.shape().fingerprint
+        ),
+    );
+    line(
+        "stages",
+        &format!(
+            "{} (a new customer starts in {})",
+            stages.join(" -> "),
+            model.stage_name(model.initial_stage())
+        ),
+    );
+    let rules = &model.spec().rules;
+    for (i, rule) in rules.iter().enumerate() {
+        line(
+            if i == 0 { "rules" } else { "" },
+            &format!("{}: {}", rule.name, rule.in_words()),
+        );
+    }
+    if rules.is_empty() {
+        line("rules", "none: every customer stays in the stage it starts in");
+    }
+    line(
+        "inactivity",
+        &if ladder.is_empty() {
             "none".to_owned()
         } else {
-            ladder.join(", ")
-        }
+            ladder.join("; ")
+        },
     );
+    line("expiry", &expiry);
+    print!("{out}");
     Ok(())
+}
+
+/// `90 days` for whole days (humantime writes 90 days as "2months 29days 2h 52m
+/// 48s"), else humantime's form (`36h`).
+fn days_or_duration(span: Span) -> String {
+    match span.as_millis() {
+        millis if millis % 86_400_000 == 0 => format!("{} days", millis / 86_400_000),
+        millis => {
+            humantime::format_duration(std::time::Duration::from_millis(millis.unsigned_abs())).to_string()
+        }
+    }
 }
 
 /// Runs the service on its own thread until it fails or SIGTERM/SIGINT arrives; then

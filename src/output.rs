@@ -44,7 +44,8 @@ pub struct Renderer {
 /// The model's names, each as a JSON string.
 #[derive(Debug)]
 struct Names {
-    model_json: Vec<u8>,
+    /// `,"model":NAME,"model_version":VERSION`, which every output's `data` carries.
+    model_fields: Vec<u8>,
     stage_json: Vec<Vec<u8>>,
     rule_json: Vec<Vec<u8>>,
     threshold_json: Vec<Vec<u8>>,
@@ -77,7 +78,13 @@ impl Renderer {
             source_json: quoted(&source),
             source,
             names: Names {
-                model_json: quoted(model.name()),
+                model_fields: [
+                    &b",\"model\":"[..],
+                    &quoted(model.name()),
+                    b",\"model_version\":",
+                    &quoted(model.version()),
+                ]
+                .concat(),
                 stage_json: model.stage_names().map(quoted).collect(),
                 rule_json: (0..model.rule_count())
                     .map(|i| quoted(&model.rule(RuleId(i as u16)).name))
@@ -143,8 +150,7 @@ impl Renderer {
                 write_json_time(data, last_activity);
                 data.extend_from_slice(b",\"detected_at\":");
                 write_json_time_text(data, time_text);
-                data.extend_from_slice(b",\"model\":");
-                data.extend_from_slice(&names.model_json);
+                data.extend_from_slice(&names.model_fields);
                 data.push(b'}');
                 (CUSTOMER_INACTIVE, customer_id)
             }
@@ -174,8 +180,8 @@ impl Renderer {
                     }
                     data.extend_from_slice(&names.threshold_json[usize::from(threshold.0)]);
                 }
-                data.extend_from_slice(b"],\"model\":");
-                data.extend_from_slice(&names.model_json);
+                data.push(b']');
+                data.extend_from_slice(&names.model_fields);
                 data.push(b'}');
                 (CUSTOMER_REACTIVATED, customer_id)
             }
@@ -194,8 +200,7 @@ impl Renderer {
                 write_json_time(data, last_activity);
                 data.extend_from_slice(b",\"expired_at\":");
                 write_json_time_text(data, time_text);
-                data.extend_from_slice(b",\"model\":");
-                data.extend_from_slice(&names.model_json);
+                data.extend_from_slice(&names.model_fields);
                 data.push(b'}');
                 (CUSTOMER_EXPIRED, customer_id)
             }
@@ -206,8 +211,7 @@ impl Renderer {
                 let customer_id: &'a str = &erase.customer;
                 data.extend_from_slice(b"{\"customer_id\":");
                 write_json_str(data, customer_id);
-                data.extend_from_slice(b",\"model\":");
-                data.extend_from_slice(&names.model_json);
+                data.extend_from_slice(&names.model_fields);
                 data.push(b'}');
                 (CUSTOMER_ERASED, customer_id)
             }
@@ -277,8 +281,7 @@ impl Names {
             }
             Cause::Entry => data.extend_from_slice(b"null"),
         }
-        data.extend_from_slice(b",\"model\":");
-        data.extend_from_slice(&self.model_json);
+        data.extend_from_slice(&self.model_fields);
         data.extend_from_slice(b",\"trigger\":");
         match cause {
             Cause::Entry | Cause::Rule(_) => {

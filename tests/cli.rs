@@ -116,6 +116,7 @@ fn outputs_carry_stage_timing_and_a_return_after_inactivity() {
         .args(["--input", "-", "--output", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
@@ -128,14 +129,14 @@ fn outputs_carry_stage_timing_and_a_return_after_inactivity() {
         (
             "stagestream.stage.changed.v1",
             serde_json::json!({"customer_id": "c", "from_stage": null, "to_stage": "awareness", "rule": null,
-                "model": "five-stage", "trigger": trigger("1", "page", "Home", first_seen),
+                "model": "five-stage", "model_version": "1", "trigger": trigger("1", "page", "Home", first_seen),
                 "first_seen_at": first_seen, "previous_stage_entered_at": null,
                 "time_in_previous_stage_seconds": null}),
         ),
         (
             "stagestream.stage.changed.v1",
             serde_json::json!({"customer_id": "c", "from_stage": "awareness", "to_stage": "consideration",
-                "rule": "consideration", "model": "five-stage",
+                "rule": "consideration", "model": "five-stage", "model_version": "1",
                 "trigger": trigger("2", "track", "Product Viewed", "2026-03-01T09:05:00.000Z"),
                 "first_seen_at": first_seen, "previous_stage_entered_at": first_seen,
                 "time_in_previous_stage_seconds": 299.75}),
@@ -143,7 +144,7 @@ fn outputs_carry_stage_timing_and_a_return_after_inactivity() {
         (
             "stagestream.stage.changed.v1",
             serde_json::json!({"customer_id": "c", "from_stage": "consideration", "to_stage": "purchase",
-                "rule": "purchase", "model": "five-stage",
+                "rule": "purchase", "model": "five-stage", "model_version": "1",
                 "trigger": trigger("3", "track", "Order Completed", "2026-03-02T09:05:00.001Z"),
                 "first_seen_at": first_seen, "previous_stage_entered_at": "2026-03-01T09:05:00.000Z",
                 "time_in_previous_stage_seconds": 86400.001}),
@@ -153,18 +154,18 @@ fn outputs_carry_stage_timing_and_a_return_after_inactivity() {
             serde_json::json!({"customer_id": "c", "threshold": "winback_7d", "stage": "purchase",
                 "stage_entered_at": "2026-03-02T09:05:00.001Z", "inactive_seconds": 604800,
                 "last_activity_at": "2026-03-02T09:05:00.001Z", "detected_at": "2026-03-09T09:05:00.001Z",
-                "model": "five-stage"}),
+                "model": "five-stage", "model_version": "1"}),
         ),
         (
             "stagestream.customer.reactivated.v1",
             serde_json::json!({"customer_id": "c", "stage": "purchase",
                 "last_activity_at": "2026-03-02T09:05:00.001Z", "returned_at": "2026-03-12T10:00:00.000Z",
-                "inactive_seconds": 867299, "thresholds": ["winback_7d"], "model": "five-stage"}),
+                "inactive_seconds": 867299, "thresholds": ["winback_7d"], "model": "five-stage", "model_version": "1"}),
         ),
         (
             "stagestream.stage.changed.v1",
             serde_json::json!({"customer_id": "c", "from_stage": "purchase", "to_stage": "retention",
-                "rule": "retention", "model": "five-stage",
+                "rule": "retention", "model": "five-stage", "model_version": "1",
                 "trigger": trigger("4", "track", "Order Completed", "2026-03-12T10:00:00.000Z"),
                 "first_seen_at": first_seen, "previous_stage_entered_at": "2026-03-02T09:05:00.001Z",
                 "time_in_previous_stage_seconds": 867299.999}),
@@ -247,7 +248,54 @@ fn every_preset_is_a_complete_configuration() {
             "{preset}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        assert!(
+            stdout.contains(&format!("model       {preset}, version 1 (fingerprint ")),
+            "{stdout}"
+        );
     }
+}
+
+#[test]
+fn without_a_version_outputs_carry_the_fingerprints_first_twelve_digits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("unversioned.toml");
+    let preset = std::fs::read_to_string(repo(FIVE_STAGE)).unwrap();
+    std::fs::write(&config, preset.replace("version = \"1\"\n", "")).unwrap();
+    let output = run(stagestream().arg("check").arg("--config").arg(&config));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let model_line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("model "))
+        .unwrap();
+    // "model       five-stage, version V (fingerprint F)"
+    let version = model_line
+        .split("version ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let fingerprint = model_line
+        .split("fingerprint ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')');
+    assert_eq!(fingerprint.len(), 16, "{model_line}");
+    assert_eq!(version, &fingerprint[..12], "{model_line}");
+    // The version is a label: the same model with version 1 has the same fingerprint.
+    let versioned = run(stagestream().arg("check").arg("--config").arg(repo(FIVE_STAGE)));
+    assert!(String::from_utf8(versioned.stdout).unwrap().contains(fingerprint));
+    let replayed = run(stagestream()
+        .arg("replay")
+        .arg("--config")
+        .arg(&config)
+        .arg("--input")
+        .arg(repo("tests/fixtures/five-stage.jsonl"))
+        .args(["--output", "-"]));
+    let events = parse_cloudevents(&String::from_utf8(replayed.stdout).unwrap());
+    assert!(!events.is_empty());
+    assert!(events.iter().all(|e| e.json["data"]["model_version"] == version));
 }
 
 #[test]

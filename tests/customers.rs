@@ -176,6 +176,7 @@ fn two_instances_answer_for_every_customer_and_erase_on_request() {
         let body: Value = serde_json::from_str(&response.body).unwrap();
         assert_eq!(body["customer_id"], id.as_str());
         assert_eq!(body["model"], "five-stage");
+        assert_eq!(body["model_version"], "1");
         let states = body["states"].as_array().unwrap();
         assert_eq!(states.len(), 1, "{body}");
         assert_eq!(states[0]["stage"], stage.as_str(), "{id}");

@@ -37,6 +37,7 @@ fn golden(preset: &str) {
     assert_eq!(actual, expected, "{preset}");
     for event in &events {
         assert_eq!(event.json["data"]["model"], preset);
+        assert_eq!(event.json["data"]["model_version"], "1", "the presets' version");
         assert_eq!(event.json["source"], "stagestream");
     }
     let ids: BTreeSet<&str> = events.iter().map(|e| e.json["id"].as_str().unwrap()).collect();
@@ -101,7 +102,7 @@ fn five_stage_first_line_is_byte_exact() {
         .args(["--output", "-"]));
     let stdout = String::from_utf8(output.stdout).unwrap();
     let first = stdout.lines().next().unwrap();
-    let data = r#"{"customer_id":"alice","from_stage":null,"to_stage":"awareness","rule":null,"model":"five-stage","trigger":{"message_id":"a1","type":"page","event":"Home","timestamp":"2026-03-01T09:00:00.000Z"},"first_seen_at":"2026-03-01T09:00:00.000Z","previous_stage_entered_at":null,"time_in_previous_stage_seconds":null}"#;
+    let data = r#"{"customer_id":"alice","from_stage":null,"to_stage":"awareness","rule":null,"model":"five-stage","model_version":"1","trigger":{"message_id":"a1","type":"page","event":"Home","timestamp":"2026-03-01T09:00:00.000Z"},"first_seen_at":"2026-03-01T09:00:00.000Z","previous_stage_entered_at":null,"time_in_previous_stage_seconds":null}"#;
     let id = uuid::Uuid::new_v5(
         &uuid::Uuid::parse_str("6f0c9a51-3d2e-4b7a-9c1e-5a7d2f48b3e6").unwrap(),
         format!("stagestream.stage.changed.v1\n{data}").as_bytes(),

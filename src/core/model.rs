@@ -54,6 +54,10 @@ impl StageSet {
 pub struct ModelSpec {
     /// Carried into every output as `model`.
     pub name: String,
+    /// Carried into every output as `model_version`; absent: the first 12 hex digits
+    /// of the fingerprint. A label, not behaviour: it is not part of the fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Stages in journey order.
     pub stages: Vec<String>,
     /// Where a new customer starts; defaults to the first stage.
@@ -302,6 +306,7 @@ impl<V> NameTable<V> {
 #[derive(Clone, Debug)]
 pub struct Model {
     name: String,
+    version: String,
     stages: Vec<String>,
     initial: StageId,
     activity: EventTypeSet,
@@ -311,6 +316,8 @@ pub struct Model {
     thresholds: Vec<Threshold>,
     property_keys: HashMap<Box<str>, PropertyKey, RandomState>,
     shape: ModelShape,
+    /// The specification it was compiled from, for describing it.
+    spec: ModelSpec,
 }
 
 /// What per-customer state means under a model: enough to tell whether state saved
@@ -332,7 +339,11 @@ pub struct ModelShape {
 
 impl ModelShape {
     fn of(spec: &ModelSpec, thresholds: &[Threshold]) -> ModelShape {
-        let canonical = serde_json::to_vec(spec).expect("a model spec serialises");
+        let behaviour = ModelSpec {
+            version: None,
+            ..spec.clone()
+        };
+        let canonical = serde_json::to_vec(&behaviour).expect("a model spec serialises");
         let digest = Sha1::digest(&canonical);
         let fingerprint = u64::from_be_bytes(digest[..8].try_into().expect("SHA-1 has 20 bytes"));
         let stage_names = |set: Option<StageSet>| {
@@ -381,6 +392,11 @@ impl Model {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// `model.version`, or the first 12 hex digits of the fingerprint.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     pub fn stage_count(&self) -> usize {
@@ -482,6 +498,82 @@ impl Model {
     pub fn shape(&self) -> &ModelShape {
         &self.shape
     }
+
+    /// The specification the model was compiled from.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+}
+
+impl RuleSpec {
+    /// The rule in plain words, as `stagestream check` prints it: `a track event
+    /// named "Order Completed", the customer's 2nd or later, moves the customer to
+    /// retention`.
+    pub fn in_words(&self) -> String {
+        let quoted = |names: &[String]| names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>();
+        let types = self.types.clone().unwrap_or_else(|| vec!["track".to_owned()]);
+        let mut words = format!("a {} event", types.join(" or "));
+        if !self.events.is_empty() {
+            words += &format!(" named {}", quoted(&self.events).join(" or "));
+        }
+        let tests: Vec<String> = self.predicates.iter().map(PredicateSpec::in_words).collect();
+        if !tests.is_empty() {
+            words += &format!(" where {}", tests.join(" and "));
+        }
+        match self.occurrence {
+            Some(OccurrenceSpec::Nth(n)) => words += &format!(", only the customer's {}", ordinal(n)),
+            Some(OccurrenceSpec::AtLeast(n)) => words += &format!(", the customer's {} or later", ordinal(n)),
+            None => {}
+        }
+        if let Some(from) = &self.from {
+            words += &format!(", in {}", from.join(" or "));
+        }
+        let direction = if self.allow_backward {
+            " (forward or back)"
+        } else {
+            ""
+        };
+        words + &format!(", moves the customer to {}{direction}", self.to)
+    }
+}
+
+impl PredicateSpec {
+    fn in_words(&self) -> String {
+        let property = &self.property;
+        let literal = |value: &Literal| match value {
+            Literal::Bool(b) => b.to_string(),
+            Literal::Number(n) => n.to_string(),
+            Literal::String(s) => format!("{s:?}"),
+        };
+        let mut tests = Vec::new();
+        if let Some(exists) = self.exists {
+            tests.push(format!(
+                "{property} is {}",
+                if exists { "present" } else { "absent" }
+            ));
+        }
+        if let Some(value) = &self.equals {
+            tests.push(format!("{property} = {}", literal(value)));
+        }
+        for (op, bound) in [(">", self.gt), (">=", self.gte), ("<", self.lt), ("<=", self.lte)] {
+            if let Some(bound) = bound {
+                tests.push(format!("{property} {op} {bound}"));
+            }
+        }
+        tests.join(" and ")
+    }
+}
+
+/// `1st`, `2nd`, `3rd`, `4th`, `11th`, `21st`...
+fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 #[derive(Default)]
@@ -499,6 +591,16 @@ impl Compiler {
     fn compile(mut self, spec: &ModelSpec) -> Result<Model, Vec<Problem>> {
         if spec.name.trim().is_empty() {
             self.problem("model.name", "must not be empty");
+        }
+        if spec
+            .version
+            .as_ref()
+            .is_some_and(|version| version.trim().is_empty())
+        {
+            self.problem(
+                "model.version",
+                "must not be empty (leave it out for the fingerprint)",
+            );
         }
         self.index_stages(&spec.stages);
         let initial = match &spec.initial {
@@ -556,8 +658,15 @@ impl Compiler {
             for_type.any_name = select(None);
         }
         let thresholds = thresholds.expect("problems were reported");
+        let shape = ModelShape::of(spec, &thresholds);
+        let version = spec
+            .version
+            .clone()
+            .unwrap_or_else(|| format!("{:016x}", shape.fingerprint)[..12].to_owned());
         Ok(Model {
-            shape: ModelShape::of(spec, &thresholds),
+            shape,
+            version,
+            spec: spec.clone(),
             name: spec.name.clone(),
             stages: spec.stages.clone(),
             initial: initial.expect("problems were reported"),
@@ -829,6 +938,56 @@ mod tests {
     /// (loading files and the environment is the shell's business, tested there).
     fn toml_like(text: &str) -> ModelSpec {
         toml::from_str(text).expect("test spec deserialises")
+    }
+
+    #[test]
+    fn the_version_labels_a_model_without_changing_its_fingerprint() {
+        let unversioned = Model::compile(&spec("")).unwrap();
+        let versioned = Model::compile(&spec("version = \"2026.12\"")).unwrap();
+        assert_eq!(versioned.version(), "2026.12");
+        assert_eq!(versioned.shape().fingerprint, unversioned.shape().fingerprint);
+        let fingerprint = unversioned.shape().fingerprint;
+        assert_eq!(unversioned.version(), &format!("{fingerprint:016x}")[..12]);
+        assert_eq!(unversioned.version().len(), 12);
+        let changed = Model::compile(&spec("initial = \"b\"")).unwrap();
+        assert_ne!(
+            changed.version(),
+            unversioned.version(),
+            "a changed model, a new default"
+        );
+        let problems = Model::compile(&spec("version = \" \"")).unwrap_err();
+        assert_eq!(problems[0].path, "model.version");
+    }
+
+    #[test]
+    fn rules_read_in_plain_words() {
+        let model = Model::compile(&spec(
+            r#"
+            [[rules]]
+            name = "big"
+            to = "c"
+            types = ["track", "screen"]
+            events = ["Order Completed"]
+            where = [{ property = "revenue", gt = 100 }, { property = "coupon", exists = false }]
+            occurrence = { at_least = 2 }
+            from = ["a", "b"]
+            [[rules]]
+            name = "back"
+            to = "a"
+            allow_backward = true
+            occurrence = { nth = 22 }
+            "#,
+        ))
+        .unwrap();
+        let words: Vec<String> = model.spec().rules.iter().map(RuleSpec::in_words).collect();
+        assert_eq!(
+            words,
+            [
+                "a track or screen event named \"Order Completed\" where revenue > 100 and coupon is absent, \
+                 the customer's 2nd or later, in a or b, moves the customer to c",
+                "a track event, only the customer's 22nd, moves the customer to a (forward or back)",
+            ]
+        );
     }
 
     #[test]

@@ -130,7 +130,11 @@ pub fn compact(event: &CloudEvent) -> String {
         }
         "stagestream.customer.erased.v1" => {
             let fields: Vec<&String> = d.as_object().unwrap().keys().collect();
-            assert_eq!(fields, ["customer_id", "model"], "an erased event's data");
+            assert_eq!(
+                fields,
+                ["customer_id", "model", "model_version"],
+                "an erased event's data"
+            );
             format!("{} {} erased", text(&e["time"]), text(&e["subject"]))
         }
         _ => {
