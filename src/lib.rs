@@ -28,6 +28,7 @@ pub mod config;
 pub mod core;
 pub mod decode;
 pub mod demo;
+pub mod diff;
 pub mod generate;
 pub mod http;
 pub mod inspect;

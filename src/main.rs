@@ -19,6 +19,7 @@ use tracing::{error, info};
 use stagestream::config::{self, Settings};
 use stagestream::core::{EventTime, Span, StageId};
 use stagestream::demo::demo;
+use stagestream::diff::diff;
 use stagestream::generate::{generate, GeneratorSettings};
 use stagestream::http;
 use stagestream::inspect;
@@ -105,6 +106,27 @@ enum Command {
         /// Write rejected lines (invalid or late) here, one JSON object each.
         #[arg(long)]
         rejects: Option<PathBuf>,
+    },
+    /// Run two configurations' models over the same history and report what the change
+    /// would do: customers by final stage (old x new), transitions, inactivity.
+    Diff {
+        /// The configuration deployed now.
+        #[arg(long)]
+        old: PathBuf,
+        /// The configuration to compare with it.
+        #[arg(long)]
+        new: PathBuf,
+        /// Input events, one JSON object per line; `-` for stdin.
+        #[arg(long)]
+        input: String,
+        /// At end of input, advance both clocks to this RFC 3339 instant.
+        #[arg(long, value_parser = parse_instant)]
+        until: Option<EventTime>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ReportFormat,
+        /// Example customer ids listed per changed cell of the customer table.
+        #[arg(long, default_value_t = 5)]
+        examples: usize,
     },
     /// Validate a configuration (librdkafka's own rules for both clients included) and
     /// describe its model.
@@ -279,6 +301,14 @@ fn run(command: Command) -> Result<(), Failure> {
             rejects,
         } => replay_command(&config, &input, &output, until, rejects),
         Command::Check { config } => check_command(&config),
+        Command::Diff {
+            old,
+            new,
+            input,
+            until,
+            format,
+            examples,
+        } => diff_command(&old, &new, &input, until, format, examples),
         Command::Inspect {
             path,
             customer,
@@ -398,6 +428,40 @@ fn replay_command(
     .map_err(|error: ReplayError| Failure::new(EX_IOERR, error))?;
     eprint!("{summary}");
     Ok(())
+}
+
+/// How `diff` (and other reports) print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ReportFormat {
+    /// Tables for a terminal.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// `stagestream diff`: two models over one history, compared.
+fn diff_command(
+    old: &Path,
+    new: &Path,
+    input: &str,
+    until: Option<EventTime>,
+    format: ReportFormat,
+    examples: usize,
+) -> Result<(), Failure> {
+    let (old, new) = (load_settings(old)?, load_settings(new)?);
+    let input = open_input(input)?;
+    let report = diff(&old, &new, input, until, examples)
+        .map_err(|error| Failure::new(EX_IOERR, format!("cannot read input: {error}")))?;
+    let mut out = BufWriter::new(io::stdout().lock());
+    let written = match format {
+        ReportFormat::Text => write!(out, "{report}"),
+        ReportFormat::Json => serde_json::to_writer(&mut out, &report)
+            .map_err(io::Error::from)
+            .and_then(|()| writeln!(out)),
+    };
+    written
+        .and_then(|()| out.flush())
+        .map_err(|error| Failure::new(EX_IOERR, format!("cannot write the report: {error}")))
 }
 
 /// `stagestream inspect`: what snapshot files hold.
