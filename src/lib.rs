@@ -39,5 +39,6 @@ pub mod output;
 pub mod partitioner;
 pub mod pipeline;
 pub mod replay;
+pub mod report;
 pub mod snapshot;
 pub mod telemetry;

@@ -26,6 +26,7 @@ use stagestream::inspect;
 use stagestream::loadgen::{self, demo_stream, LoadError, LoadSettings};
 use stagestream::pipeline::{self, Control};
 use stagestream::replay::{replay, ReplayError};
+use stagestream::report::{report, Cohort};
 use stagestream::snapshot::SnapshotError;
 use stagestream::telemetry::{init_logs, LogFormat, LogTarget};
 
@@ -123,10 +124,28 @@ enum Command {
         #[arg(long, value_parser = parse_instant)]
         until: Option<EventTime>,
         #[arg(long, value_enum, default_value = "text")]
-        format: ReportFormat,
+        format: DiffFormat,
         /// Example customer ids listed per changed cell of the customer table.
         #[arg(long, default_value_t = 5)]
         examples: usize,
+    },
+    /// Journey analytics over a history of events, per cohort of first activity:
+    /// reach, conversion, time to reach each stage, drop-off, win-back recovery.
+    Report {
+        /// Configuration file (TOML); STAGESTREAM__SECTION__KEY variables override it.
+        #[arg(long)]
+        config: PathBuf,
+        /// Input events, one JSON object per line; `-` for stdin.
+        #[arg(long)]
+        input: String,
+        /// At end of input, advance the clock to this RFC 3339 instant.
+        #[arg(long, value_parser = parse_instant)]
+        until: Option<EventTime>,
+        /// Group customers by the UTC month or the ISO week of their first activity.
+        #[arg(long, value_enum, default_value = "month")]
+        cohort: CohortArg,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ReportFormat,
     },
     /// Validate a configuration (librdkafka's own rules for both clients included) and
     /// describe its model.
@@ -301,6 +320,13 @@ fn run(command: Command) -> Result<(), Failure> {
             rejects,
         } => replay_command(&config, &input, &output, until, rejects),
         Command::Check { config } => check_command(&config),
+        Command::Report {
+            config,
+            input,
+            until,
+            cohort,
+            format,
+        } => report_command(&config, &input, until, cohort, format),
         Command::Diff {
             old,
             new,
@@ -430,13 +456,63 @@ fn replay_command(
     Ok(())
 }
 
-/// How `diff` (and other reports) print.
+/// How `diff` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DiffFormat {
+    /// Tables for a terminal.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// How `report` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum ReportFormat {
     /// Tables for a terminal.
     Text,
     /// One JSON object.
     Json,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+/// `report --cohort`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CohortArg {
+    Month,
+    Week,
+}
+
+/// `stagestream report`: journey analytics per cohort.
+fn report_command(
+    config: &Path,
+    input: &str,
+    until: Option<EventTime>,
+    cohort: CohortArg,
+    format: ReportFormat,
+) -> Result<(), Failure> {
+    let settings = load_settings(config)?;
+    let input = open_input(input)?;
+    let cohort = match cohort {
+        CohortArg::Month => Cohort::Month,
+        CohortArg::Week => Cohort::Week,
+    };
+    let report = report(&settings, input, until, cohort)
+        .map_err(|error| Failure::new(EX_IOERR, format!("cannot read input: {error}")))?;
+    let mut out = BufWriter::new(io::stdout().lock());
+    let written = match format {
+        ReportFormat::Text => write!(out, "{report}"),
+        ReportFormat::Json => write_json_line(&mut out, &report),
+        ReportFormat::Csv => report.write_csv(&mut out),
+    };
+    written
+        .and_then(|()| out.flush())
+        .map_err(|error| Failure::new(EX_IOERR, format!("cannot write the report: {error}")))
+}
+
+fn write_json_line(out: &mut impl Write, value: &impl serde::Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    writeln!(out)
 }
 
 /// `stagestream diff`: two models over one history, compared.
@@ -445,7 +521,7 @@ fn diff_command(
     new: &Path,
     input: &str,
     until: Option<EventTime>,
-    format: ReportFormat,
+    format: DiffFormat,
     examples: usize,
 ) -> Result<(), Failure> {
     let (old, new) = (load_settings(old)?, load_settings(new)?);
@@ -454,10 +530,8 @@ fn diff_command(
         .map_err(|error| Failure::new(EX_IOERR, format!("cannot read input: {error}")))?;
     let mut out = BufWriter::new(io::stdout().lock());
     let written = match format {
-        ReportFormat::Text => write!(out, "{report}"),
-        ReportFormat::Json => serde_json::to_writer(&mut out, &report)
-            .map_err(io::Error::from)
-            .and_then(|()| writeln!(out)),
+        DiffFormat::Text => write!(out, "{report}"),
+        DiffFormat::Json => write_json_line(&mut out, &report),
     };
     written
         .and_then(|()| out.flush())

@@ -236,6 +236,25 @@ fn days_in_month(year: i64, month: i64) -> i64 {
     }
 }
 
+impl EventTime {
+    /// The UTC calendar month this instant falls in: `(year, month)`.
+    pub fn utc_month(self) -> (i64, i64) {
+        let (year, month, _) = civil_from_days(self.0.div_euclid(86_400_000));
+        (year, month)
+    }
+
+    /// The ISO 8601 week this instant falls in (UTC): `(week-based year, week)`. Weeks
+    /// start on Monday; week 1 is the week with the year's first Thursday.
+    pub fn iso_week(self) -> (i64, i64) {
+        let days = self.0.div_euclid(86_400_000);
+        // 1970-01-01 was a Thursday: Monday is 0.
+        let weekday = (days + 3).rem_euclid(7);
+        let thursday = days - weekday + 3;
+        let (year, _, _) = civil_from_days(thursday);
+        (year, (thursday - days_from_civil(year, 1, 1)) / 7 + 1)
+    }
+}
+
 /// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
@@ -336,6 +355,10 @@ mod tests {
             let printed = EventTime(expected).to_string();
             let reparsed = OffsetDateTime::parse(&printed, &Rfc3339).unwrap();
             prop_assert_eq!(reparsed.unix_timestamp(), seconds);
+            let utc = OffsetDateTime::from_unix_timestamp(seconds).unwrap();
+            prop_assert_eq!(EventTime(expected).utc_month(), (i64::from(utc.year()), i64::from(u8::from(utc.month()))));
+            let (iso_year, iso_week, _) = utc.to_iso_week_date();
+            prop_assert_eq!(EventTime(expected).iso_week(), (i64::from(iso_year), i64::from(iso_week)));
         }
     }
 }
