@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use super::tests::{t, Run, DAY, FIVE_STAGE, MINUTE};
 use super::*;
 use crate::core::event::EventType;
+use crate::core::model::LAPSING_MODEL;
 
 /// `customer`'s lines of a log.
 fn of(customer: &str, lines: Vec<String>) -> Vec<String> {
@@ -148,28 +149,7 @@ fn a_gap_in_which_nothing_fired_ends_without_a_return() {
 
 #[test]
 fn a_return_after_a_move_lists_the_thresholds_of_the_stages_held() {
-    let mut run = Run::new(
-        r#"
-        name = "m"
-        stages = ["lead", "customer", "lapsed"]
-        [[rules]]
-        name = "bought"
-        to = "customer"
-        events = ["Order Completed"]
-        [[inactivity]]
-        name = "nudge"
-        after = "3d"
-        stages = ["lead"]
-        [[inactivity]]
-        name = "lapse"
-        after = "30d"
-        stages = ["customer"]
-        move_to = "lapsed"
-        [[inactivity]]
-        name = "gone"
-        after = "60d"
-        "#,
-    );
+    let mut run = Run::new(LAPSING_MODEL);
     run.track("l", "Page Viewed", t(0, 0));
     run.track("c", "Order Completed", t(0, 0));
     run.advance(t(70, 0));

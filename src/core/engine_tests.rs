@@ -8,7 +8,7 @@ use super::*;
 use crate::core::event::{EventType, PropertyValue};
 use crate::core::image::DedupEntry;
 use crate::core::image::RestoreError;
-use crate::core::model::test_model;
+use crate::core::model::{test_model, LAPSING_MODEL};
 
 pub(super) const FIVE_STAGE: &str = r#"
 name = "five-stage"
@@ -532,28 +532,7 @@ fn advancing_fires_in_deadline_order_then_first_seen_order() {
 
 #[test]
 fn thresholds_can_filter_stages_and_move_customers() {
-    let mut run = Run::new(
-        r#"
-        name = "m"
-        stages = ["lead", "customer", "lapsed"]
-        [[rules]]
-        name = "bought"
-        to = "customer"
-        events = ["Order Completed"]
-        [[inactivity]]
-        name = "nudge"
-        after = "3d"
-        stages = ["lead"]
-        [[inactivity]]
-        name = "lapse"
-        after = "30d"
-        stages = ["customer"]
-        move_to = "lapsed"
-        [[inactivity]]
-        name = "gone"
-        after = "60d"
-        "#,
-    );
+    let mut run = Run::new(LAPSING_MODEL);
     run.track("l", "Page Viewed", t(0, 0));
     run.track("c", "Order Completed", t(0, 0));
     run.take();

@@ -915,6 +915,30 @@ pub fn parse_span(text: &str) -> Result<Span, String> {
     Span::try_from(duration).map_err(|_| format!("{text:?} is too long"))
 }
 
+/// A test model whose ladder filters by stage and moves customers: a 3-day nudge for
+/// leads, a 30-day lapse that moves customers to `lapsed`, a 60-day threshold for all.
+#[cfg(test)]
+pub(crate) const LAPSING_MODEL: &str = r#"
+name = "m"
+stages = ["lead", "customer", "lapsed"]
+[[rules]]
+name = "bought"
+to = "customer"
+events = ["Order Completed"]
+[[inactivity]]
+name = "nudge"
+after = "3d"
+stages = ["lead"]
+[[inactivity]]
+name = "lapse"
+after = "30d"
+stages = ["customer"]
+move_to = "lapsed"
+[[inactivity]]
+name = "gone"
+after = "60d"
+"#;
+
 /// Compiles a model from a TOML `[model]` body, for tests across the crate.
 ///
 /// # Panics

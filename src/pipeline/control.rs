@@ -273,29 +273,12 @@ pub struct PartitionProgress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::test_model;
+    use crate::core::model::{test_model, LAPSING_MODEL};
     use crate::core::{EventTime, Instant48, StageId};
 
     #[test]
     fn a_lookup_marks_exactly_the_thresholds_that_fired_in_the_gap() {
-        let model = test_model(
-            r#"
-            name = "m"
-            stages = ["lead", "customer", "lapsed"]
-            [[inactivity]]
-            name = "nudge"
-            after = "3d"
-            stages = ["lead"]
-            [[inactivity]]
-            name = "lapse"
-            after = "30d"
-            stages = ["customer"]
-            move_to = "lapsed"
-            [[inactivity]]
-            name = "gone"
-            after = "60d"
-            "#,
-        );
+        let model = test_model(LAPSING_MODEL);
         const DAY: i64 = 86_400_000;
         let last_activity = EventTime::from_millis(0);
         // A customer whose 30-day lapse moved it to lapsed, then 60 days passed.
