@@ -32,7 +32,8 @@ use super::time::{EventTime, Instant48, Span};
 /// Engine parameters that are not part of the stage model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineSettings {
-    /// How far behind the newest event time an event may be and still be applied.
+    /// How far behind its customer's last activity an activity event may be and still
+    /// be applied; also how far the watermark trails the newest event time.
     pub allowed_lateness: Span,
     /// How long (in event time) a `messageId` is remembered per customer.
     pub dedup_window: Span,
