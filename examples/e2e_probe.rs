@@ -212,7 +212,12 @@ impl Totals {
             let name = series.split('{').next().unwrap_or(series);
             match name {
                 "stagestream_events_consumed_total" => totals.consumed += value as u64,
-                "stagestream_stage_transitions_total" | "stagestream_inactivity_events_total" => {
+                // Every output the engines emitted, each counted once by kind.
+                "stagestream_stage_transitions_total"
+                | "stagestream_inactivity_events_total"
+                | "stagestream_reactivations_total"
+                | "stagestream_customers_expired_total"
+                | "stagestream_customers_erased_total" => {
                     totals.sent += value as u64;
                 }
                 "stagestream_produced_messages_total"
