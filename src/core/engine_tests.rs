@@ -10,7 +10,7 @@ use crate::core::image::DedupEntry;
 use crate::core::image::RestoreError;
 use crate::core::model::{test_model, LAPSING_MODEL};
 
-pub(super) const FIVE_STAGE: &str = r#"
+const FIVE_STAGE: &str = r#"
 name = "five-stage"
 stages = ["awareness", "consideration", "purchase", "retention", "advocacy"]
 [[rules]]
@@ -40,7 +40,7 @@ after = "14d"
 "#;
 
 pub(super) const MINUTE: i64 = 60_000;
-pub(super) const DAY: i64 = 24 * 60 * MINUTE;
+const DAY: i64 = 24 * 60 * MINUTE;
 
 /// Day `d`, minute `m` after 2026-01-01T00:00:00Z.
 pub(super) fn t(d: i64, m: i64) -> EventTime {
@@ -1018,6 +1018,35 @@ fn transitions_say_how_long_the_stage_they_leave_was_held() {
         times_in_from(&out),
         [None, Some(90 * MINUTE), Some(2 * DAY - 60 * MINUTE), Some(0)]
     );
+    // Each says when the customer was first seen and entered the stage it leaves.
+    let entries: Vec<_> = out
+        .iter()
+        .filter_map(|output| match *output {
+            Output::StageChanged {
+                first_seen,
+                from_entered,
+                ..
+            } => Some((first_seen, from_entered)),
+            _ => None,
+        })
+        .collect();
+    let first_seen = Some(t(0, 0));
+    assert_eq!(
+        entries,
+        [
+            (first_seen, None),
+            (first_seen, Some(t(0, 0))),
+            (first_seen, Some(t(0, 90))),
+            (first_seen, Some(t(2, 30))),
+        ]
+    );
+    // An inactivity event says when the stage it fired in was entered.
+    out.clear();
+    engine.advance_to(t(11, 0), &mut out);
+    assert!(matches!(
+        out[..],
+        [Output::Inactive { stage_entered, .. }] if stage_entered == t(2, 27)
+    ));
 }
 
 #[test]
