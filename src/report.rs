@@ -8,10 +8,12 @@
 //! (p50, p90), current population, drop-off, and win-back recovery per threshold.
 //! `main` prints the [`Report`] as text, JSON or CSV.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, BufRead, Write};
 
+use ahash::RandomState;
+use hashbrown::HashMap;
 use serde::Serialize;
 
 use crate::config::Settings;
@@ -86,6 +88,9 @@ pub struct WinbackReport {
     pub reactivated: u64,
 }
 
+/// Each customer's journey, by id.
+type Journeys = HashMap<String, Journey, RandomState>;
+
 /// What the report keeps per customer.
 #[derive(Clone, Debug)]
 struct Journey {
@@ -112,7 +117,7 @@ pub fn report(
 ) -> Result<Report, io::Error> {
     let model = settings.model.clone();
     let mut engine = Engine::new(model.clone(), settings.engine);
-    let mut journeys: HashMap<String, Journey> = HashMap::new();
+    let mut journeys = Journeys::default();
     let mut outputs = Vec::new();
     let mut line = Vec::with_capacity(4096);
     while input.read_until(b'\n', &mut line)? > 0 {
@@ -142,7 +147,7 @@ pub fn report(
 }
 
 /// Takes what one engine call emitted into the customers' journeys.
-fn follow(engine: &Engine, outputs: &[Output], journeys: &mut HashMap<String, Journey>) {
+fn follow(engine: &Engine, outputs: &[Output], journeys: &mut Journeys) {
     let model = engine.model();
     for output in outputs {
         match *output {
@@ -153,14 +158,16 @@ fn follow(engine: &Engine, outputs: &[Output], journeys: &mut HashMap<String, Jo
                 cause,
                 ..
             } => {
-                let id = engine.customer_id(customer);
-                let journey = journeys.entry(id.to_owned()).or_insert_with(|| Journey {
-                    first_active: at,
-                    reached: vec![None; model.stage_count()],
-                    latest_inactivity: None,
-                    inactive: vec![0; model.thresholds().len()],
-                    reactivated: vec![0; model.thresholds().len()],
-                });
+                // One lookup; the id is copied only for a customer seen the first time.
+                let journey = journeys
+                    .entry_ref(engine.customer_id(customer))
+                    .or_insert_with(|| Journey {
+                        first_active: at,
+                        reached: vec![None; model.stage_count()],
+                        latest_inactivity: None,
+                        inactive: vec![0; model.thresholds().len()],
+                        reactivated: vec![0; model.thresholds().len()],
+                    });
                 let reached = &mut journey.reached[usize::from(to.0)];
                 reached.get_or_insert(at);
                 // Progress is a rule's move to a later stage, not a threshold's `move_to`.
@@ -196,38 +203,44 @@ fn follow(engine: &Engine, outputs: &[Output], journeys: &mut HashMap<String, Jo
     }
 }
 
-fn tabulate(engine: &Engine, journeys: &HashMap<String, Journey>, cohort: Cohort) -> Report {
+/// A customer as the tables count it: its journey and its stage at the end.
+type Member<'a> = (&'a Journey, Option<StageId>);
+
+fn tabulate(engine: &Engine, journeys: &Journeys, cohort: Cohort) -> Report {
     let model = engine.model();
-    let mut by_cohort: BTreeMap<String, Vec<(&str, &Journey)>> = BTreeMap::new();
-    let mut all: Vec<(&str, &Journey)> = journeys.iter().map(|(id, j)| (id.as_str(), j)).collect();
-    // Ascending ids: the tables do not depend on hash order.
-    all.sort_by_key(|(id, _)| *id);
-    for &(id, journey) in &all {
+    // Every figure is a count, a sum or a percentile of sorted values: none depends on
+    // the order of the members, so the hash order of `journeys` does not show.
+    let all: Vec<Member<'_>> = journeys
+        .iter()
+        .map(|(id, journey)| (journey, engine.stage_of(id)))
+        .collect();
+    let mut by_cohort: BTreeMap<String, Vec<Member<'_>>> = BTreeMap::new();
+    for &member in &all {
         by_cohort
-            .entry(cohort.of(journey.first_active))
+            .entry(cohort.of(member.0.first_active))
             .or_default()
-            .push((id, journey));
+            .push(member);
     }
     Report {
         cohorts: by_cohort
             .iter()
-            .map(|(name, members)| cohort_report(engine, model, name, members))
+            .map(|(name, members)| cohort_report(model, name, members))
             .collect(),
-        overall: cohort_report(engine, model, "all", &all),
+        overall: cohort_report(model, "all", &all),
     }
 }
 
-fn cohort_report(engine: &Engine, model: &Model, name: &str, members: &[(&str, &Journey)]) -> CohortReport {
+fn cohort_report(model: &Model, name: &str, members: &[Member<'_>]) -> CohortReport {
     let stage_count = model.stage_count();
     let reached: Vec<u64> = (0..stage_count)
-        .map(|s| members.iter().filter(|(_, j)| j.reached[s].is_some()).count() as u64)
+        .map(|s| members.iter().filter(|(j, _)| j.reached[s].is_some()).count() as u64)
         .collect();
     let stages = (0..stage_count)
         .map(|s| {
             let stage = StageId(s as u8);
             let mut times: Vec<i64> = members
                 .iter()
-                .filter_map(|(_, j)| j.reached[s].map(|at| at.as_millis() - j.first_active.as_millis()))
+                .filter_map(|(j, _)| j.reached[s].map(|at| at.as_millis() - j.first_active.as_millis()))
                 .collect();
             times.sort_unstable();
             StageReport {
@@ -239,13 +252,10 @@ fn cohort_report(engine: &Engine, model: &Model, name: &str, members: &[(&str, &
                     .map(|&next| next as f64 / reached[s] as f64),
                 time_to_reach_p50_seconds: percentile(&times, 50),
                 time_to_reach_p90_seconds: percentile(&times, 90),
-                current: members
-                    .iter()
-                    .filter(|(id, _)| engine.stage_of(id) == Some(stage))
-                    .count() as u64,
+                current: members.iter().filter(|(_, now)| *now == Some(stage)).count() as u64,
                 dropped_off: members
                     .iter()
-                    .filter(|(_, j)| j.latest_inactivity == Some((stage, false)))
+                    .filter(|(j, _)| j.latest_inactivity == Some((stage, false)))
                     .count() as u64,
             }
         })
@@ -256,8 +266,8 @@ fn cohort_report(engine: &Engine, model: &Model, name: &str, members: &[(&str, &
         .enumerate()
         .map(|(t, threshold)| WinbackReport {
             threshold: threshold.name.clone(),
-            inactive: members.iter().map(|(_, j)| j.inactive[t]).sum(),
-            reactivated: members.iter().map(|(_, j)| j.reactivated[t]).sum(),
+            inactive: members.iter().map(|(j, _)| j.inactive[t]).sum(),
+            reactivated: members.iter().map(|(j, _)| j.reactivated[t]).sum(),
         })
         .collect();
     CohortReport {
