@@ -105,7 +105,13 @@ fn main() {
             || bytes.clone(),
             |bytes| {
                 let (_, image) = decode(bytes).unwrap();
-                Engine::restore(Arc::clone(&settings.model), settings.engine, image).unwrap()
+                Engine::restore(
+                    Arc::clone(&settings.model),
+                    settings.engine,
+                    image,
+                    &mut Vec::new(),
+                )
+                .unwrap()
             },
             BatchSize::LargeInput,
         )

@@ -97,7 +97,11 @@ impl Side {
                     *self.transitions.entry((from, to)).or_default() += 1
                 }
                 Output::Inactive { threshold, .. } => self.inactivity[usize::from(threshold.0)] += 1,
-                Output::Reactivated { .. } | Output::Expired { .. } | Output::Erased { .. } => {}
+                // `diff` restores no snapshot, so nothing is migrated.
+                Output::Reactivated { .. }
+                | Output::Expired { .. }
+                | Output::Erased { .. }
+                | Output::Migrated { .. } => {}
             }
         }
     }

@@ -22,6 +22,10 @@ pub const CUSTOMER_REACTIVATED: &str = "stagestream.customer.reactivated.v1";
 pub const CUSTOMER_EXPIRED: &str = "stagestream.customer.expired.v1";
 pub const CUSTOMER_ERASED: &str = "stagestream.customer.erased.v1";
 
+/// The `rule` of a transition out of a stage the model no longer has, made when a
+/// snapshot is restored ([`Output::Migrated`]).
+const MIGRATION_RULE: &[u8] = b"\"model-migration\"";
+
 /// The UUIDv5 namespace of output ids: `id = uuidv5(NAMESPACE, type + "\n" + data)`.
 pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f0c_9a51_3d2e_4b7a_9c1e_5a7d_2f48_b3e6);
 
@@ -114,7 +118,7 @@ impl Renderer {
         // The output's time is written once: a rule transition's trigger has the same
         // timestamp, and the envelope carries it too.
         let time = match *output {
-            Output::StageChanged { at, .. } | Output::Erased { at } => at,
+            Output::StageChanged { at, .. } | Output::Migrated { at, .. } | Output::Erased { at } => at,
             Output::Inactive { detected_at, .. } => detected_at,
             Output::Reactivated { returned_at, .. } => returned_at,
             Output::Expired { expired_at, .. } => expired_at,
@@ -122,9 +126,9 @@ impl Renderer {
         let time_text = time.write_rfc3339(&mut self.time);
         let (names, data) = (&self.names, &mut self.data);
         let (kind, customer) = match *output {
-            Output::StageChanged { customer, .. } => {
+            Output::StageChanged { customer, .. } | Output::Migrated { customer, .. } => {
                 let customer_id = engine.customer_id(customer);
-                names.write_stage_changed(data, customer_id, output, trigger, time_text);
+                names.write_stage_changed(data, engine, customer_id, output, trigger, time_text);
                 (STAGE_CHANGED, customer_id)
             }
             Output::Inactive {
@@ -243,48 +247,60 @@ impl Renderer {
 }
 
 impl Names {
-    /// Writes a `stagestream.stage.changed.v1` output's `data`; `time_text` is its time.
+    /// Writes a `stagestream.stage.changed.v1` output's `data` (a transition, or a
+    /// migration's); `time_text` is its time.
     fn write_stage_changed(
         &self,
         data: &mut Vec<u8>,
+        engine: &Engine,
         customer_id: &str,
         output: &Output,
         trigger: Option<&Record<'_>>,
         time_text: &str,
     ) {
-        let Output::StageChanged {
-            from,
-            to,
-            cause,
-            at,
-            from_entered,
-            first_seen,
-            ..
-        } = *output
-        else {
-            unreachable!("called for transitions only");
+        // `cause` is `None` for a migration, whose rule is "model-migration".
+        let (from, to, cause, at, from_entered, first_seen) = match *output {
+            Output::StageChanged {
+                from,
+                to,
+                cause,
+                at,
+                from_entered,
+                first_seen,
+                ..
+            } => (from, to, Some(cause), at, from_entered, first_seen),
+            Output::Migrated {
+                to,
+                at,
+                from_entered,
+                first_seen,
+                ..
+            } => (None, to, None, at, Some(from_entered), first_seen),
+            _ => unreachable!("called for transitions only"),
         };
         data.extend_from_slice(b"{\"customer_id\":");
         write_json_str(data, customer_id);
         data.extend_from_slice(b",\"from_stage\":");
-        match from {
-            Some(stage) => data.extend_from_slice(&self.stage_json[usize::from(stage.0)]),
-            None => data.extend_from_slice(b"null"),
+        match (from, output) {
+            (Some(stage), _) => data.extend_from_slice(&self.stage_json[usize::from(stage.0)]),
+            (None, Output::Migrated { from, .. }) => write_json_str(data, engine.saved_stage_name(*from)),
+            (None, _) => data.extend_from_slice(b"null"),
         }
         data.extend_from_slice(b",\"to_stage\":");
         data.extend_from_slice(&self.stage_json[usize::from(to.0)]);
         data.extend_from_slice(b",\"rule\":");
         match cause {
-            Cause::Rule(rule) => data.extend_from_slice(&self.rule_json[usize::from(rule.0)]),
-            Cause::Inactivity(threshold) => {
+            Some(Cause::Rule(rule)) => data.extend_from_slice(&self.rule_json[usize::from(rule.0)]),
+            Some(Cause::Inactivity(threshold)) => {
                 data.extend_from_slice(&self.threshold_json[usize::from(threshold.0)])
             }
-            Cause::Entry => data.extend_from_slice(b"null"),
+            Some(Cause::Entry) => data.extend_from_slice(b"null"),
+            None => data.extend_from_slice(MIGRATION_RULE),
         }
         data.extend_from_slice(&self.model_fields);
         data.extend_from_slice(b",\"trigger\":");
         match cause {
-            Cause::Entry | Cause::Rule(_) => {
+            Some(Cause::Entry | Cause::Rule(_)) => {
                 let Some(Record::Event(event)) = trigger else {
                     panic!("an event-triggered transition needs its event");
                 };
@@ -302,7 +318,7 @@ impl Names {
                 }
                 data.push(b'}');
             }
-            Cause::Inactivity(_) => data.extend_from_slice(b"null"),
+            Some(Cause::Inactivity(_)) | None => data.extend_from_slice(b"null"),
         }
         data.extend_from_slice(b",\"first_seen_at\":");
         // A first transition's is its own time, already written once.

@@ -202,6 +202,7 @@ impl Tally {
             Output::Reactivated { .. } => self.reactivated += 1,
             Output::Expired { .. } => self.expired += 1,
             Output::Erased { .. } => self.erased += 1,
+            Output::Migrated { .. } => unreachable!("replay restores no snapshot"),
         }
     }
 

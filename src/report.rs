@@ -198,7 +198,8 @@ fn follow(engine: &Engine, outputs: &[Output], journeys: &mut Journeys) {
                     }
                 }
             }
-            Output::Expired { .. } | Output::Erased { .. } => {}
+            // `report` restores no snapshot, so nothing is migrated.
+            Output::Expired { .. } | Output::Erased { .. } | Output::Migrated { .. } => {}
         }
     }
 }

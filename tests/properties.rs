@@ -236,7 +236,8 @@ proptest! {
             original.advance_to(clock, &mut expected);
         }
         let image = original.image();
-        let mut restored = Engine::restore(settings.model.clone(), settings.engine, image.clone()).unwrap();
+        let mut restored =
+            Engine::restore(settings.model.clone(), settings.engine, image.clone(), &mut Vec::new()).unwrap();
         let mut actual = expected.clone();
         prop_assert_eq!(restored.customer_count(), original.customer_count());
         prop_assert_eq!(restored.population(), original.population());

@@ -133,6 +133,21 @@ pub enum Output {
         last_activity: EventTime,
         expired_at: EventTime,
     },
+    /// A snapshot made under another model was restored, and the customer's stage is
+    /// one the configured model lacks: `model.migrate` moved it to `to` at the
+    /// snapshot's watermark.
+    Migrated {
+        customer: CustomerRef,
+        /// The removed stage, by its index in the model the snapshot was made under
+        /// ([`Engine::saved_stage_name`]).
+        from: StageId,
+        to: StageId,
+        /// The restored engine's watermark.
+        at: EventTime,
+        /// When the customer entered `from`.
+        from_entered: EventTime,
+        first_seen: Option<EventTime>,
+    },
     /// The customer of the erase record passed to [`Engine::erase`] was erased (or had
     /// no state to erase): `at` is the record's time.
     Erased { at: EventTime },
@@ -147,6 +162,11 @@ impl Output {
             Output::StageChanged {
                 at,
                 from_entered: Some(entered),
+                ..
+            }
+            | Output::Migrated {
+                at,
+                from_entered: entered,
                 ..
             } => Some(Span::from_millis((at.as_millis() - entered.as_millis()).max(0))),
             _ => None,
@@ -224,6 +244,9 @@ pub struct Engine {
     vacant: usize,
     /// An image being copied out between events ([`Engine::begin_image`]).
     capture: Option<Capture>,
+    /// The stage names of the model a migrated snapshot was made under (empty unless
+    /// the engine was restored from one), which [`Output::Migrated`] refers to.
+    saved_stages: Vec<String>,
 }
 
 impl Engine {
@@ -243,11 +266,21 @@ impl Engine {
             population: vec![0; stages],
             vacant: 0,
             capture: None,
+            saved_stages: Vec::new(),
         }
     }
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// The name of a stage of the model the restored snapshot was made under, as an
+    /// [`Output::Migrated`] names it.
+    ///
+    /// # Panics
+    /// If the engine was not migrated from a model with that stage.
+    pub fn saved_stage_name(&self, stage: StageId) -> &str {
+        &self.saved_stages[usize::from(stage.0)]
     }
 
     /// Newest event time seen minus the allowed lateness: events older than this are late.
@@ -709,3 +742,7 @@ mod tests;
 #[cfg(test)]
 #[path = "engine_signal_tests.rs"]
 mod signal_tests;
+
+#[cfg(test)]
+#[path = "engine_migration_tests.rs"]
+mod migration_tests;

@@ -10,7 +10,7 @@ use crate::core::image::DedupEntry;
 use crate::core::image::RestoreError;
 use crate::core::model::{test_model, LAPSING_MODEL};
 
-const FIVE_STAGE: &str = r#"
+pub(super) const FIVE_STAGE: &str = r#"
 name = "five-stage"
 stages = ["awareness", "consideration", "purchase", "retention", "advocacy"]
 [[rules]]
@@ -173,9 +173,32 @@ impl Run {
                         .join("+")
                 ),
                 Output::Erased { at } => format!("erased at {at}"),
+                Output::Migrated {
+                    customer,
+                    from,
+                    to,
+                    at,
+                    ..
+                } => format!(
+                    "{} {}->{} by model-migration at {}",
+                    self.engine.customer_id(customer),
+                    self.engine.saved_stage_name(from),
+                    model.stage_name(to),
+                    at
+                ),
             };
             self.log.push(line);
         }
+    }
+
+    /// Restores the engine's image under `model_toml`, logging what the migration
+    /// emitted.
+    pub(super) fn restore_under(&mut self, model_toml: &str) -> Result<(), RestoreError> {
+        let model = Arc::new(test_model(model_toml));
+        let mut out = Vec::new();
+        self.engine = Engine::restore(model, self.engine.settings, self.engine.image(), &mut out)?;
+        self.record(&out);
+        Ok(())
     }
 
     pub(super) fn take(&mut self) -> Vec<String> {
@@ -718,7 +741,9 @@ fn an_image_carries_into_a_model_with_an_inserted_stage() {
     );
     let model = Arc::new(test_model(&widened));
     assert_ne!(model.shape().fingerprint, image.shape.fingerprint);
-    let mut restored = Engine::restore(model, EngineSettings::default(), image).unwrap();
+    let mut migrated = Vec::new();
+    let mut restored = Engine::restore(model, EngineSettings::default(), image, &mut migrated).unwrap();
+    assert_eq!(migrated, [], "no customer changed stage");
     assert_eq!(restored.stage_of("ann"), Some(StageId(3)), "purchase, now fourth");
     assert_eq!(restored.stage_of("bob"), Some(StageId(1)));
     assert_eq!(restored.population(), [0, 1, 0, 1, 0, 0]);
@@ -732,7 +757,7 @@ fn an_image_that_contradicts_itself_is_refused() {
     let mut run = Run::five_stage();
     run.track("ann", "Order Completed", t(0, 0));
     let model = Arc::new(test_model(FIVE_STAGE));
-    let restore = |image| Engine::restore(model.clone(), EngineSettings::default(), image);
+    let restore = |image| Engine::restore(model.clone(), EngineSettings::default(), image, &mut Vec::new());
     let mut bad_stage = run.engine.image();
     bad_stage.customers[0].stage = StageId(9);
     assert!(matches!(restore(bad_stage), Err(RestoreError::Inconsistent(_))));
@@ -762,6 +787,7 @@ fn an_image_that_contradicts_itself_is_refused() {
     let mut removed_stage = run.engine.image();
     removed_stage.shape.fingerprint ^= 1;
     removed_stage.shape.stages.push("legacy".into());
+    removed_stage.customers[0].stage = StageId(5);
     assert!(matches!(
         restore(removed_stage),
         Err(RestoreError::IncompatibleModel { .. })
@@ -827,7 +853,8 @@ fn by_customer_id(engine: &Engine, mut output: Output) -> (Option<String>, Outpu
         Output::StageChanged { customer, .. }
         | Output::Inactive { customer, .. }
         | Output::Reactivated { customer, .. }
-        | Output::Expired { customer, .. } => Some(std::mem::replace(customer, CustomerRef(0))),
+        | Output::Expired { customer, .. }
+        | Output::Migrated { customer, .. } => Some(std::mem::replace(customer, CustomerRef(0))),
         Output::Erased { .. } => None,
     };
     (customer.map(|c| engine.customer_id(c).to_owned()), output)
@@ -955,7 +982,7 @@ fn a_restored_dedup_window_makes_the_same_decisions() {
     let image = run.engine.image();
     assert_eq!(image.dedup.len(), 20_000, "every messageId is in the image");
     let model = Arc::new(test_model(FIVE_STAGE));
-    let mut restored = Engine::restore(model, EngineSettings::default(), image).unwrap();
+    let mut restored = Engine::restore(model, EngineSettings::default(), image, &mut Vec::new()).unwrap();
     let mut out = Vec::new();
     // The ith track call (from 0) sent messageId m{i+1} as customer-{i % 5000}.
     for (customer, message, expected) in [
@@ -1073,6 +1100,7 @@ fn an_inactivity_move_reports_the_time_in_stage_up_to_its_detection() {
         Arc::new(run.engine.model().clone()),
         EngineSettings::default(),
         run.engine.image(),
+        &mut Vec::new(),
     )
     .expect("same model");
     for engine in [&mut run.engine, &mut restored] {
@@ -1323,7 +1351,8 @@ fn run_leaving(ops: &[LeavingOp], restart_at: usize, keep: Option<u8>) -> Vec<St
         if i == restart_at {
             let model = Arc::new(run.engine.model().clone());
             let settings = run.engine.settings;
-            run.engine = Engine::restore(model, settings, run.engine.image()).expect("same model");
+            run.engine =
+                Engine::restore(model, settings, run.engine.image(), &mut Vec::new()).expect("same model");
         }
         match *op {
             LeavingOp::Erase { customer } if Some(customer) == keep => {}

@@ -19,7 +19,7 @@
 //! or fire a win-back twice.
 
 use super::customers::{CustomerIds, CustomerRef};
-use super::model::{Model, ModelShape, StageId, ThresholdId};
+use super::model::{Model, ModelShape, ModelSpec, StageId, ThresholdId, ThresholdSpec};
 use super::time::{EventTime, Instant48};
 
 /// One customer's state, by ref: 22 bytes (times in the engine's six-byte form), since
@@ -165,85 +165,316 @@ pub enum RestoreError {
 }
 
 /// How to translate saved state into the configured model.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) struct Migration {
     /// Saved stage index -> configured stage.
     pub stages: Vec<StageId>,
-    /// Configured counter index -> saved counter index.
-    pub counters: Vec<usize>,
+    /// Saved stage index -> whether the configured model lacks the stage, so that its
+    /// customers are moved (by `model.migrate`) and each emits a transition.
+    pub moved: Vec<bool>,
+    /// Configured counter index -> the saved counter carried into it; `None` starts at
+    /// zero.
+    pub counters: Vec<Option<usize>>,
+    /// The saved ladder, when it differs from the configured one.
+    pub ladder: Option<LadderChange>,
 }
 
 impl Migration {
-    /// Applies the policy in the module doc.
-    pub fn plan(saved: &ModelShape, configured: &ModelShape) -> Result<Migration, RestoreError> {
+    /// Applies the policy in the module doc; `customers` are the saved ones, counted
+    /// when a removed stage has no mapping.
+    pub fn plan(
+        saved: &ModelShape,
+        model: &Model,
+        customers: &[CustomerImage],
+    ) -> Result<Migration, RestoreError> {
+        let configured = model.shape();
         let refuse = |reason: String| RestoreError::IncompatibleModel {
             saved: saved.fingerprint,
             configured: configured.fingerprint,
             reason,
         };
+        let mapped = |name: &str| {
+            let to = &model.spec().migrate.iter().find(|m| m.from == name)?.to;
+            model.stage_named(to)
+        };
         let mut stages = Vec::with_capacity(saved.stages.len());
-        for name in &saved.stages {
-            let Some(index) = configured.stages.iter().position(|s| s == name) else {
-                return Err(refuse(format!("stage {name:?} no longer exists")));
+        let mut moved = Vec::with_capacity(saved.stages.len());
+        let mut unmapped = Vec::new();
+        for (index, name) in saved.stages.iter().enumerate() {
+            let (stage, is_moved) = match model.stage_named(name) {
+                Some(stage) => (stage, false),
+                None => match mapped(name) {
+                    Some(stage) => (stage, true),
+                    None => {
+                        unmapped.push(index);
+                        (model.initial_stage(), true)
+                    }
+                },
             };
-            if let Some(previous) = stages.last().filter(|&&StageId(p)| usize::from(p) > index) {
-                let before = &configured.stages[usize::from(previous.0)];
-                return Err(refuse(format!("stages {before:?} and {name:?} changed order")));
+            stages.push(stage);
+            moved.push(is_moved);
+        }
+        if !unmapped.is_empty() {
+            let mut population = vec![0u64; saved.stages.len()];
+            for customer in customers {
+                if let Some(count) = population.get_mut(usize::from(customer.stage.0)) {
+                    *count += 1;
+                }
             }
-            stages.push(StageId(index as u8));
+            let held: Vec<(&str, u64)> = unmapped
+                .iter()
+                .map(|&i| (saved.stages[i].as_str(), population[i]))
+                .filter(|&(_, count)| count > 0)
+                .collect();
+            if !held.is_empty() {
+                return Err(refuse(unmapped_stages(&held, model)));
+            }
         }
-        if saved.thresholds != configured.thresholds {
-            return Err(refuse(format!(
-                "the inactivity ladder changed (saved {:?}, configured {:?})",
-                saved.thresholds, configured.thresholds
-            )));
+        let counters = carried_counters(&saved.counters, &configured.counters);
+        let ladder = (saved.thresholds != configured.thresholds)
+            .then(|| LadderChange::new(saved, model))
+            .transpose()?;
+        Ok(Migration {
+            stages,
+            moved,
+            counters,
+            ladder,
+        })
+    }
+}
+
+/// The refusal for removed stages that still hold customers and have no mapping: each
+/// with its population, and the lines to add.
+fn unmapped_stages(held: &[(&str, u64)], model: &Model) -> String {
+    let stages: Vec<String> = model.stage_names().map(|s| format!("{s:?}")).collect();
+    let listed: Vec<String> = held
+        .iter()
+        .map(|(name, count)| format!("{name:?} ({count} customers)"))
+        .collect();
+    let lines: String = held
+        .iter()
+        .map(|(name, _)| format!("\n[[model.migrate]]\nfrom = {name:?}\nto = \"STAGE\""))
+        .collect();
+    format!(
+        "stages the configured model no longer has still hold customers: {}; map each to one of {} by adding to the configuration:{lines}\n",
+        listed.join(", "),
+        stages.join(", ")
+    )
+}
+
+/// Configured counter -> the saved counter it continues: the one of the same rule name
+/// that counts the same events. State saved before counters carried rule names is
+/// matched by what they count alone.
+fn carried_counters(saved: &[String], configured: &[String]) -> Vec<Option<usize>> {
+    let split = |signature: &str| -> (Option<String>, String) {
+        match serde_json::from_str::<Vec<serde_json::Value>>(signature) {
+            Ok(mut parts) if parts.len() == 4 => {
+                let name = parts.remove(0).as_str().map(str::to_owned);
+                (name, serde_json::Value::Array(parts).to_string())
+            }
+            _ => (None, signature.to_owned()),
         }
-        let mut counters = Vec::with_capacity(configured.counters.len());
-        for counter in &configured.counters {
-            let Some(index) = saved.counters.iter().position(|c| c == counter) else {
-                return Err(refuse(format!(
-                    "an occurrence rule counts {counter} (types, events, predicates), which the saved state never counted"
-                )));
-            };
-            counters.push(index);
+    };
+    let saved: Vec<(Option<String>, String)> = saved.iter().map(|s| split(s)).collect();
+    configured
+        .iter()
+        .map(|signature| {
+            let (name, counts) = split(signature);
+            let by_name = saved.iter().position(|(n, _)| n.is_some() && *n == name);
+            let found = by_name.or_else(|| saved.iter().position(|(n, c)| n.is_none() && *c == counts))?;
+            (saved[found].1 == counts).then_some(found)
+        })
+        .collect()
+}
+
+/// A changed inactivity ladder: thresholds are matched by name.
+#[derive(Debug)]
+pub(super) struct LadderChange {
+    /// The saved ladder, compiled as a model with the saved stages and no rules: what
+    /// a customer's saved gap is read with ([`CustomerImage::gap`]).
+    saved: Model,
+    /// Configured threshold -> whether it is new or differs from the saved one of its
+    /// name (duration, stage filter, `move_to`).
+    changed: Vec<bool>,
+}
+
+impl LadderChange {
+    fn new(saved: &ModelShape, model: &Model) -> Result<Self, RestoreError> {
+        let inconsistent = |what: String| RestoreError::Inconsistent(what);
+        let mut inactivity = Vec::with_capacity(saved.thresholds.len());
+        for signature in &saved.thresholds {
+            let (name, millis, stages, move_to): (String, i64, Option<Vec<String>>, Option<String>) =
+                serde_json::from_str(signature)
+                    .map_err(|e| inconsistent(format!("threshold signature {signature:?}: {e}")))?;
+            inactivity.push(ThresholdSpec {
+                name,
+                after: format!("{millis}ms"),
+                stages,
+                move_to,
+            });
         }
-        Ok(Migration { stages, counters })
+        let spec = ModelSpec {
+            name: "saved".into(),
+            version: None,
+            stages: saved.stages.clone(),
+            initial: None,
+            activity_types: vec!["track".into()],
+            rules: Vec::new(),
+            inactivity,
+            migrate: Vec::new(),
+        };
+        let saved_ladder = Model::compile(&spec)
+            .map_err(|problems| inconsistent(format!("the saved inactivity ladder: {}", problems[0])))?;
+        let changed = model
+            .thresholds()
+            .iter()
+            .enumerate()
+            .map(|(i, threshold)| {
+                let before = saved_ladder
+                    .thresholds()
+                    .iter()
+                    .position(|t| t.name == threshold.name);
+                before.is_none_or(|b| saved.thresholds[b] != model.shape().thresholds[i])
+            })
+            .collect();
+        Ok(LadderChange {
+            saved: saved_ladder,
+            changed,
+        })
+    }
+
+    /// Carries one saved customer's ladder into the configured model, where it now
+    /// holds `stage` and the firing clock is at `clock`. Returns the ladder position to
+    /// resume from (past every configured threshold whose name fired in the current
+    /// gap) and the thresholds before that position to fire now: new or changed ones
+    /// that apply and are already due. Unchanged thresholds before it keep what they
+    /// did in the gap, and one not yet due is passed over until the next gap.
+    pub fn carry(
+        &self,
+        customer: &CustomerImage,
+        stage: StageId,
+        clock: EventTime,
+        model: &Model,
+    ) -> (u8, Vec<ThresholdId>) {
+        let fired: Vec<&str> = match customer.gap(&self.saved) {
+            Some((start, last)) => self
+                .saved
+                .fired_in_gap(start, last)
+                .map(|t| self.saved.threshold(t).name.as_str())
+                .collect(),
+            None => Vec::new(),
+        };
+        let thresholds = model.thresholds();
+        let resume = thresholds
+            .iter()
+            .rposition(|t| fired.contains(&t.name.as_str()))
+            .map_or(0, |last| last + 1);
+        let last_activity = customer.last_activity.time();
+        let mut held = stage;
+        let mut due_now = Vec::new();
+        for (i, threshold) in thresholds[..resume].iter().enumerate() {
+            let fires = self.changed[i]
+                && !fired.contains(&threshold.name.as_str())
+                && threshold.applies_to(held)
+                && last_activity.plus(threshold.after) <= clock;
+            if fires {
+                due_now.push(ThresholdId(i as u8));
+                held = threshold.move_to.unwrap_or(held);
+            }
+        }
+        (resume as u8, due_now)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::model::test_model;
 
-    fn shape(stages: &[&str], thresholds: &[&str], counters: &[&str]) -> ModelShape {
-        let strings = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect();
-        ModelShape {
-            fingerprint: 1,
-            stages: strings(stages),
-            thresholds: strings(thresholds),
-            counters: strings(counters),
+    /// A model with stages `stages`, one rule `r` counting `Order Completed` with
+    /// predicate `where_` (TOML), and the ladder `ladder` (TOML `[[inactivity]]`s).
+    fn model(stages: &str, counted: &str, ladder: &str, migrate: &str) -> Model {
+        test_model(&format!(
+            r#"
+name = "m"
+stages = [{stages}]
+[[rules]]
+name = "r"
+to = "b"
+events = ["{counted}"]
+occurrence = {{ nth = 2 }}
+{ladder}
+{migrate}
+"#
+        ))
+    }
+
+    fn customer_in(stage: u8) -> CustomerImage {
+        CustomerImage {
+            last_activity: Instant48::at(EventTime::from_millis(0)),
+            stage: StageId(stage),
+            armed: None,
+            ladder: 0,
+            stage_entered: Instant48::at(EventTime::from_millis(0)),
+            first_seen: Instant48::at(EventTime::from_millis(0)),
         }
     }
 
     #[test]
-    fn stages_are_mapped_by_name_and_may_be_inserted() {
-        let saved = shape(&["a", "c"], &["t"], &["x", "y"]);
-        let configured = shape(&["a", "b", "c"], &["t"], &["y"]);
-        let migration = Migration::plan(&saved, &configured).unwrap();
-        assert_eq!(migration.stages, [StageId(0), StageId(2)]);
-        assert_eq!(migration.counters, [1]);
+    fn stages_are_mapped_by_name_in_any_order_and_removed_ones_through_migrate() {
+        let saved = model(r#""a", "b", "c""#, "Order Completed", "", "");
+        let configured = model(
+            r#""b", "a", "d""#,
+            "Order Completed",
+            "",
+            "[[migrate]]\nfrom = \"c\"\nto = \"d\"",
+        );
+        let migration = Migration::plan(saved.shape(), &configured, &[customer_in(2)]).unwrap();
+        assert_eq!(migration.stages, [StageId(1), StageId(0), StageId(2)]);
+        assert_eq!(migration.moved, [false, false, true]);
+        assert_eq!(migration.counters, [Some(0)], "same rule, same events");
+        assert!(migration.ladder.is_none());
     }
 
     #[test]
-    fn removed_or_reordered_stages_ladder_changes_and_new_counters_are_refused() {
-        let saved = shape(&["a", "b"], &["t"], &["x"]);
-        let reason = |configured: &ModelShape| match Migration::plan(&saved, configured) {
-            Err(RestoreError::IncompatibleModel { reason, .. }) => reason,
-            other => panic!("expected a refusal, got {other:?}"),
+    fn a_removed_stage_without_a_mapping_is_refused_only_when_it_holds_customers() {
+        let saved = model(r#""a", "b", "c", "d""#, "Order Completed", "", "");
+        let configured = model(r#""a", "b""#, "Order Completed", "", "");
+        let customers = [customer_in(2), customer_in(2), customer_in(0)];
+        let Err(RestoreError::IncompatibleModel { reason, .. }) =
+            Migration::plan(saved.shape(), &configured, &customers)
+        else {
+            panic!("expected a refusal");
         };
-        assert!(reason(&shape(&["a"], &["t"], &["x"])).contains("\"b\" no longer exists"));
-        assert!(reason(&shape(&["b", "a"], &["t"], &["x"])).contains("changed order"));
-        assert!(reason(&shape(&["a", "b"], &["t", "u"], &["x"])).contains("ladder changed"));
-        assert!(reason(&shape(&["a", "b"], &["t"], &["x", "z"])).contains("counts z"));
+        assert_eq!(
+            reason,
+            "stages the configured model no longer has still hold customers: \"c\" (2 customers); \
+             map each to one of \"a\", \"b\" by adding to the configuration:\n\
+             [[model.migrate]]\nfrom = \"c\"\nto = \"STAGE\"\n"
+        );
+        let empty_stages_removed = Migration::plan(saved.shape(), &configured, &[customer_in(1)]);
+        assert!(empty_stages_removed.is_ok(), "{empty_stages_removed:?}");
+    }
+
+    #[test]
+    fn counters_carry_over_by_rule_name_while_they_count_the_same_events() {
+        let saved = model(r#""a", "b""#, "Order Completed", "", "");
+        let plan = |configured: &Model| Migration::plan(saved.shape(), configured, &[]).unwrap().counters;
+        assert_eq!(plan(&model(r#""a", "b""#, "Order Completed", "", "")), [Some(0)]);
+        assert_eq!(plan(&model(r#""a", "b""#, "Product Viewed", "", "")), [None]);
+        let renamed = test_model(
+            "name = \"m\"\nstages = [\"a\", \"b\"]\n[[rules]]\nname = \"s\"\nto = \"b\"\n\
+             events = [\"Order Completed\"]\noccurrence = { nth = 2 }",
+        );
+        assert_eq!(plan(&renamed), [None], "matched by rule name");
+        // State saved before counters carried their rule's name: matched by what they count.
+        let unnamed = ModelShape {
+            counters: vec![r#"[null,["Order Completed"],[]]"#.into()],
+            ..saved.shape().clone()
+        };
+        assert_eq!(
+            Migration::plan(&unnamed, &renamed, &[]).unwrap().counters,
+            [Some(0)]
+        );
     }
 }

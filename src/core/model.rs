@@ -71,6 +71,18 @@ pub struct ModelSpec {
     /// The inactivity ladder.
     #[serde(default)]
     pub inactivity: Vec<ThresholdSpec>,
+    /// Where customers of stages this model no longer has go when a snapshot made under
+    /// an earlier model is restored (`core::image`). Not part of the fingerprint: it
+    /// says how state gets here, not how events are classified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrate: Vec<MigrationSpec>,
+}
+
+/// One `[[model.migrate]]` entry: a removed stage and the stage its customers take.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct MigrationSpec {
+    pub from: String,
+    pub to: String,
 }
 
 fn default_activity_types() -> Vec<String> {
@@ -332,8 +344,9 @@ pub struct ModelShape {
     /// One signature per inactivity threshold, in ladder order: name, duration in
     /// milliseconds, stage filter and `move_to`, by stage name.
     pub thresholds: Vec<String>,
-    /// One signature per occurrence counter, in counter order: what the counter counts
-    /// (event types, names and predicates of its rule).
+    /// One signature per occurrence counter, in counter order: its rule's name and
+    /// what the counter counts (the rule's event types, names and predicates). State
+    /// saved before rule names were recorded has signatures without the name.
     pub counters: Vec<String>,
 }
 
@@ -341,6 +354,7 @@ impl ModelShape {
     fn of(spec: &ModelSpec, thresholds: &[Threshold]) -> ModelShape {
         let behaviour = ModelSpec {
             version: None,
+            migrate: Vec::new(),
             ..spec.clone()
         };
         let canonical = serde_json::to_vec(&behaviour).expect("a model spec serialises");
@@ -370,7 +384,7 @@ impl ModelShape {
             .rules
             .iter()
             .filter(|rule| rule.occurrence.is_some())
-            .map(|rule| serde_json::json!([rule.types, rule.events, rule.predicates]).to_string())
+            .map(|rule| serde_json::json!([rule.name, rule.types, rule.events, rule.predicates]).to_string())
             .collect();
         ModelShape {
             fingerprint,
@@ -405,6 +419,14 @@ impl Model {
 
     pub fn stage_name(&self, stage: StageId) -> &str {
         &self.stages[usize::from(stage.0)]
+    }
+
+    /// The stage called `name`, if the model has one.
+    pub fn stage_named(&self, name: &str) -> Option<StageId> {
+        self.stages
+            .iter()
+            .position(|s| s == name)
+            .map(|i| StageId(i as u8))
     }
 
     pub fn stage_names(&self) -> impl Iterator<Item = &str> {
@@ -627,6 +649,7 @@ impl Compiler {
             }
         }
         let thresholds = self.thresholds(&spec.inactivity);
+        self.migrations(&spec.migrate);
         if !self.problems.is_empty() {
             return Err(self.problems);
         }
@@ -677,6 +700,34 @@ impl Compiler {
             thresholds,
             property_keys: self.property_keys,
         })
+    }
+
+    /// `model.migrate`: each maps a stage the model no longer has, once, to one it has.
+    fn migrations(&mut self, specs: &[MigrationSpec]) {
+        let mut mapped: HashMap<&str, usize> = HashMap::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let path = format!("model.migrate[{i}]");
+            if spec.from.trim().is_empty() {
+                self.problem(format!("{path}.from"), "must not be empty");
+            } else if self.stage_index.contains_key(&spec.from) {
+                self.problem(
+                    format!("{path}.from"),
+                    format!(
+                        "stage {:?} still exists; only stages the model no longer has are mapped",
+                        spec.from
+                    ),
+                );
+            } else if let Some(first) = mapped.insert(spec.from.as_str(), i) {
+                self.problem(
+                    format!("{path}.from"),
+                    format!(
+                        "stage {:?} is already mapped by model.migrate[{first}]",
+                        spec.from
+                    ),
+                );
+            }
+            self.stage(&format!("{path}.to"), &spec.to);
+        }
     }
 
     fn index_stages(&mut self, stages: &[String]) {

@@ -77,6 +77,40 @@ pub(super) fn current(
     partitions.get_mut(&key).filter(|state| state.epoch == epoch)
 }
 
+/// Sends outputs that no message caused (the wall clock's inactivity, a restored
+/// snapshot's migration), charged to the partition's last processed offset so that
+/// its commit waits for them too.
+///
+/// # Errors
+/// The first output the producer refused.
+pub(super) fn send_unprompted(
+    sink: &mut Sink,
+    totals: &mut Totals,
+    key: PartitionKey,
+    state: &mut PartitionState,
+    outputs: &[Output],
+) -> Result<(), PipelineError> {
+    let Some(offset) = state.ledger.charge_to_last(outputs.len() as u32) else {
+        debug_assert!(
+            outputs.is_empty(),
+            "outputs of an engine with nothing applied or restored"
+        );
+        return Ok(());
+    };
+    for output in outputs {
+        let tag = DeliveryTag {
+            partition: key,
+            epoch: state.epoch,
+            offset,
+            sent: produced(output),
+            enqueued_at: Instant::now(),
+        };
+        sink.send_output(&state.engine, output, None, tag)?;
+        totals.outputs_sent += 1;
+    }
+    Ok(())
+}
+
 /// Exactly-once bookkeeping: the open transaction.
 pub(super) struct Transaction {
     pub committed_at: Instant,
@@ -496,23 +530,8 @@ impl Owner {
                 continue;
             }
             state.snapshot.dirty = true;
-            let sent = self.outputs.len() as u32;
-            let Some(offset) = state.ledger.charge_to_last(sent) else {
-                debug_assert!(false, "an engine with nothing applied fired");
-                continue;
-            };
-            for output in &self.outputs {
-                let tag = DeliveryTag {
-                    partition: key,
-                    epoch: state.epoch,
-                    offset,
-                    sent: produced(output),
-                    enqueued_at: Instant::now(),
-                };
-                if let Err(error) = self.sink.send_output(&state.engine, output, None, tag) {
-                    self.fatal.get_or_insert(error);
-                }
-                self.totals.outputs_sent += 1;
+            if let Err(error) = send_unprompted(&mut self.sink, &mut self.totals, key, state, &self.outputs) {
+                self.fatal.get_or_insert(error);
             }
         }
         self.start_due_snapshots();

@@ -18,7 +18,7 @@ use super::events::{commit_summary, Rebalanced};
 use super::hooks::{apply_rebalance, ConsumerHooks, Rebalance};
 use super::instruments::PartitionLabels;
 use super::ledger::Ledger;
-use super::owner::{Owner, PartitionState};
+use super::owner::{send_unprompted, Owner, PartitionState};
 use super::snapshots::Progress;
 use super::{PartitionKey, PipelineError};
 use crate::core::Engine;
@@ -85,6 +85,7 @@ impl Owner {
                     engine: Engine::new(settings.model.clone(), settings.engine),
                     offset: None,
                     corrupt: 0,
+                    outputs: Vec::new(),
                 },
             };
             self.control
@@ -108,17 +109,37 @@ impl Owner {
                 "partition assigned"
             );
             self.next_epoch += 1;
-            self.partitions.insert(
-                key,
-                PartitionState {
-                    engine: restored.engine,
-                    labels: PartitionLabels::new(element.topic(), key.partition),
-                    ledger,
-                    lag: None,
-                    epoch: self.next_epoch,
-                    snapshot: Progress::new(),
-                },
-            );
+            let mut state = PartitionState {
+                engine: restored.engine,
+                labels: PartitionLabels::new(element.topic(), key.partition),
+                ledger,
+                lag: None,
+                epoch: self.next_epoch,
+                snapshot: Progress::new(),
+            };
+            if !restored.outputs.is_empty() {
+                info!(
+                    topic = element.topic(),
+                    partition = key.partition,
+                    outputs = restored.outputs.len(),
+                    "sending what carrying the snapshot into the configured model caused"
+                );
+                // Until the next snapshot, a restart migrates (and sends) them again.
+                state.snapshot.dirty = true;
+                if let Some(transaction) = &mut self.transaction {
+                    transaction.work = true;
+                }
+                if let Err(error) = send_unprompted(
+                    &mut self.sink,
+                    &mut self.totals,
+                    key,
+                    &mut state,
+                    &restored.outputs,
+                ) {
+                    self.fatal.get_or_insert(error);
+                }
+            }
+            self.partitions.insert(key, state);
         }
         self.update_readiness();
     }

@@ -33,7 +33,7 @@ pub(super) struct Sink {
 /// What a produced output is, for its delivery tag and counters.
 pub(super) fn produced(output: &Output) -> Produced {
     match output {
-        Output::StageChanged { .. } => Produced::StageChanged,
+        Output::StageChanged { .. } | Output::Migrated { .. } => Produced::StageChanged,
         Output::Inactive { .. } => Produced::CustomerInactive,
         Output::Reactivated { .. } => Produced::CustomerReactivated,
         Output::Expired { .. } => Produced::CustomerExpired,

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::core::{Engine, EngineSettings, Model, RestoreError};
+use crate::core::{Engine, EngineSettings, Model, Output, RestoreError};
 pub use format::{CorruptSnapshot, Header};
 pub use store::{DirectoryStore, SnapshotFile, SnapshotStore};
 
@@ -40,6 +40,9 @@ pub struct Restored {
     pub offset: Option<i64>,
     /// Snapshots found corrupt (and set aside) on the way.
     pub corrupt: u32,
+    /// What carrying the state into the configured model caused (`Engine::restore`),
+    /// to send before anything the partition's events cause.
+    pub outputs: Vec<Output>,
 }
 
 /// Why a partition's state could not be restored: the service must stop.
@@ -52,7 +55,7 @@ pub enum SnapshotError {
         #[source]
         source: io::Error,
     },
-    #[error("the snapshot of {topic}/{partition} at offset {offset} is refused: {source}; restore the previous model, or delete that partition's snapshots to rebuild it from the retained input")]
+    #[error("the snapshot of {topic}/{partition} at offset {offset} is refused: {source}(or restore the previous model, or delete that partition's snapshots to rebuild it from the retained input)")]
     IncompatibleModel {
         topic: String,
         partition: i32,
@@ -86,6 +89,7 @@ pub fn restore(
             source,
         })?;
     let mut corrupt = 0;
+    let mut outputs = Vec::new();
     for offset in offsets {
         let bytes = match store.read(topic, partition, offset) {
             Ok(bytes) => bytes,
@@ -104,7 +108,7 @@ pub fn restore(
                     header.topic, header.partition, header.offset
                 )
             }
-            Ok((_, image)) => match Engine::restore(Arc::clone(model), settings, image) {
+            Ok((_, image)) => match Engine::restore(Arc::clone(model), settings, image, &mut outputs) {
                 Ok(engine) => {
                     info!(
                         topic,
@@ -112,12 +116,14 @@ pub fn restore(
                         offset,
                         customers = engine.customer_count(),
                         bytes = size,
+                        migration_outputs = outputs.len(),
                         "state restored from snapshot"
                     );
                     return Ok(Restored {
                         engine,
                         offset: Some(offset),
                         corrupt,
+                        outputs,
                     });
                 }
                 Err(source @ RestoreError::IncompatibleModel { .. }) => {
@@ -142,6 +148,7 @@ pub fn restore(
         engine: Engine::new(Arc::clone(model), settings),
         offset: None,
         corrupt,
+        outputs: Vec::new(),
     })
 }
 
@@ -151,8 +158,13 @@ mod tests {
     use crate::decode::decode;
 
     fn model(stages: &str) -> Arc<Model> {
+        model_moving_to(stages, "b")
+    }
+
+    /// A model whose one rule moves customers to `to` on `Go`.
+    fn model_moving_to(stages: &str, to: &str) -> Arc<Model> {
         let text = format!(
-            "[model]\nname = \"m\"\nstages = [{stages}]\n[[model.rules]]\nname = \"b\"\nto = \"b\"\nevents = [\"Go\"]\n"
+            "[model]\nname = \"m\"\nstages = [{stages}]\n[[model.rules]]\nname = \"b\"\nto = \"{to}\"\nevents = [\"Go\"]\n"
         );
         crate::config::load_embedded("test.toml", &text).unwrap().model
     }
@@ -235,12 +247,13 @@ mod tests {
             &store,
             "events",
             0,
-            &model(r#""a", "b""#),
+            &model_moving_to(r#""a", "c""#, "c"),
             EngineSettings::default(),
         )
         .unwrap_err();
         let message = error.to_string();
-        assert!(message.contains("stage \"c\" no longer exists"), "{message}");
+        assert!(message.contains("\"b\" (2 customers)"), "{message}");
+        assert!(message.contains("[[model.migrate]]\nfrom = \"b\""), "{message}");
         assert!(message.contains("delete that partition's snapshots"), "{message}");
         let migrated = restore(
             &store,

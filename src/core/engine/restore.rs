@@ -9,7 +9,10 @@ use crate::core::image::{Migration, RestoreError};
 impl Engine {
     /// Rebuilds an engine from an image, carrying it into `model` when it was made
     /// under another one (policy: [`super::image`]). The restored engine behaves
-    /// exactly as the imaged one would have.
+    /// exactly as the imaged one would have. A migration appends what it causes to
+    /// `out`: a `model-migration` transition for each customer of a removed stage (at
+    /// the watermark), and the new or changed inactivity thresholds already due before
+    /// the customer's resumed ladder position.
     ///
     /// The de-duplication window, the biggest table, is rebuilt on a second thread from
     /// the start while this one rebuilds the rest: pure computation, same result either
@@ -22,11 +25,17 @@ impl Engine {
         model: Arc<Model>,
         settings: EngineSettings,
         image: EngineImage,
+        out: &mut Vec<Output>,
     ) -> Result<Self, RestoreError> {
         let inconsistent = |what: String| RestoreError::Inconsistent(what);
         let migration = (image.shape.fingerprint != model.shape().fingerprint)
-            .then(|| Migration::plan(&image.shape, model.shape()))
+            .then(|| Migration::plan(&image.shape, &model, &image.customers))
             .transpose()?;
+        if migration.is_none() && image.shape != *model.shape() {
+            return Err(inconsistent(
+                "the state's model shape contradicts its fingerprint".into(),
+            ));
+        }
         let EngineImage {
             shape: saved,
             newest_event,
@@ -70,22 +79,35 @@ impl Engine {
                 population,
                 armed_customers,
                 due,
-            } = RestoredStates::of(&model, &settings, migration.as_ref(), &saved_customers)?;
+                pending,
+            } = RestoredStates::of(
+                &model,
+                &settings,
+                &saved,
+                migration.as_ref(),
+                &saved_customers,
+                clock,
+            )?;
             // Let go of each image column as soon as it is converted: restoring 10M
             // customers peaked at 1.4 GB with them all held to the end.
             drop(saved_customers);
             let deadlines = DeadlineIndex::from_entries(due);
             let counters = match &migration {
+                Some(migration) if saved_counters == 0 => vec![0; customer_count * migration.counters.len()],
                 Some(migration) => saved_counter_values
-                    .chunks_exact(saved_counters.max(1))
-                    .take(customer_count)
-                    .flat_map(|saved| migration.counters.iter().map(|&from| saved[from]))
+                    .chunks_exact(saved_counters)
+                    .flat_map(|saved| {
+                        migration
+                            .counters
+                            .iter()
+                            .map(|&from| from.map_or(0, |f| saved[f]))
+                    })
                     .collect(),
                 None => saved_counter_values,
             };
             let customers = CustomerTable::from_ids(ids).map_err(inconsistent)?;
             let dedup = dedup.join().expect("rebuilding the dedup window panicked")?;
-            Ok(Engine {
+            let mut engine = Engine {
                 model,
                 settings,
                 customers,
@@ -99,9 +121,57 @@ impl Engine {
                 population,
                 vacant: 0,
                 capture: None,
-            })
+                saved_stages: match migration {
+                    Some(_) => saved.stages,
+                    None => Vec::new(),
+                },
+            };
+            engine.finish_migration(pending, out);
+            Ok(engine)
         })
     }
+
+    /// Emits what a migration caused, customer by customer in ref order: the
+    /// transition out of a removed stage, then the thresholds due now, and arms the
+    /// ladder from the customer's resumed position.
+    fn finish_migration(&mut self, pending: Vec<Pending>, out: &mut Vec<Output>) {
+        let at = self.watermark();
+        for Pending {
+            customer,
+            moved_from,
+            due_now,
+        } in pending
+        {
+            let state = &mut self.states[customer.index()];
+            if let Some(from) = moved_from {
+                out.push(Output::Migrated {
+                    customer,
+                    from,
+                    to: state.stage,
+                    at,
+                    from_entered: state.stage_entered.time(),
+                    first_seen: state.first_seen.known(),
+                });
+                state.stage_entered = Instant48::at(at);
+            }
+            let resume = state.ladder;
+            for threshold in due_now {
+                self.set_armed(customer, threshold.0);
+                self.fire(customer, out);
+            }
+            self.states[customer.index()].ladder = resume;
+            self.arm(customer, resume);
+        }
+    }
+}
+
+/// A restored customer whose migration emits something.
+struct Pending {
+    customer: CustomerRef,
+    /// The removed stage (saved index) it held.
+    moved_from: Option<StageId>,
+    /// Thresholds to fire now, in ladder order.
+    due_now: Vec<ThresholdId>,
 }
 
 /// The per-customer state of a restored engine, rebuilt from its image.
@@ -111,50 +181,83 @@ struct RestoredStates {
     armed_customers: usize,
     /// Each armed customer's deadline-index entry.
     due: Vec<(EventTime, CustomerRef)>,
+    /// Customers whose migration emits something.
+    pending: Vec<Pending>,
 }
 
 impl RestoredStates {
-    /// Validates every saved customer against `model` (through `migration` when the
-    /// image was made under another model) and rebuilds its state.
+    /// Validates every saved customer against `saved` and rebuilds its state under
+    /// `model`, through `migration` when the image was made under another model.
     fn of(
         model: &Model,
         settings: &EngineSettings,
+        saved: &crate::core::ModelShape,
         migration: Option<&Migration>,
-        saved: &[CustomerImage],
+        customers: &[CustomerImage],
+        clock: EventTime,
     ) -> Result<Self, RestoreError> {
         let inconsistent = |what: String| RestoreError::Inconsistent(what);
-        let thresholds = model.thresholds().len();
-        let mut states = Vec::with_capacity(saved.len());
+        let saved_thresholds = saved.thresholds.len();
+        let mut states = Vec::with_capacity(customers.len());
         let mut population = vec![0u64; model.stage_count()];
         let mut armed_customers = 0;
         let mut due = Vec::new();
-        for (i, customer) in saved.iter().enumerate() {
-            let stage = match migration {
-                Some(migration) => migration.stages.get(usize::from(customer.stage.0)).copied(),
-                None => Some(customer.stage).filter(|s| usize::from(s.0) < model.stage_count()),
+        let mut pending = Vec::new();
+        for (i, customer) in customers.iter().enumerate() {
+            let saved_stage = usize::from(customer.stage.0);
+            if saved_stage >= saved.stages.len() {
+                return Err(inconsistent(format!(
+                    "customer {i} is in unknown stage {saved_stage}"
+                )));
             }
-            .ok_or_else(|| inconsistent(format!("customer {i} is in unknown stage {}", customer.stage.0)))?;
-            let armed = match customer.armed {
-                Some(ThresholdId(t)) if usize::from(t) < thresholds => {
-                    armed_customers += 1;
-                    let after = model.threshold(ThresholdId(t)).after;
-                    due.push((customer.last_activity.time().plus(after), CustomerRef(i as u32)));
-                    t
+            if customer
+                .armed
+                .is_some_and(|ThresholdId(t)| usize::from(t) >= saved_thresholds)
+            {
+                return Err(inconsistent(format!("customer {i} armed an unknown threshold")));
+            }
+            if usize::from(customer.ladder) > saved_thresholds {
+                return Err(inconsistent(format!("customer {i} is past the ladder's end")));
+            }
+            let (stage, ladder, armed) = match migration {
+                None => {
+                    // Expiry is armed once the ladder has nothing left for the stage.
+                    let armed = match customer.armed {
+                        Some(ThresholdId(t)) => t,
+                        None if settings.expire_after.is_some() => EXPIRY,
+                        None => UNARMED,
+                    };
+                    (customer.stage, customer.ladder, armed)
                 }
-                // Expiry is armed once the ladder has nothing left for the stage.
-                None => match settings.expire_after {
-                    Some(after) => {
-                        due.push((customer.last_activity.time().plus(after), CustomerRef(i as u32)));
-                        EXPIRY
+                Some(migration) => {
+                    let stage = migration.stages[saved_stage];
+                    let (ladder, due_now) = match &migration.ladder {
+                        Some(change) => change.carry(customer, stage, clock, model),
+                        None => (customer.ladder, Vec::new()),
+                    };
+                    let moved_from = migration.moved[saved_stage].then_some(customer.stage);
+                    if moved_from.is_some() || !due_now.is_empty() {
+                        pending.push(Pending {
+                            customer: CustomerRef(i as u32),
+                            moved_from,
+                            due_now,
+                        });
                     }
-                    None => UNARMED,
-                },
-                Some(ThresholdId(t)) => {
-                    return Err(inconsistent(format!("customer {i} armed unknown threshold {t}")))
+                    let armed = match next_threshold(model, ladder, stage) {
+                        UNARMED if settings.expire_after.is_some() => EXPIRY,
+                        armed => armed,
+                    };
+                    (stage, ladder, armed)
                 }
             };
-            if usize::from(customer.ladder) > thresholds {
-                return Err(inconsistent(format!("customer {i} is past the ladder's end")));
+            let after = match armed {
+                UNARMED => None,
+                EXPIRY => settings.expire_after,
+                threshold => Some(model.threshold(ThresholdId(threshold)).after),
+            };
+            if let Some(after) = after {
+                due.push((customer.last_activity.time().plus(after), CustomerRef(i as u32)));
+                armed_customers += usize::from(armed != EXPIRY);
             }
             population[usize::from(stage.0)] += 1;
             states.push(CustomerState {
@@ -162,7 +265,7 @@ impl RestoredStates {
                 indexed: NOT_INDEXED,
                 stage,
                 armed,
-                ladder: customer.ladder,
+                ladder,
                 stage_entered: customer.stage_entered,
                 first_seen: customer.first_seen,
             });
@@ -175,6 +278,7 @@ impl RestoredStates {
             population,
             armed_customers,
             due,
+            pending,
         })
     }
 }
