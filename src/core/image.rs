@@ -249,7 +249,10 @@ fn unmapped_stages(held: &[(&str, u64)], model: &Model) -> String {
     let stages: Vec<String> = model.stage_names().map(|s| format!("{s:?}")).collect();
     let listed: Vec<String> = held
         .iter()
-        .map(|(name, count)| format!("{name:?} ({count} customers)"))
+        .map(|(name, count)| match count {
+            1 => format!("{name:?} (1 customer)"),
+            _ => format!("{name:?} ({count} customers)"),
+        })
         .collect();
     let lines: String = held
         .iter()
