@@ -632,6 +632,15 @@ fn check_command(config: &Path) -> Result<(), Failure> {
         },
     );
     line("expiry", &expiry);
+    for (i, mapping) in model.spec().migrate.iter().enumerate() {
+        line(
+            if i == 0 { "migrate" } else { "" },
+            &format!(
+                "customers of the removed stage {} move to {} when a snapshot is restored",
+                mapping.from, mapping.to
+            ),
+        );
+    }
     print!("{out}");
     Ok(())
 }

@@ -299,6 +299,50 @@ fn without_a_version_outputs_carry_the_fingerprints_first_twelve_digits() {
 }
 
 #[test]
+fn check_validates_and_describes_stage_mappings_which_leave_the_fingerprint_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let preset = std::fs::read_to_string(repo(FIVE_STAGE)).unwrap();
+    let with = |mappings: &str| {
+        let config = dir.path().join("mapped.toml");
+        std::fs::write(
+            &config,
+            preset.replacen("[[model.rules]]", &format!("{mappings}\n[[model.rules]]"), 1),
+        )
+        .unwrap();
+        run(stagestream().arg("check").arg("--config").arg(&config))
+    };
+    let checked = with("[[model.migrate]]\nfrom = \"decision\"\nto = \"purchase\"\n");
+    assert!(checked.status.success());
+    let stdout = String::from_utf8(checked.stdout).unwrap();
+    assert!(
+        stdout.contains("  migrate     customers of the removed stage decision move to purchase when a snapshot is restored\n"),
+        "{stdout}"
+    );
+    let plain = run(stagestream().arg("check").arg("--config").arg(repo(FIVE_STAGE)));
+    let model_line = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("  model "))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        model_line(&stdout),
+        model_line(&String::from_utf8(plain.stdout).unwrap())
+    );
+
+    let refused = with(
+        "[[model.migrate]]\nfrom = \"purchase\"\nto = \"retention\"\n\
+         [[model.migrate]]\nfrom = \"decision\"\nto = \"checkout\"\n",
+    );
+    assert_eq!(refused.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("model.migrate[0].from"), "{stderr}");
+    assert!(stderr.contains("stage \"purchase\" still exists"), "{stderr}");
+    assert!(stderr.contains("model.migrate[1].to"), "{stderr}");
+    assert!(stderr.contains("unknown stage \"checkout\""), "{stderr}");
+}
+
+#[test]
 fn the_environment_overrides_the_file() {
     let output = replay_fixture(&[
         ("STAGESTREAM__MODEL__NAME", "renamed"),

@@ -113,7 +113,12 @@ fn a_restart_under_a_changed_model_carries_the_snapshot_over() {
     let log = dir.path().join("service.log");
     let service = start_service(&config, &log);
     wait_for("carol's win-back", Duration::from_secs(60), || {
-        !of(&read_output(&broker.bootstrap, Duration::from_secs(10)), "carol", "customer.inactive").is_empty()
+        !of(
+            &read_output(&broker.bootstrap, Duration::from_secs(10)),
+            "carol",
+            "customer.inactive",
+        )
+        .is_empty()
     });
     assert!(terminate(service).success());
     let before = read_output(&broker.bootstrap, Duration::from_secs(10));
@@ -125,7 +130,14 @@ fn a_restart_under_a_changed_model_carries_the_snapshot_over() {
     );
 
     // Without a mapping for `retention`, where ann is, the service refuses to start.
-    let (unmapped, _) = write_config(dir.path(), "unmapped", &broker.bootstrap, "upgrade", &[], &snapshots);
+    let (unmapped, _) = write_config(
+        dir.path(),
+        "unmapped",
+        &broker.bootstrap,
+        "upgrade",
+        &[],
+        &snapshots,
+    );
     rewrite(&unmapped, without_retention);
     let refused = common::run(common::stagestream().args(["run", "--config"]).arg(&unmapped));
     assert_eq!(refused.status.code(), Some(78));
@@ -136,7 +148,14 @@ fn a_restart_under_a_changed_model_carries_the_snapshot_over() {
         "{stderr}"
     );
 
-    let (mapped, _) = write_config(dir.path(), "mapped", &broker.bootstrap, "upgrade", &[], &snapshots);
+    let (mapped, _) = write_config(
+        dir.path(),
+        "mapped",
+        &broker.bootstrap,
+        "upgrade",
+        &[],
+        &snapshots,
+    );
     let settings = rewrite(&mapped, |text| {
         without_retention(text) + "\n[[model.migrate]]\nfrom = \"retention\"\nto = \"purchase\"\n"
     });
@@ -179,6 +198,9 @@ fn a_restart_under_a_changed_model_carries_the_snapshot_over() {
         assert_eq!(fired.len(), 1, "{customer}: {:?}", summary(new));
         let fired = data(fired[0]);
         assert_eq!(fired["threshold"], "nudge_3d");
-        assert_eq!(fired["detected_at"], last.plus(Span::from_millis(3 * DAY)).to_string());
+        assert_eq!(
+            fired["detected_at"],
+            last.plus(Span::from_millis(3 * DAY)).to_string()
+        );
     }
 }

@@ -7,16 +7,13 @@
 //! [`Engine::restore`](super::Engine::restore) rebuilds an engine from one, validating
 //! every index, since an image may come from a file.
 //!
-//! Model changes (docs/semantics.md, "Snapshots and model changes"): an image made under
-//! the same fingerprint loads as is. Otherwise it is *migrated* when
-//! - every stage it knows still exists, in the same relative order (stages are mapped
-//!   by name, so stages may be added anywhere and rules may change freely),
-//! - the inactivity ladder is unchanged (same thresholds, durations, filters, moves),
-//! - every occurrence counter the new model needs was counted under the old one
-//!   (same event types, names and predicates);
-//!
-//! and refused otherwise, with the reason, since guessing would emit wrong transitions
-//! or fire a win-back twice.
+//! Model changes (docs/semantics.md, "Model changes"): an image made under the same
+//! fingerprint loads as is. Otherwise it is *migrated* (`Migration::plan`): stages
+//! by name, a removed stage through `model.migrate` (refused only when an unmapped one
+//! holds customers, since guessing would send wrong transitions); the ladder by
+//! threshold name (`LadderChange`), so no threshold fires twice in a gap; occurrence
+//! counters by rule name while they count the same events. The restore
+//! (`engine/restore.rs`) applies the plan and emits what it causes.
 
 use super::customers::{CustomerIds, CustomerRef};
 use super::model::{Model, ModelShape, ModelSpec, StageId, ThresholdId, ThresholdSpec};

@@ -8,7 +8,7 @@ use crate::core::image::{Migration, RestoreError};
 
 impl Engine {
     /// Rebuilds an engine from an image, carrying it into `model` when it was made
-    /// under another one (policy: [`super::image`]). The restored engine behaves
+    /// under another one (policy: [`crate::core::image`]). The restored engine behaves
     /// exactly as the imaged one would have. A migration appends what it causes to
     /// `out`: a `model-migration` transition for each customer of a removed stage (at
     /// the watermark), and the new or changed inactivity thresholds already due before
