@@ -34,6 +34,22 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub http: HttpSettings,
     pub api: ApiSettings,
+    /// A second model classifying the same events beside this one; `None` without
+    /// `[shadow]`.
+    pub shadow: Option<ShadowSettings>,
+}
+
+/// The `[shadow]` section: a second model run beside the live one by `stagestream
+/// run`, its outputs sent only to its own topic (docs/operations.md, "Shadow runs").
+#[derive(Clone, Debug)]
+pub struct ShadowSettings {
+    /// `shadow.config`: the configuration file whose `[model]`, `[time]` and `[state]`
+    /// the shadow runs (every other section of it is ignored).
+    pub config: PathBuf,
+    /// `shadow.topic`: where the shadow's outputs go.
+    pub topic: String,
+    pub model: Arc<Model>,
+    pub engine: EngineSettings,
 }
 
 /// The `[http]` section: the metrics, health and lookup endpoint of `stagestream run`.
@@ -199,6 +215,15 @@ struct FileConfig {
     api: ApiSection,
     #[serde(default)]
     state: StateSection,
+    #[serde(default)]
+    shadow: ShadowSection,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ShadowSection {
+    config: Option<PathBuf>,
+    topic: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -411,7 +436,7 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 /// [`ConfigError::Invalid`] listing every problem otherwise.
 pub fn load_with_env(path: &Path, env: Option<HashMap<String, String>>) -> Result<Settings, ConfigError> {
     let file = config::File::from(path).format(config::FileFormat::Toml);
-    load_source(file, path, env)
+    load_source(file, path, env, Role::Live)
 }
 
 /// Loads configuration text built into the binary (the demo's default), with
@@ -421,13 +446,22 @@ pub fn load_with_env(path: &Path, env: Option<HashMap<String, String>>) -> Resul
 /// As [`load_with_env`].
 pub fn load_embedded(name: &str, text: &str) -> Result<Settings, ConfigError> {
     let file = config::File::from_str(text, config::FileFormat::Toml);
-    load_source(file, Path::new(name), None)
+    load_source(file, Path::new(name), None, Role::Live)
+}
+
+/// Whether a configuration is the service's own or a shadow's (`shadow.config`),
+/// which may not name a shadow of its own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Live,
+    Shadow,
 }
 
 fn load_source(
     file: impl config::Source + Send + Sync + 'static,
     path: &Path,
     env: Option<HashMap<String, String>>,
+    role: Role,
 ) -> Result<Settings, ConfigError> {
     let unreadable = |source| ConfigError::Unreadable {
         path: path.to_owned(),
@@ -463,7 +497,7 @@ fn load_source(
     ));
     problems.extend(unknown.into_iter().map(|key| unknown_key(key, &env)));
     let settings = match parsed {
-        Ok(file) => validate(file, &mut problems),
+        Ok(file) => validate(file, role, &mut problems),
         Err(error) => {
             let path = error.path().to_string();
             problems.push(Problem::new(path, error.into_inner().to_string()));
@@ -479,7 +513,7 @@ fn load_source(
     }
 }
 
-fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
+fn validate(file: FileConfig, role: Role, problems: &mut Vec<Problem>) -> Option<Settings> {
     let allowed_lateness = span("time.allowed_lateness", &file.time.allowed_lateness, problems);
     let dedup_window = span("time.dedup_window", &file.time.dedup_window, problems);
     let max_future_skew = span("time.max_future_skew", &file.time.max_future_skew, problems);
@@ -502,6 +536,19 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
         .map_err(|found| problems.extend(found))
         .ok();
     let expire_after = file.state.validate(model.as_ref(), problems);
+    let shadow = match role {
+        Role::Live => file
+            .shadow
+            .validate(&file.input, &file.output, &file.dlq, problems),
+        Role::Shadow if file.shadow.config.is_some() || file.shadow.topic.is_some() => {
+            problems.push(Problem::new(
+                "shadow",
+                "a shadow's configuration cannot name a shadow of its own",
+            ));
+            None
+        }
+        Role::Shadow => Some(None),
+    };
     Some(Settings {
         model: Arc::new(model?),
         engine: EngineSettings {
@@ -532,6 +579,7 @@ fn validate(file: FileConfig, problems: &mut Vec<Problem>) -> Option<Settings> {
         delivery,
         http: http?,
         api,
+        shadow: shadow?,
     })
 }
 
@@ -641,6 +689,59 @@ impl ApiSection {
             token: self.token.map(Secret),
             members_topic,
         }
+    }
+}
+
+impl ShadowSection {
+    /// Both keys or neither; the shadow's file is loaded without environment overrides
+    /// (they are meant for the live configuration), its problems reported under
+    /// `shadow.config`. `Some(None)`: no shadow.
+    fn validate(
+        self,
+        input: &InputSection,
+        output: &OutputSection,
+        dlq: &DlqSection,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Option<ShadowSettings>> {
+        let (path, topic) = match (self.config, self.topic) {
+            (None, None) => return Some(None),
+            (Some(path), Some(topic)) => (path, topic),
+            (config, _) => {
+                let (missing, present) = match config {
+                    Some(_) => ("shadow.topic", "shadow.config"),
+                    None => ("shadow.config", "shadow.topic"),
+                };
+                problems.push(Problem::new(missing, format!("required when {present} is set")));
+                return None;
+            }
+        };
+        check_topic("shadow.topic", &topic, problems);
+        let taken = [Some(&output.topic), dlq.topic.as_ref()]
+            .into_iter()
+            .flatten()
+            .chain(&input.topics)
+            .any(|t| *t == topic);
+        if taken {
+            problems.push(Problem::new(
+                "shadow.topic",
+                "must differ from the input, output and dead-letter topics",
+            ));
+        }
+        let file = config::File::from(path.as_path()).format(config::FileFormat::Toml);
+        let settings = match load_source(file, &path, Some(HashMap::new()), Role::Shadow) {
+            Ok(settings) => settings,
+            Err(error) => {
+                let message = error.to_string().replace('\n', "\n  ");
+                problems.push(Problem::new("shadow.config", message));
+                return None;
+            }
+        };
+        Some(Some(ShadowSettings {
+            config: path,
+            topic,
+            model: settings.model,
+            engine: settings.engine,
+        }))
     }
 }
 

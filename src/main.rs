@@ -28,6 +28,7 @@ use stagestream::pipeline::{self, Control};
 use stagestream::replay::{replay, ReplayError};
 use stagestream::report::{report, Cohort};
 use stagestream::snapshot::SnapshotError;
+use stagestream::telemetry::Metrics;
 use stagestream::telemetry::{init_logs, LogFormat, LogTarget};
 
 /// jemalloc for Rust and, through its unprefixed `malloc`, for librdkafka too: with
@@ -660,7 +661,12 @@ fn days_or_duration(span: Span) -> String {
 /// gives it the grace period to deliver and commit.
 fn serve(settings: Settings) -> Result<(), Failure> {
     let grace = settings.live.shutdown_grace.as_duration();
-    let control = Arc::new(Control::default());
+    // With a shadow, transitions and inactivity are counted by `model` too.
+    let metrics = match settings.shadow {
+        Some(_) => Metrics::with_model_label(),
+        None => Metrics::new(),
+    };
+    let control = Arc::new(Control::new(metrics));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -511,6 +511,12 @@ impl Model {
         self.property_keys.get(name).copied()
     }
 
+    /// Whether records decoded for `other` serve this model too: both keep the same
+    /// properties under the same keys.
+    pub fn keeps_properties_of(&self, other: &Model) -> bool {
+        self.property_keys == other.property_keys
+    }
+
     /// How many distinct properties the rules test.
     pub fn property_count(&self) -> usize {
         self.property_keys.len()

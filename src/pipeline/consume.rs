@@ -1,7 +1,7 @@
 //! One input message through the owner: decode (a tombstone is an erase request for
-//! its key), check against the wall clock, apply to its partition's engine, send the
-//! outputs (or the dead letter), and record in the partition's ledger what the commit
-//! must wait for.
+//! its key), check against the wall clock, apply to its partition's engine (and its
+//! shadow's, `super::shadow`), send the outputs (or the dead letter), and record in the
+//! partition's ledger what the commit must wait for.
 
 use std::time::Instant;
 
@@ -78,6 +78,17 @@ impl Owner {
                 ),
             ),
             Ok(record) => {
+                if let (Some(shadow), Some(engine)) = (&mut self.shadow, &mut state.shadow) {
+                    let send = replay != Replay::Silent;
+                    shadow.apply(
+                        engine,
+                        &record,
+                        message.payload(),
+                        fallback,
+                        send,
+                        tag(Produced::Shadow),
+                    );
+                }
                 self.outputs.clear();
                 match &record {
                     Record::Event(event) => {

@@ -33,19 +33,24 @@ pub struct Control {
 
 impl Default for Control {
     fn default() -> Self {
+        Control::new(Metrics::new())
+    }
+}
+
+impl Control {
+    /// The control of a service exposing `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
         let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
         Control {
             shutdown: AtomicBool::new(false),
             status: Status::default(),
             totals: Totals::default(),
-            metrics: Metrics::new(),
+            metrics,
             commands,
             inbox: Mutex::new(Some(inbox)),
         }
     }
-}
 
-impl Control {
     /// Asks the service to stop: it stops fetching, delivers, commits and returns.
     pub fn stop(&self) {
         self.shutdown.store(true, Ordering::SeqCst);

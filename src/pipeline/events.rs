@@ -204,7 +204,7 @@ impl RateLimited {
         }
     }
 
-    fn warn(&mut self, emit: impl FnOnce(u64)) {
+    pub(super) fn warn(&mut self, emit: impl FnOnce(u64)) {
         if self.last.is_some_and(|last| last.elapsed() < self.every) {
             self.suppressed += 1;
             return;

@@ -41,7 +41,7 @@ pub(super) enum Rebalance {
 }
 
 /// Identifies the message an output was caused by, carried through delivery.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(super) struct DeliveryTag {
     pub partition: PartitionKey,
     /// The assignment it was produced under: reports for a partition that was revoked

@@ -11,7 +11,7 @@ use prometheus::{Histogram, IntCounter};
 use rdkafka::Statistics;
 
 use crate::core::{Model, Output, Verdict};
-use crate::telemetry::labels::{Client, Consumed, Direction, Outcome, Produced};
+use crate::telemetry::labels::{Client, Consumed, Direction, ModelRole, Outcome, Produced};
 use crate::telemetry::Metrics;
 
 /// What the engine's verdict on an applied-or-not event counts as.
@@ -100,6 +100,13 @@ pub(super) struct OutputCounters {
     transitions: Vec<IntCounter>,
     /// By `threshold * stages + stage`.
     inactivity: Vec<IntCounter>,
+    /// What only the live model's outputs move; `None` for the shadow's, which count
+    /// as transitions and inactivity only (under `model="shadow"`).
+    live: Option<LiveCounters>,
+}
+
+/// The live model's counters beyond transitions and inactivity.
+struct LiveCounters {
     /// By `threshold * stages + stage`.
     reactivations: Vec<IntCounter>,
     /// By stage left.
@@ -111,45 +118,53 @@ pub(super) struct OutputCounters {
 }
 
 impl OutputCounters {
-    pub fn new(metrics: &Metrics, model: &Model) -> Self {
+    /// The counters of `model`'s outputs, which `role` produces.
+    pub fn new(metrics: &Metrics, model: &Model, role: ModelRole) -> Self {
         let names: Vec<&str> = model.stage_names().collect();
         let froms = std::iter::once("none").chain(names.iter().copied());
-        let by_threshold_and_stage = |counters: &prometheus::IntCounterVec, stage_first: bool| {
-            model
-                .thresholds()
-                .iter()
-                .flat_map(|threshold| {
-                    names.iter().map(move |&stage| {
-                        let threshold = threshold.name.as_str();
-                        match stage_first {
-                            true => counters.with_label_values(&[stage, threshold]),
-                            false => counters.with_label_values(&[threshold, stage]),
-                        }
+        let by_threshold_and_stage =
+            |counters: &prometheus::IntCounterVec,
+             labels: &dyn for<'a> Fn(&'a str, &'a str) -> Vec<&'a str>| {
+                model
+                    .thresholds()
+                    .iter()
+                    .flat_map(|threshold| {
+                        names.iter().map(move |&stage| {
+                            counters.with_label_values(&labels(threshold.name.as_str(), stage))
+                        })
                     })
-                })
-                .collect()
-        };
+                    .collect()
+            };
         let by_stage = |histograms: &prometheus::HistogramVec| {
             names
                 .iter()
                 .map(|stage| histograms.with_label_values(&[stage]))
                 .collect()
         };
+        let role_name = role.as_str();
         OutputCounters {
             stages: names.len(),
             transitions: froms
                 .flat_map(|from| {
-                    names
-                        .iter()
-                        .map(move |to| metrics.transitions.with_label_values(&[from, to]))
+                    names.iter().map(move |to| {
+                        metrics
+                            .transitions
+                            .with_label_values(&metrics.model_values(role_name, &[from, to]))
+                    })
                 })
                 .collect(),
-            inactivity: by_threshold_and_stage(&metrics.inactivity_events, false),
-            reactivations: by_threshold_and_stage(&metrics.reactivations, true),
-            time_in_stage: by_stage(&metrics.time_in_stage),
-            time_to_stage: by_stage(&metrics.time_to_stage),
-            expired: metrics.customers_expired.clone(),
-            erased: metrics.customers_erased.clone(),
+            inactivity: by_threshold_and_stage(&metrics.inactivity_events, &|threshold, stage| {
+                metrics.model_values(role_name, &[threshold, stage])
+            }),
+            live: (role == ModelRole::Live).then(|| LiveCounters {
+                reactivations: by_threshold_and_stage(&metrics.reactivations, &|threshold, stage| {
+                    vec![stage, threshold]
+                }),
+                time_in_stage: by_stage(&metrics.time_in_stage),
+                time_to_stage: by_stage(&metrics.time_to_stage),
+                expired: metrics.customers_expired.clone(),
+                erased: metrics.customers_erased.clone(),
+            }),
         }
     }
 
@@ -164,12 +179,13 @@ impl OutputCounters {
             } => {
                 let from_index = from.map_or(0, |f| usize::from(f.0) + 1);
                 self.transitions[from_index * self.stages + usize::from(to.0)].inc();
+                let Some(live) = &self.live else { return };
                 if let (Some(from), Some(held)) = (from, output.time_in_from()) {
-                    self.time_in_stage[usize::from(from.0)].observe(held.as_millis() as f64 / 1e3);
+                    live.time_in_stage[usize::from(from.0)].observe(held.as_millis() as f64 / 1e3);
                 }
                 if let Some(first_seen) = first_seen.filter(|_| from.is_none_or(|from| to > from)) {
                     let since_first = (at.as_millis() - first_seen.as_millis()).max(0);
-                    self.time_to_stage[usize::from(to.0)].observe(since_first as f64 / 1e3);
+                    live.time_to_stage[usize::from(to.0)].observe(since_first as f64 / 1e3);
                 }
             }
             Output::Inactive { threshold, stage, .. } => {
@@ -179,9 +195,14 @@ impl OutputCounters {
                 stage,
                 last_threshold,
                 ..
-            } => self.reactivations[usize::from(last_threshold.0) * self.stages + usize::from(stage.0)].inc(),
-            Output::Expired { .. } => self.expired.inc(),
-            Output::Erased { .. } => self.erased.inc(),
+            } => {
+                if let Some(live) = &self.live {
+                    live.reactivations[usize::from(last_threshold.0) * self.stages + usize::from(stage.0)]
+                        .inc()
+                }
+            }
+            Output::Expired { .. } => self.live.iter().for_each(|live| live.expired.inc()),
+            Output::Erased { .. } => self.live.iter().for_each(|live| live.erased.inc()),
             // Its `from` stage is no label of this model; the customers gauge shows the move.
             Output::Migrated { .. } => {}
         }

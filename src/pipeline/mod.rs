@@ -46,6 +46,7 @@ mod ledger;
 pub mod offsets;
 mod owner;
 mod rebalance;
+mod shadow;
 mod sink;
 mod snapshots;
 
@@ -70,11 +71,13 @@ use crate::config::{DeliveryMode, Settings};
 use crate::decode::RejectReason;
 use crate::output::Renderer;
 use crate::snapshot::{DirectoryStore, SnapshotError, SnapshotStore};
+use crate::telemetry::labels::ModelRole;
 use events::{RateLimited, FUTURE_TIMESTAMP};
 use hooks::{librdkafka_log_level, ConsumerHooks, ProducerHooks};
 use instruments::{MessageInstruments, OutputCounters};
 use ledger::Guarantee;
 use owner::{Owner, Totals as OwnerTotals, Transaction, TRANSACTION_TIMEOUT};
+use shadow::Shadow;
 use sink::Sink;
 use snapshots::SnapshotThread;
 
@@ -148,14 +151,42 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
     let producer: BaseProducer<ProducerHooks> = ClientConfig::from(&producer_properties)
         .set_log_level(librdkafka_log_level())
         .create_with_context(ProducerHooks {
-            deliveries: deliveries_tx,
+            deliveries: deliveries_tx.clone(),
             events: events_tx.clone(),
         })
         .map_err(|source| PipelineError::Client {
             role: "producer",
             source,
         })?;
-    let mut owner = owner(settings, &control, producer, (events, deliveries, commands))?;
+    let shadow = settings
+        .shadow
+        .as_ref()
+        .map(|shadow| {
+            // Its own producer: never transactional, no statistics (the gauges are the
+            // live producer's), so nothing it does reaches the live outputs.
+            let mut properties = settings.kafka.producer_properties(None);
+            properties.set("statistics.interval.ms", "0");
+            info!(config = %shadow.config.display(), topic = %shadow.topic, model = shadow.model.name(), version = shadow.model.version(), "shadow model runs beside the live one");
+            ClientConfig::from(&properties)
+                .set_log_level(librdkafka_log_level())
+                .create_with_context(ProducerHooks {
+                    deliveries: deliveries_tx.clone(),
+                    events: events_tx.clone(),
+                })
+                .map(|producer| Shadow::new(settings, shadow, producer, &control.metrics))
+                .map_err(|source| PipelineError::Client {
+                    role: "shadow producer",
+                    source,
+                })
+        })
+        .transpose()?;
+    let mut owner = owner(
+        settings,
+        &control,
+        producer,
+        shadow,
+        (events, deliveries, commands),
+    )?;
     info!(properties = %consumer_properties, "creating consumer");
     let consumer: BaseConsumer<ConsumerHooks> = ClientConfig::from(&consumer_properties)
         .set_log_level(librdkafka_log_level())
@@ -201,6 +232,7 @@ fn owner(
     settings: &Settings,
     control: &Arc<Control>,
     producer: BaseProducer<ProducerHooks>,
+    shadow: Option<Shadow>,
     (events, deliveries, commands): Inboxes,
 ) -> Result<Owner, PipelineError> {
     let exactly_once = settings.delivery.mode == DeliveryMode::ExactlyOnce;
@@ -243,7 +275,7 @@ fn owner(
             dead_letter_topic: settings.dlq.topic.clone(),
             mode: settings.output.mode,
             value: Vec::with_capacity(1024),
-            counters: OutputCounters::new(&control.metrics, &settings.model),
+            counters: OutputCounters::new(&control.metrics, &settings.model, ModelRole::Live),
         },
         settings: settings.clone(),
         deliveries,
@@ -257,6 +289,7 @@ fn owner(
         totals: OwnerTotals::default(),
         deadline: None,
         control: control.clone(),
+        shadow,
     })
 }
 

@@ -34,6 +34,7 @@ use super::events::{DeadLettered, OffsetsCommitted, RateLimited, TransactionOutc
 use super::hooks::{ClientEvent, ConsumerHooks, Delivered, DeliveryTag};
 use super::instruments::{record_client_statistics, MessageInstruments, PartitionLabels};
 use super::ledger::{Guarantee, Ledger};
+use super::shadow::{shadow_tag, Shadow};
 use super::sink::{produced, Sink};
 use super::snapshots::{Progress, SnapshotThread};
 use super::{PartitionKey, PipelineError};
@@ -65,6 +66,8 @@ pub(super) struct PartitionState {
     /// The assignment this state belongs to.
     pub epoch: u64,
     pub snapshot: Progress,
+    /// The shadow model's engine, fed the same records (`super::shadow`).
+    pub shadow: Option<Engine>,
 }
 
 /// The state of `key` if it is still the assignment `epoch` (a result or report for an
@@ -154,6 +157,8 @@ pub(super) struct Owner {
     pub deadline: Option<Instant>,
     /// Exactly-once mode: the open transaction; `None` in at-least-once mode.
     pub transaction: Option<Transaction>,
+    /// The shadow model's producer and renderer, with `[shadow]`.
+    pub shadow: Option<Shadow>,
 }
 
 impl Owner {
@@ -262,6 +267,9 @@ impl Owner {
         // poll brings no report.
         loop {
             self.sink.producer.poll(Duration::ZERO);
+            if let Some(shadow) = &self.shadow {
+                shadow.producer.poll(Duration::ZERO);
+            }
             if self.drain_deliveries() == 0 {
                 break;
             }
@@ -446,6 +454,12 @@ impl Owner {
         while let Ok(Delivered { tag, error }) = self.deliveries.try_recv() {
             drained += 1;
             self.instruments.produced(tag.sent, Outcome::of(error.is_none()));
+            if tag.sent == Produced::Shadow {
+                if let (Some(shadow), Some(error)) = (&mut self.shadow, &error) {
+                    shadow.delivery_failed(error);
+                }
+                continue;
+            }
             self.instruments
                 .produce_latency
                 .observe(now.saturating_duration_since(tag.enqueued_at).as_secs_f64());
@@ -460,6 +474,7 @@ impl Owner {
                     | Produced::CustomerReactivated
                     | Produced::CustomerExpired
                     | Produced::CustomerErased => self.totals.delivered += 1,
+                    Produced::Shadow => unreachable!("shadow deliveries are handled above"),
                 }
             }
             let Some(state) = current(&mut self.partitions, tag.partition, tag.epoch) else {
@@ -511,6 +526,13 @@ impl Owner {
         if let Err(error) = self.sink.producer.flush(remaining) {
             warn!(%error, "flush did not complete");
         }
+        if let Some(shadow) = &self.shadow {
+            // Whatever time the live outputs left; the shadow's never hold shutdown up.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if let Err(error) = shadow.producer.flush(remaining) {
+                warn!(%error, "the shadow's flush did not complete");
+            }
+        }
         self.drain_deliveries();
         self.instruments.flush();
         self.publish_totals();
@@ -524,6 +546,10 @@ impl Owner {
             let Some(through) = state.ledger.fire_through(now) else {
                 continue;
             };
+            if let (Some(shadow), Some(engine)) = (&mut self.shadow, &mut state.shadow) {
+                let offset = state.ledger.next_offset().unwrap_or_default() - 1;
+                shadow.advance(engine, through.minus(delay), shadow_tag(key, state.epoch, offset));
+            }
             self.outputs.clear();
             state.engine.advance_to(through.minus(delay), &mut self.outputs);
             if self.outputs.is_empty() {

@@ -109,6 +109,10 @@ impl Owner {
                 "partition assigned"
             );
             self.next_epoch += 1;
+            let shadow = self.shadow.as_mut().map(|shadow| {
+                let partition = (element.topic(), key);
+                shadow.restore(self.store.as_deref(), partition, restored.offset, self.next_epoch)
+            });
             let mut state = PartitionState {
                 engine: restored.engine,
                 labels: PartitionLabels::new(element.topic(), key.partition),
@@ -116,6 +120,7 @@ impl Owner {
                 lag: None,
                 epoch: self.next_epoch,
                 snapshot: Progress::new(),
+                shadow,
             };
             if !restored.outputs.is_empty() {
                 info!(

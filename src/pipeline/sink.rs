@@ -66,6 +66,7 @@ impl Sink {
             | Produced::CustomerExpired
             | Produced::CustomerErased => self.output_topic.clone(),
             Produced::DeadLetter => self.dead_letter_topic.clone().unwrap_or_default(),
+            Produced::Shadow => unreachable!("the shadow's deliveries never fail the service"),
         }
     }
 
@@ -82,25 +83,7 @@ impl Sink {
     ) -> Result<(), PipelineError> {
         self.counters.record(output);
         let rendered = self.renderer.render(engine, output, trigger);
-        let (headers, value) = match self.mode {
-            OutputMode::Binary => (binary_headers(&rendered), rendered.data),
-            OutputMode::Structured => {
-                self.value.clear();
-                rendered
-                    .write_structured(&mut self.value)
-                    .expect("writing to a Vec cannot fail");
-                self.value.pop(); // the line's newline
-                let headers = OwnedHeaders::new().insert(Header {
-                    key: "content-type",
-                    value: Some("application/cloudevents+json; charset=UTF-8"),
-                });
-                (headers, self.value.as_slice())
-            }
-        };
-        let record = BaseRecord::with_opaque_to(&self.output_topic, Box::new(tag))
-            .key(rendered.subject)
-            .payload(value)
-            .headers(headers);
+        let record = cloudevent_record(&self.output_topic, self.mode, &rendered, &mut self.value, tag);
         send(&self.producer, record)
     }
 
@@ -152,6 +135,36 @@ impl Sink {
         }
         send(&self.producer, record).map(|()| true)
     }
+}
+
+/// `rendered` as a record for `topic` in `mode` (structured mode writes the value into
+/// `value`), keyed by its customer id.
+pub(super) fn cloudevent_record<'a>(
+    topic: &'a str,
+    mode: OutputMode,
+    rendered: &'a Rendered<'a>,
+    value: &'a mut Vec<u8>,
+    tag: DeliveryTag,
+) -> BaseRecord<'a, str, [u8], Box<DeliveryTag>> {
+    let (headers, value) = match mode {
+        OutputMode::Binary => (binary_headers(rendered), rendered.data),
+        OutputMode::Structured => {
+            value.clear();
+            rendered
+                .write_structured(value)
+                .expect("writing to a Vec cannot fail");
+            value.pop(); // the line's newline
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "content-type",
+                value: Some("application/cloudevents+json; charset=UTF-8"),
+            });
+            (headers, value.as_slice())
+        }
+    };
+    BaseRecord::with_opaque_to(topic, Box::new(tag))
+        .key(rendered.subject)
+        .payload(value)
+        .headers(headers)
 }
 
 fn binary_headers(rendered: &Rendered<'_>) -> OwnedHeaders {

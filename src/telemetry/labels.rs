@@ -49,6 +49,17 @@ labels! {
         CustomerExpired = "customer_expired",
         CustomerErased = "customer_erased",
         DeadLetter = "dead_letter",
+        /// Any output of the shadow model, to `shadow.topic`.
+        Shadow = "shadow",
+    }
+}
+
+labels! {
+    /// `model` of `stagestream_stage_transitions_total` and
+    /// `stagestream_inactivity_events_total` while a shadow model runs.
+    ModelRole {
+        Live = "live",
+        Shadow = "shadow",
     }
 }
 

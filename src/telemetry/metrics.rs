@@ -13,7 +13,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use super::labels::{Consumed, Outcome, Produced, RebalanceKind, Route};
+use super::labels::{Consumed, ModelRole, Outcome, Produced, RebalanceKind, Route};
 use crate::core::Model;
 
 /// Seconds, 10 µs to 30 s: processing one event, producing, snapshot steps.
@@ -72,10 +72,14 @@ pub struct Metrics {
     /// Input messages applied to rebuild state without sending outputs again (their
     /// outputs were delivered before a restart or handover).
     pub replayed_without_output: IntCounter,
-    /// Stage transitions by `from` (`none` for a first one) and `to`.
+    /// Stage transitions by `from` (`none` for a first one) and `to`; with a shadow
+    /// model configured, first by `model` (`live` or `shadow`): [`Metrics::model_values`].
     pub transitions: IntCounterVec,
-    /// Inactivity events by `threshold` and the `stage` held (drop-off by stage).
+    /// Inactivity events by `threshold` and the `stage` held (drop-off by stage); with a
+    /// shadow model configured, first by `model`.
     pub inactivity_events: IntCounterVec,
+    /// Whether `transitions` and `inactivity_events` carry the `model` label.
+    by_model: bool,
     /// Customers who came back after a gap in which a threshold fired, by the `stage`
     /// they returned in and the last `threshold` fired before the return.
     pub reactivations: IntCounterVec,
@@ -147,7 +151,33 @@ impl Metrics {
     /// Registers every metric on a fresh registry, with `build_info` and the process
     /// collector.
     pub fn new() -> Self {
+        Metrics::build(false)
+    }
+
+    /// [`Metrics::new`] for a service with a shadow model: transitions and inactivity
+    /// events are counted by `model` as well, `live` or `shadow`. Without a shadow the
+    /// label is left out, so the series of a service without one stay as they were.
+    pub fn with_model_label() -> Self {
+        Metrics::build(true)
+    }
+
+    /// `labels` of a transition or inactivity series, after `model` when the metrics
+    /// carry that label.
+    pub fn model_values<'a>(&self, model: &'a str, labels: &[&'a str]) -> Vec<&'a str> {
+        match self.by_model {
+            true => std::iter::once(model).chain(labels.iter().copied()).collect(),
+            false => labels.to_vec(),
+        }
+    }
+
+    fn build(by_model: bool) -> Self {
         let registry = Registry::new();
+        let with_model = |labels: &[&'static str]| -> Vec<&'static str> {
+            match by_model {
+                true => std::iter::once("model").chain(labels.iter().copied()).collect(),
+                false => labels.to_vec(),
+            }
+        };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             register(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
@@ -187,14 +217,15 @@ impl Metrics {
             .with_label_values::<&str>(&[]),
             transitions: counter(
                 "stagestream_stage_transitions_total",
-                "Stage transitions emitted, by from stage (none for a first one) and to stage.",
-                &["from", "to"],
+                "Stage transitions emitted, by from stage (none for a first one) and to stage (and model, live or shadow, when a shadow runs).",
+                &with_model(&["from", "to"]),
             ),
             inactivity_events: counter(
                 "stagestream_inactivity_events_total",
-                "Inactivity events emitted, by threshold and the stage held during the gap.",
-                &["threshold", "stage"],
+                "Inactivity events emitted, by threshold and the stage held during the gap (and model, live or shadow, when a shadow runs).",
+                &with_model(&["threshold", "stage"]),
             ),
+            by_model,
             reactivations: counter(
                 "stagestream_reactivations_total",
                 "Customers who came back after a gap in which a threshold fired, by the stage they returned in and the last threshold fired.",
@@ -407,8 +438,9 @@ impl Metrics {
         for stage in model.stage_names() {
             self.customers.with_label_values(&[stage]);
             for threshold in model.thresholds() {
-                self.inactivity_events
-                    .with_label_values(&[threshold.name.as_str(), stage]);
+                self.inactivity_events.with_label_values(
+                    &self.model_values(ModelRole::Live.as_str(), &[threshold.name.as_str(), stage]),
+                );
                 self.reactivations
                     .with_label_values(&[stage, threshold.name.as_str()]);
             }
