@@ -41,7 +41,7 @@ fn candidate(preset: &str) -> String {
     })
 }
 
-fn of_type<'a>(outputs: &'a [Fingerprint], kind: &str) -> usize {
+fn of_type(outputs: &[Fingerprint], kind: &str) -> usize {
     outputs.iter().filter(|(_, t, _)| t == kind).count()
 }
 
