@@ -18,6 +18,10 @@
 #    and the CPU seconds each process in the path used meanwhile (the service, tansu,
 #    loadgen, the probe), against the machine's cores times the phase's wall time.
 #
+# SHADOW=1 runs a shadow model beside the live one (the preset with retention at a
+# third order, to its own topic `journey-shadow`): compare its figures, the drain's CPU
+# per event and the resident memory after it, with a run without.
+#
 # Both consumers use fetch.wait.max.ms=5: tansu holds every fetch for the full wait
 # even when data is ready. STAGESTREAM=PATH runs another build of the service (to
 # alternate two builds on one machine). Results go to stdout; docs/performance.md has
@@ -31,6 +35,15 @@ latency_seconds="${LATENCY_SECONDS:-20}"
 source scripts/bench-common.sh
 stagestream="${STAGESTREAM:-$target/release/stagestream}"
 start_broker "$partitions"
+if [[ -n "${SHADOW:-}" ]]; then
+    sed 's/at_least = 2/at_least = 3/; s/version = "1"/version = "candidate"/' \
+        config/presets/five-stage.toml >"$work/candidate.toml"
+    "$tansu" topic create journey-shadow --broker "tcp://$bootstrap" --partitions "$partitions" >/dev/null
+    BENCH_CONFIG_EXTRA="${BENCH_CONFIG_EXTRA:-}
+[shadow]
+config = \"$work/candidate.toml\"
+topic = \"journey-shadow\""
+fi
 http="127.0.0.1:$(free_port)"
 config="$work/stagestream.toml"
 write_config "$config" bench-e2e "$http" "$work/snapshots"
@@ -53,6 +66,9 @@ service=$!
 pids+=("$service")
 run=$("$probe" run-rate --metrics "$http" --expect "$events")
 run=${run#rate=}
+drain_cpu=$(awk -v ticks="$(cpu_ticks "$service")" -v hz="$ticks" -v events="$events" \
+    'BEGIN { printf "drain_cpu_s=%.2f drain_cpu_us_per_event=%.2f", ticks / hz, 1e6 * ticks / hz / events }')
+rss=$(awk '/VmRSS/ { printf "rss_after_drain_mib=%.1f", $2 / 1024 }' "/proc/$service/status")
 
 offered="${LATENCY_RATE:-$((run / 2))}"
 echo "== latency at $offered events/s (half of (b) unless LATENCY_RATE) for ${latency_seconds}s"
@@ -85,7 +101,8 @@ wait "$service" || { echo "stagestream run did not stop cleanly; log:" >&2; tail
 echo
 echo "events=$events partitions=$partitions"
 echo "bare_consumer_rate=$bare"
-echo "stagestream_run_rate=$run"
+echo "stagestream_run_rate=$run shadow=${SHADOW:-none}"
+echo "$drain_cpu $rss"
 awk -v run="$run" -v bare="$bare" 'BEGIN { printf "ratio=%.2f\n", run / bare }'
 echo "offered_rate=$offered $latency"
 echo "$cpu"

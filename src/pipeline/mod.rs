@@ -198,6 +198,9 @@ pub fn run(settings: &Settings, control: Arc<Control>) -> Result<(), PipelineErr
     wait_for_broker(&consumer, &control);
     if !control.stopping() {
         owner.sink.connect();
+        if let Some(shadow) = &owner.shadow {
+            shadow.connect();
+        }
     }
     let topics: Vec<&str> = settings.input.topics.iter().map(String::as_str).collect();
     consumer

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::BaseProducer;
+use rdkafka::producer::{BaseProducer, Producer};
 use tracing::{info, warn};
 
 use super::events::RateLimited;
@@ -179,6 +179,16 @@ impl Shadow {
                         .warn(|suppressed| warn!(%error, full, suppressed, "a shadow output was dropped"));
                 }
             }
+        }
+    }
+
+    /// Says early when the shadow topic does not exist (its outputs would be dropped).
+    pub fn connect(&self) {
+        let topic = self.settings.topic.as_str();
+        match crate::kafka::connect_producer(self.producer.client(), topic) {
+            Ok(None) => {}
+            Ok(Some(error)) => warn!(topic, %error, "the shadow topic is not available (yet)"),
+            Err(error) => warn!(topic, %error, "the shadow's producer cannot reach the cluster yet"),
         }
     }
 
