@@ -212,6 +212,8 @@ impl Totals {
             let name = series.split('{').next().unwrap_or(series);
             match name {
                 "stagestream_events_consumed_total" => totals.consumed += value as u64,
+                // A shadow model's outputs are not the live service's.
+                _ if series.contains("model=\"shadow\"") || series.contains("type=\"shadow\"") => {}
                 // Every output the engines emitted, each counted once by kind.
                 "stagestream_stage_transitions_total"
                 | "stagestream_inactivity_events_total"

@@ -642,6 +642,18 @@ fn check_command(config: &Path) -> Result<(), Failure> {
             ),
         );
     }
+    if let Some(shadow) = &settings.shadow {
+        line(
+            "shadow",
+            &format!(
+                "{}, version {} (fingerprint {:016x}) to topic {}",
+                shadow.model.name(),
+                shadow.model.version(),
+                shadow.model.shape().fingerprint,
+                shadow.topic
+            ),
+        );
+    }
     print!("{out}");
     Ok(())
 }

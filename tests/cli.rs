@@ -343,6 +343,66 @@ fn check_validates_and_describes_stage_mappings_which_leave_the_fingerprint_alon
 }
 
 #[test]
+fn check_loads_a_shadow_model_and_reports_its_problems_under_shadow_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let preset = std::fs::read_to_string(repo(FIVE_STAGE)).unwrap();
+    let candidate = dir.path().join("candidate.toml");
+    std::fs::write(&candidate, preset.replace("version = \"1\"", "version = \"2\"")).unwrap();
+    let check = |shadow: &str| {
+        let config = dir.path().join("live.toml");
+        std::fs::write(&config, format!("{preset}\n[shadow]\n{shadow}\n")).unwrap();
+        run(stagestream().arg("check").arg("--config").arg(&config))
+    };
+    let refused = |shadow: &str| {
+        let output = check(shadow);
+        assert_eq!(output.status.code(), Some(64), "{shadow}");
+        String::from_utf8(output.stderr).unwrap()
+    };
+    let path = candidate.display();
+    let checked = check(&format!("config = \"{path}\"\ntopic = \"candidate\""));
+    assert!(checked.status.success());
+    let stdout = String::from_utf8(checked.stdout).unwrap();
+    assert!(
+        stdout.contains("  shadow      five-stage, version 2 (fingerprint "),
+        "{stdout}"
+    );
+    assert!(stdout.contains(") to topic candidate\n"), "{stdout}");
+
+    let stderr = refused(&format!("config = \"{path}\""));
+    assert!(
+        stderr.contains("shadow.topic: required when shadow.config is set"),
+        "{stderr}"
+    );
+    let stderr = refused(&format!("config = \"{path}\"\ntopic = \"journey-stages\""));
+    assert!(
+        stderr.contains("shadow.topic: must differ from the input, output and dead-letter topics"),
+        "{stderr}"
+    );
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, preset.replace("to = \"purchase\"", "to = \"checkout\"")).unwrap();
+    let stderr = refused(&format!(
+        "config = \"{}\"\ntopic = \"candidate\"",
+        broken.display()
+    ));
+    assert!(
+        stderr.contains("shadow.config: invalid configuration"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown stage \"checkout\""), "{stderr}");
+    let nested = dir.path().join("nested.toml");
+    std::fs::write(
+        &nested,
+        format!("{preset}\n[shadow]\nconfig = \"{path}\"\ntopic = \"again\"\n"),
+    )
+    .unwrap();
+    let stderr = refused(&format!(
+        "config = \"{}\"\ntopic = \"candidate\"",
+        nested.display()
+    ));
+    assert!(stderr.contains("cannot name a shadow of its own"), "{stderr}");
+}
+
+#[test]
 fn the_environment_overrides_the_file() {
     let output = replay_fixture(&[
         ("STAGESTREAM__MODEL__NAME", "renamed"),
