@@ -161,3 +161,117 @@ fn a_shadow_model_classifies_the_same_events_into_its_own_topic_only() {
     );
     assert_eq!(big_spenders, 10.0, "first orders of 100 to 109 enter at advocacy");
 }
+
+/// Each customer's stage at the end of `outputs` (the five-stage model only moves
+/// forward: the furthest stage a transition reached).
+fn final_stages(outputs: &[Fingerprint]) -> std::collections::BTreeMap<String, String> {
+    let order = ["awareness", "consideration", "purchase", "retention", "advocacy"];
+    let rank = |stage: &str| order.iter().position(|s| *s == stage).unwrap();
+    let mut stages = std::collections::BTreeMap::new();
+    for (_, kind, data) in outputs
+        .iter()
+        .filter(|(_, kind, _)| kind == "stagestream.stage.changed.v1")
+    {
+        let _ = kind;
+        let data: serde_json::Value = serde_json::from_str(data).unwrap();
+        let to = data["to_stage"].as_str().unwrap().to_owned();
+        let stage = stages
+            .entry(data["customer_id"].as_str().unwrap().to_owned())
+            .or_insert_with(|| to.clone());
+        if rank(&to) > rank(stage) {
+            *stage = to;
+        }
+    }
+    stages
+}
+
+#[test]
+fn after_a_restart_the_shadow_starts_from_the_live_snapshot_carried_into_its_model() {
+    let Some(binary) = tansu::binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start(binary, "memory://tansu/", dir.path());
+    broker.create_topics(&[
+        ("events", 1),
+        ("journey-stages", 1),
+        ("journey-shadow", 1),
+        ("dead-letters", 1),
+    ]);
+    // The candidate has no retention stage; its customers go back to purchase.
+    let preset = std::fs::read_to_string(common::repo("config/presets/five-stage.toml")).unwrap();
+    let edits = [
+        (r#""purchase", "retention", "advocacy""#, r#""purchase", "advocacy""#),
+        (
+            "[[model.rules]]\nname = \"retention\"\nto = \"retention\"\nevents = [\"Order Completed\"]\noccurrence = { at_least = 2 }\n",
+            "[[model.migrate]]\nfrom = \"retention\"\nto = \"purchase\"\n",
+        ),
+        (r#"from = ["purchase", "retention"]"#, r#"from = ["purchase"]"#),
+        ("version = \"1\"", "version = \"no-retention\""),
+    ];
+    let candidate = edits.iter().fold(preset, |text, (from, to)| {
+        assert!(text.contains(from), "the preset has {from:?}");
+        text.replace(from, to)
+    });
+    let shadow_config = dir.path().join("candidate.toml");
+    std::fs::write(&shadow_config, candidate).unwrap();
+    let extra = format!(
+        "[shadow]\nconfig = \"{}\"\ntopic = \"journey-shadow\"\n\n[snapshot]\ndir = \"{}\"\ninterval = \"300ms\"\n",
+        shadow_config.display(),
+        dir.path().join("snapshots").display()
+    );
+    let (config, settings) = write_config(dir.path(), "live", &broker.bootstrap, GROUP, &[], &extra);
+    let lines = recent_journeys(0..200, now().minus(Span::from_millis(10 * 60_000)));
+    produce_lines(&broker.bootstrap, "events", &settings, &lines, &[]);
+    let input = read_topic(&broker.bootstrap, "events", Duration::from_secs(60), |r| {
+        r.len() == lines.len()
+    });
+    let live_expected = replay_by_partition(&settings, &input, now());
+    let shadow_expected = replay_by_partition(&config::load(&shadow_config).unwrap(), &input, now());
+    let log = dir.path().join("service.log");
+    let read_shadow = || {
+        read_topic(
+            &broker.bootstrap,
+            "journey-shadow",
+            Duration::from_secs(30),
+            |_| true,
+        )
+    };
+    let service = start_service_on(&config, &log, "127.0.0.1:0");
+    wait_for("both topics' outputs", Duration::from_secs(120), || {
+        read_output(&broker.bootstrap, Duration::from_secs(30)).len() >= live_expected.len()
+            && read_shadow().len() >= shadow_expected.len()
+    });
+    assert!(terminate(service).success());
+    assert_eq!(read_shadow().len(), shadow_expected.len());
+
+    let service = start_service_on(&config, &log, "127.0.0.1:0");
+    let in_retention: Vec<String> = final_stages(&live_expected)
+        .into_iter()
+        .filter(|(_, stage)| stage == "retention")
+        .map(|(customer, _)| customer)
+        .collect();
+    assert!(!in_retention.is_empty());
+    wait_for("the shadow's carried-over state", Duration::from_secs(60), || {
+        read_shadow().len() >= shadow_expected.len() + in_retention.len()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(terminate(service).success());
+    let live = read_output(&broker.bootstrap, Duration::from_secs(30));
+    assert_eq!(live.len(), live_expected.len(), "the live topic got nothing new");
+    let shadow = read_shadow();
+    let migrated: Vec<serde_json::Value> = shadow[shadow_expected.len()..]
+        .iter()
+        .map(|record| serde_json::from_slice(&record.value).unwrap())
+        .collect();
+    let mut customers: Vec<String> = migrated
+        .iter()
+        .map(|data| {
+            assert_eq!(data["from_stage"], "retention");
+            assert_eq!(data["to_stage"], "purchase");
+            assert_eq!(data["rule"], "model-migration");
+            assert_eq!(data["model_version"], "no-retention");
+            data["customer_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    customers.sort();
+    assert_eq!(customers, in_retention);
+}
