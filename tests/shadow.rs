@@ -3,7 +3,8 @@
 //! The live topic holds exactly what `replay` of the live configuration gives, the
 //! shadow topic exactly what `replay` of the shadow's gives (its own `model_version`),
 //! the live offsets are committed through the end, and the metrics count the shadow's
-//! transitions and inactivity under `model="shadow"`.
+//! transitions and inactivity under `model="shadow"`. After a restart the shadow
+//! starts from the live snapshot carried into its model.
 //!
 //! Skipped with a message when tansu is not installed; under CI that is a failure.
 
@@ -168,11 +169,10 @@ fn final_stages(outputs: &[Fingerprint]) -> std::collections::BTreeMap<String, S
     let order = ["awareness", "consideration", "purchase", "retention", "advocacy"];
     let rank = |stage: &str| order.iter().position(|s| *s == stage).unwrap();
     let mut stages = std::collections::BTreeMap::new();
-    for (_, kind, data) in outputs
+    for (_, _, data) in outputs
         .iter()
         .filter(|(_, kind, _)| kind == "stagestream.stage.changed.v1")
     {
-        let _ = kind;
         let data: serde_json::Value = serde_json::from_str(data).unwrap();
         let to = data["to_stage"].as_str().unwrap().to_owned();
         let stage = stages
