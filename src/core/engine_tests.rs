@@ -784,6 +784,13 @@ fn an_image_that_contradicts_itself_is_refused() {
         seen_at: t(0, 0),
     });
     assert!(reason(stranger_message).contains("a messageId of unknown customer 5"));
+    // State saved by a build whose counter signatures had no rule names loads as is.
+    let mut unnamed_counters = run.engine.image();
+    for signature in &mut unnamed_counters.shape.counters {
+        *signature = signature.replacen(r#"["retention","#, "[", 1);
+    }
+    assert_ne!(unnamed_counters.shape.counters, run.engine.image().shape.counters);
+    assert!(restore(unnamed_counters).is_ok());
     let mut removed_stage = run.engine.image();
     removed_stage.shape.fingerprint ^= 1;
     removed_stage.shape.stages.push("legacy".into());
