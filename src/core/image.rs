@@ -391,8 +391,9 @@ mod tests {
     use super::*;
     use crate::core::model::test_model;
 
-    /// A model with stages `stages`, one rule `r` counting `Order Completed` with
-    /// predicate `where_` (TOML), and the ladder `ladder` (TOML `[[inactivity]]`s).
+    /// A model with stages `stages` (among them `b`), one rule `r` to `b` on a
+    /// customer's second `counted` event, the ladder `ladder` and the mappings
+    /// `migrate` (TOML).
     fn model(stages: &str, counted: &str, ladder: &str, migrate: &str) -> Model {
         test_model(&format!(
             r#"

@@ -15,6 +15,8 @@
 //! - `ledger` (with `offsets`): the pure per-partition decisions, table-tested.
 //! - `hooks`: librdkafka's callbacks as typed messages ([`hooks::ClientEvent`]).
 //! - `sink`: outputs and dead letters rendered and produced.
+//! - `shadow`: with `[shadow]`, a second model's engines fed the same records, its
+//!   outputs to its own topic by its own producer, outside the ledger and snapshots.
 //! - `control`: what the outside sees ([`Control`]) and asks ([`Command`]).
 //! - `events` and `instruments`: one log line plus counters per notable event; the
 //!   per-message counters.

@@ -51,6 +51,8 @@ const TICK: Duration = Duration::from_millis(100);
 const POLL_TIMEOUT: Duration = Duration::from_millis(10);
 /// Messages handled between services of the producer and the offset store.
 const SERVICE_EVERY: u32 = 256;
+/// At shutdown, the longest the shadow model's outputs are waited for.
+const SHADOW_FLUSH: Duration = Duration::from_secs(5);
 /// Exactly-once: how often the open transaction (outputs + input offsets) is committed.
 const TRANSACTION_EVERY: Duration = Duration::from_millis(100);
 /// Exactly-once: the longest a transaction call may block.
@@ -526,11 +528,12 @@ impl Owner {
         if let Err(error) = self.sink.producer.flush(remaining) {
             warn!(%error, "flush did not complete");
         }
-        if let Some(shadow) = &self.shadow {
-            // Whatever time the live outputs left; the shadow's never hold shutdown up.
+        if let (Some(shadow), Some(_)) = (&self.shadow, self.deadline) {
+            // At shutdown only, after the live outputs, and briefly: the shadow's
+            // outputs never hold a rebalance up, nor a shutdown by more than this.
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if let Err(error) = shadow.producer.flush(remaining) {
-                warn!(%error, "the shadow's flush did not complete");
+            if let Err(error) = shadow.producer.flush(remaining.min(SHADOW_FLUSH)) {
+                warn!(%error, "the shadow's outputs were not all delivered before stopping");
             }
         }
         self.drain_deliveries();
