@@ -251,14 +251,19 @@ fn unmapped_stages(held: &[(&str, u64)], model: &Model) -> String {
             _ => format!("{name:?} ({count} customers)"),
         })
         .collect();
+    let mappings: Vec<String> = held
+        .iter()
+        .map(|(name, _)| format!("[[model.migrate]] from = {name:?}, to = \"STAGE\""))
+        .collect();
     let lines: String = held
         .iter()
         .map(|(name, _)| format!("\n[[model.migrate]]\nfrom = {name:?}\nto = \"STAGE\""))
         .collect();
     format!(
-        "stages the configured model no longer has still hold customers: {}; map each to one of {} by adding to the configuration:{lines}\n",
+        "stages the configured model no longer has still hold customers: {}; map each to one of {} ({}): add to the configuration{lines}\n",
         listed.join(", "),
-        stages.join(", ")
+        stages.join(", "),
+        mappings.join("; ")
     )
 }
 
@@ -450,8 +455,8 @@ occurrence = {{ nth = 2 }}
         assert_eq!(
             reason,
             "stages the configured model no longer has still hold customers: \"c\" (2 customers); \
-             map each to one of \"a\", \"b\" by adding to the configuration:\n\
-             [[model.migrate]]\nfrom = \"c\"\nto = \"STAGE\"\n"
+             map each to one of \"a\", \"b\" ([[model.migrate]] from = \"c\", to = \"STAGE\"): \
+             add to the configuration\n[[model.migrate]]\nfrom = \"c\"\nto = \"STAGE\"\n"
         );
         let empty_stages_removed = Migration::plan(saved.shape(), &configured, &[customer_in(1)]);
         assert!(empty_stages_removed.is_ok(), "{empty_stages_removed:?}");
