@@ -108,14 +108,18 @@ pub fn restore(
                     header.topic, header.partition, header.offset
                 )
             }
-            Ok((_, image)) => match Engine::restore(Arc::clone(model), settings, image, &mut outputs) {
+            Ok((header, image)) => match Engine::restore(Arc::clone(model), settings, image, &mut outputs) {
                 Ok(engine) => {
+                    let configured = model.shape().fingerprint;
                     info!(
                         topic,
                         partition,
                         offset,
                         customers = engine.customer_count(),
                         bytes = size,
+                        saved_under = format!("{:016x}", header.fingerprint),
+                        carried_into =
+                            (header.fingerprint != configured).then(|| format!("{configured:016x}")),
                         migration_outputs = outputs.len(),
                         "state restored from snapshot"
                     );
