@@ -497,7 +497,7 @@ fn load_source(
     ));
     problems.extend(unknown.into_iter().map(|key| unknown_key(key, &env)));
     let settings = match parsed {
-        Ok(file) => validate(file, role, &mut problems),
+        Ok(file) => validate(file, role, path.parent().unwrap_or(Path::new("")), &mut problems),
         Err(error) => {
             let path = error.path().to_string();
             problems.push(Problem::new(path, error.into_inner().to_string()));
@@ -513,7 +513,9 @@ fn load_source(
     }
 }
 
-fn validate(file: FileConfig, role: Role, problems: &mut Vec<Problem>) -> Option<Settings> {
+/// `file` as settings; `dir` is the configuration file's directory (a relative
+/// `shadow.config` not found from the working directory is looked for there).
+fn validate(file: FileConfig, role: Role, dir: &Path, problems: &mut Vec<Problem>) -> Option<Settings> {
     let allowed_lateness = span("time.allowed_lateness", &file.time.allowed_lateness, problems);
     let dedup_window = span("time.dedup_window", &file.time.dedup_window, problems);
     let max_future_skew = span("time.max_future_skew", &file.time.max_future_skew, problems);
@@ -539,7 +541,7 @@ fn validate(file: FileConfig, role: Role, problems: &mut Vec<Problem>) -> Option
     let shadow = match role {
         Role::Live => file
             .shadow
-            .validate(&file.input, &file.output, &file.dlq, problems),
+            .validate(&file.input, &file.output, &file.dlq, dir, problems),
         Role::Shadow if file.shadow.config.is_some() || file.shadow.topic.is_some() => {
             problems.push(Problem::new(
                 "shadow",
@@ -701,6 +703,7 @@ impl ShadowSection {
         input: &InputSection,
         output: &OutputSection,
         dlq: &DlqSection,
+        dir: &Path,
         problems: &mut Vec<Problem>,
     ) -> Option<Option<ShadowSettings>> {
         let (path, topic) = match (self.config, self.topic) {
@@ -714,6 +717,10 @@ impl ShadowSection {
                 problems.push(Problem::new(missing, format!("required when {present} is set")));
                 return None;
             }
+        };
+        let path = match path.is_relative() && !path.exists() {
+            true => dir.join(path),
+            false => path,
         };
         check_topic("shadow.topic", &topic, problems);
         let taken = [Some(&output.topic), dlq.topic.as_ref()]

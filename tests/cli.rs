@@ -367,6 +367,13 @@ fn check_loads_a_shadow_model_and_reports_its_problems_under_shadow_config() {
         "{stdout}"
     );
     assert!(stdout.contains(") to topic candidate\n"), "{stdout}");
+    // A relative path is found beside the configuration that names it.
+    let beside = check("config = \"candidate.toml\"\ntopic = \"candidate\"");
+    assert!(
+        beside.status.success(),
+        "{}",
+        String::from_utf8_lossy(&beside.stderr)
+    );
 
     let stderr = refused(&format!("config = \"{path}\""));
     assert!(
