@@ -86,7 +86,7 @@ impl Shadow {
         let (Some(store), Some(live_offset)) = (store, live_offset) else {
             return empty();
         };
-        let restored = match snapshot::restore(
+        let restored = match snapshot::restore_read_only(
             store,
             topic,
             key.partition,

@@ -81,6 +81,38 @@ pub fn restore(
     model: &Arc<Model>,
     settings: EngineSettings,
 ) -> Result<Restored, SnapshotError> {
+    restore_newest(store, (topic, partition), model, settings, Corrupt::SetAside)
+}
+
+/// [`restore`] for a reader that does not own the snapshots (a shadow model): a
+/// snapshot it cannot use is skipped, never set aside.
+///
+/// # Errors
+/// As [`restore`].
+pub fn restore_read_only(
+    store: &dyn SnapshotStore,
+    topic: &str,
+    partition: i32,
+    model: &Arc<Model>,
+    settings: EngineSettings,
+) -> Result<Restored, SnapshotError> {
+    restore_newest(store, (topic, partition), model, settings, Corrupt::Skip)
+}
+
+/// What [`restore_newest`] does with a snapshot it finds corrupt.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Corrupt {
+    SetAside,
+    Skip,
+}
+
+fn restore_newest(
+    store: &dyn SnapshotStore,
+    (topic, partition): (&str, i32),
+    model: &Arc<Model>,
+    settings: EngineSettings,
+    corrupt_ones: Corrupt,
+) -> Result<Restored, SnapshotError> {
     let offsets = store
         .list(topic, partition)
         .map_err(|source| SnapshotError::Unlistable {
@@ -143,6 +175,10 @@ pub fn restore(
             Err(corruption) => corruption.to_string(),
         };
         corrupt += 1;
+        if corrupt_ones == Corrupt::Skip {
+            warn!(topic, partition, offset, problem = %problem, "unusable snapshot skipped; trying an older one");
+            continue;
+        }
         warn!(topic, partition, offset, problem = %problem, "corrupt snapshot set aside; trying an older one");
         if let Err(error) = store.quarantine(topic, partition, offset) {
             warn!(topic, partition, offset, %error, "cannot set the corrupt snapshot aside");
@@ -216,6 +252,10 @@ mod tests {
         let mut bytes = std::fs::read(path(20)).unwrap();
         bytes[40] ^= 1;
         std::fs::write(path(20), bytes).unwrap();
+        // A reader that does not own the snapshots skips them and leaves them be.
+        let read_only = restore_read_only(&store, "events", 0, &model, EngineSettings::default()).unwrap();
+        assert_eq!((read_only.offset, read_only.corrupt), (Some(10), 2));
+        assert_eq!(store.list("events", 0).unwrap(), [30, 20, 10]);
         let restored = restore(&store, "events", 0, &model, EngineSettings::default()).unwrap();
         assert_eq!(restored.offset, Some(10));
         assert_eq!(restored.engine.customer_count(), 1);
