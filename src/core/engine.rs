@@ -610,34 +610,24 @@ impl Engine {
         }
         state.ladder = threshold_id.0 + 1;
         let (ladder, stage) = (state.ladder, state.stage);
-        let next = self.next_deadline(ladder, stage);
+        let next = next_armed(&self.model, &self.settings, ladder, stage);
         self.set_armed(customer, next);
     }
 
     fn deadline(&self, customer: CustomerRef) -> Option<EventTime> {
         let state = &self.states[customer.index()];
-        let after = match state.armed {
-            UNARMED => return None,
-            EXPIRY => self.settings.expire_after?,
-            threshold => self.model.threshold(ThresholdId(threshold)).after,
-        };
+        let after = armed_wait(&self.model, &self.settings, state.armed)?;
         Some(state.last_activity.time().plus(after))
-    }
-
-    /// What to arm from ladder position `from` in `stage`: the first threshold there
-    /// that applies, else expiry when it is configured.
-    fn next_deadline(&self, from: u8, stage: StageId) -> u8 {
-        match next_threshold(&self.model, from, stage) {
-            UNARMED if self.settings.expire_after.is_some() => EXPIRY,
-            armed => armed,
-        }
     }
 
     /// Arms the first threshold at or after ladder position `from` that applies, and
     /// keeps the index entry at or before the new deadline.
     fn arm(&mut self, customer: CustomerRef, from: u8) {
         let state = &self.states[customer.index()];
-        self.set_armed(customer, self.next_deadline(from, state.stage));
+        self.set_armed(
+            customer,
+            next_armed(&self.model, &self.settings, from, state.stage),
+        );
         let Some(due) = self.deadline(customer) else {
             return;
         };
@@ -722,14 +712,31 @@ impl Engine {
     }
 }
 
-fn next_threshold(model: &Model, from: u8, stage: StageId) -> u8 {
-    model
+/// What to arm from ladder position `from` in `stage`: the first threshold there that
+/// applies, else expiry when it is configured, else nothing ([`UNARMED`]).
+fn next_armed(model: &Model, settings: &EngineSettings, from: u8, stage: StageId) -> u8 {
+    let threshold = model
         .thresholds()
         .iter()
         .enumerate()
         .skip(usize::from(from))
         .find(|(_, threshold)| threshold.applies_to(stage))
-        .map_or(UNARMED, |(i, _)| i as u8)
+        .map(|(i, _)| i as u8);
+    match threshold {
+        Some(threshold) => threshold,
+        None if settings.expire_after.is_some() => EXPIRY,
+        None => UNARMED,
+    }
+}
+
+/// How long after a customer's last activity what it has `armed` comes due; `None`
+/// when nothing is.
+fn armed_wait(model: &Model, settings: &EngineSettings, armed: u8) -> Option<Span> {
+    match armed {
+        UNARMED => None,
+        EXPIRY => settings.expire_after,
+        threshold => Some(model.threshold(ThresholdId(threshold)).after),
+    }
 }
 
 mod restore;

@@ -249,19 +249,10 @@ impl RestoredStates {
                             due_now,
                         });
                     }
-                    let armed = match next_threshold(model, ladder, stage) {
-                        UNARMED if settings.expire_after.is_some() => EXPIRY,
-                        armed => armed,
-                    };
-                    (stage, ladder, armed)
+                    (stage, ladder, next_armed(model, settings, ladder, stage))
                 }
             };
-            let after = match armed {
-                UNARMED => None,
-                EXPIRY => settings.expire_after,
-                threshold => Some(model.threshold(ThresholdId(threshold)).after),
-            };
-            if let Some(after) = after {
+            if let Some(after) = armed_wait(model, settings, armed) {
                 due.push((customer.last_activity.time().plus(after), CustomerRef(i as u32)));
                 armed_customers += usize::from(armed != EXPIRY);
             }
