@@ -14,7 +14,7 @@ use std::io::{self, Write};
 use sha1::{Digest, Sha1};
 use uuid::Uuid;
 
-use crate::core::{Cause, Engine, EventTime, Model, Output, Record, RuleId};
+use crate::core::{Cause, Engine, EventTime, Model, Output, Record, RuleId, StageId};
 
 pub const STAGE_CHANGED: &str = "stagestream.stage.changed.v1";
 pub const CUSTOMER_INACTIVE: &str = "stagestream.customer.inactive.v1";
@@ -167,12 +167,7 @@ impl Renderer {
                 last_threshold,
             } => {
                 let customer_id = engine.customer_id(customer);
-                data.extend_from_slice(b"{\"customer_id\":");
-                write_json_str(data, customer_id);
-                data.extend_from_slice(b",\"stage\":");
-                data.extend_from_slice(&names.stage_json[usize::from(stage.0)]);
-                data.extend_from_slice(b",\"last_activity_at\":");
-                write_json_time(data, last_activity);
+                names.write_customer_stage_and_last_activity(data, customer_id, stage, last_activity);
                 data.extend_from_slice(b",\"returned_at\":");
                 write_json_time_text(data, time_text);
                 data.extend_from_slice(b",\"inactive_seconds\":");
@@ -196,12 +191,7 @@ impl Renderer {
                 ..
             } => {
                 let customer_id = engine.customer_id(customer);
-                data.extend_from_slice(b"{\"customer_id\":");
-                write_json_str(data, customer_id);
-                data.extend_from_slice(b",\"stage\":");
-                data.extend_from_slice(&names.stage_json[usize::from(stage.0)]);
-                data.extend_from_slice(b",\"last_activity_at\":");
-                write_json_time(data, last_activity);
+                names.write_customer_stage_and_last_activity(data, customer_id, stage, last_activity);
                 data.extend_from_slice(b",\"expired_at\":");
                 write_json_time_text(data, time_text);
                 data.extend_from_slice(&names.model_fields);
@@ -247,6 +237,23 @@ impl Renderer {
 }
 
 impl Names {
+    /// Opens a reactivation's or expiry's `data`: `{"customer_id":..,"stage":..,
+    /// "last_activity_at":..`.
+    fn write_customer_stage_and_last_activity(
+        &self,
+        data: &mut Vec<u8>,
+        customer_id: &str,
+        stage: StageId,
+        last_activity: EventTime,
+    ) {
+        data.extend_from_slice(b"{\"customer_id\":");
+        write_json_str(data, customer_id);
+        data.extend_from_slice(b",\"stage\":");
+        data.extend_from_slice(&self.stage_json[usize::from(stage.0)]);
+        data.extend_from_slice(b",\"last_activity_at\":");
+        write_json_time(data, last_activity);
+    }
+
     /// Writes a `stagestream.stage.changed.v1` output's `data` (a transition, or a
     /// migration's); `time_text` is its time.
     fn write_stage_changed(
