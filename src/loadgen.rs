@@ -144,14 +144,15 @@ pub fn load(
     let (mut events, mut unkeyed) = (0u64, 0u64);
     let mut failure = None;
     let stopped = generate_keyed(&settings.generator, |line, customer| {
-        if settings.max_events.is_some_and(|max| events >= max)
-            || settings.duration.is_some_and(|d| started.elapsed() >= d)
-        {
+        // Pace against the start, not the previous send, so short stalls catch up.
+        let due = seconds_per_event.map(|seconds| started + Duration::from_secs_f64(events as f64 * seconds));
+        // Neither after the duration's end nor, paced, due at or after it: checking only
+        // the clock, before sleeping until the event was due, let one more through.
+        let time_up = |d: Duration| started.elapsed() >= d || due.is_some_and(|due| due >= started + d);
+        if settings.max_events.is_some_and(|max| events >= max) || settings.duration.is_some_and(time_up) {
             return ControlFlow::Break(());
         }
-        if let Some(seconds) = seconds_per_event {
-            // Pace against the start, not the previous send, so short stalls catch up.
-            let due = started + Duration::from_secs_f64(events as f64 * seconds);
+        if let Some(due) = due {
             let now = Instant::now();
             if due > now + Duration::from_millis(1) {
                 std::thread::sleep(due - now);
